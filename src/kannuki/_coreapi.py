@@ -1,0 +1,108 @@
+"""The contract both core twins meet: ``kannuki._native`` (Cython) and ``kannuki._pure``.
+
+The dispatcher (:mod:`kannuki._core`) loads one of them; everything else in
+kannuki talks to the core only through these names. A test checks that both
+twins export exactly ``CORE_NAMES`` and agree bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Hashable, Protocol
+
+# Longest full lock name (prefix, colon and key, UTF-8 encoded) that kannuki accepts.
+MAX_NAME_BYTES = 65536
+
+BACKOFF_KINDS = ("constant", "linear", "exponential")
+JITTER_KINDS = ("none", "full", "decorrelated")
+
+CORE_NAMES = (
+    "Backoff",
+    "LockTable",
+    "MAX_NAME_BYTES",
+    "full_name",
+    "hash_text_extended",
+    "lock_id",
+    "name_and_id",
+)
+
+
+class HashFunctions(Protocol):
+    def hash_text_extended(self, data: bytes, seed: int = 0) -> int:
+        """PostgreSQL's ``hashtextextended`` (lookup3 ``hash_bytes_extended``) over bytes, as a signed 64-bit int."""
+
+    def full_name(self, key: str, prefix: str | None = None) -> str:
+        """Validate ``key`` / ``prefix`` and return ``f"{prefix}:{key}"`` (or ``key`` with no prefix).
+
+        Raises TypeError (wrong type) or ValueError (empty, lone surrogate,
+        longer than MAX_NAME_BYTES) naming the parameter.
+        """
+
+    def lock_id(self, key: str, prefix: str | None = None) -> int:
+        """``hash_text_extended(full_name(key, prefix).encode(), 0)``."""
+
+    def name_and_id(self, key: str, prefix: str | None = None) -> tuple[str, int]:
+        """``(full_name(key, prefix), lock_id(key, prefix))`` in one pass."""
+
+
+class BackoffProtocol(Protocol):
+    attempt: int
+
+    def __init__(
+        self,
+        kind: str = "exponential",
+        interval: float = 0.05,
+        cap: float = 2.0,
+        jitter: str = "full",
+        seed: int | None = None,
+    ) -> None: ...
+
+    def next_delay(self, remaining: float | None = None) -> float:
+        """The delay before the next attempt, never above ``cap`` nor ``remaining``."""
+
+    def reset(self) -> None:
+        """Start the schedule over (attempt 0); the random stream goes on."""
+
+
+class LockTableProtocol(Protocol):
+    def __init__(self, clock: Callable[[], float] | None = None) -> None: ...
+
+    def acquire(
+        self,
+        key: Hashable,
+        shared: bool = False,
+        timeout: float | None = None,
+        ttl: float | None = None,
+    ) -> int:
+        """Take ``key``; return a fencing token (> 0), or 0 when not acquired in ``timeout``.
+
+        ``timeout`` None waits forever, 0 tries once. Waiters are served FIFO;
+        the wait releases the GIL and a signal handler's exception (Ctrl-C)
+        propagates with nothing left held or queued.
+        """
+
+    def release(self, key: Hashable, token: int) -> bool:
+        """Compare-and-delete: free the holder ``token`` of ``key``; False when it is not a holder."""
+
+    def renew(self, key: Hashable, token: int, ttl: float | None) -> bool:
+        """Give holder ``token`` a new TTL from now; False when it is not a holder."""
+
+    def held(self, key: Hashable) -> bool: ...
+
+    def holders(self, key: Hashable) -> list[tuple[int, bool, float | None]]:
+        """``(token, shared, expires_at)`` for each current holder of ``key``."""
+
+    def waiters(self, key: Hashable) -> int: ...
+
+    def keys(self) -> list[Hashable]:
+        """The keys held now."""
+
+    def expire(self) -> int:
+        """Evict holders whose TTL ran out (by the table's clock), hand off to waiters; return how many."""
+
+    def clear(self) -> None:
+        """Drop every holder and hand the keys to their waiters."""
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: new internal mutex, no holders, no waiters."""
+
+    def __len__(self) -> int: ...

@@ -1,0 +1,393 @@
+"""``Lock``: one key, acquired and released like a ``threading.Lock``.
+
+Strategies, waiting, retry, events and stats live here, once, for every
+backend. A Lock object is not reentrant and belongs to one acquirer at a time;
+make one per thread (``locker.lock(key)`` is cheap).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+from kannuki import events as _events
+from kannuki._core import Backoff
+from kannuki.backends.base import NO_WAIT_CALLBACK, Backend, Holder, LockRequest
+from kannuki.errors import (
+    AlreadyHeldError,
+    BackendError,
+    LockLostError,
+    LockNotAcquiredError,
+    NotHeldError,
+)
+from kannuki.options import check_seconds
+
+if TYPE_CHECKING:
+    from kannuki.locker import Locker
+
+__all__ = ["Lock", "MultiLock"]
+
+log = logging.getLogger("kannuki")
+_monotonic = time.monotonic
+_emit = _events.emit
+
+# Bumped in a forked child, so no Lock there believes it holds its parent's locks.
+FORK_GENERATION = 0
+
+# Set by kannuki.testing: while not None every locker uses this backend instead of its own.
+TEST_BACKEND: Backend | None = None
+
+
+def _forked() -> None:
+    global FORK_GENERATION
+    FORK_GENERATION += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
+def current_backend(locker: "Locker") -> Backend:
+    """The backend a locker's operations go to now (the test-mode table when test mode is on)."""
+    return TEST_BACKEND or locker._backend
+
+
+class Lock:
+    """An advisory lock on one key, owned by this object while it holds it.
+
+    Create it with :meth:`kannuki.Locker.lock`. ``with lock:`` acquires by the
+    lock's strategy and raises :class:`~kannuki.LockNotAcquiredError` when it
+    cannot; ``acquire()`` returns a bool like ``threading.Lock.acquire``.
+    """
+
+    __slots__ = (
+        "locker", "key", "name", "lock_id", "shared", "timeout", "strategy", "ttl", "transaction",
+        "_token", "_backend", "_acquired_at", "_generation", "_busy", "_lost", "__weakref__",
+    )
+
+    def __init__(
+        self,
+        locker: "Locker",
+        key: str,
+        name: str,
+        lock_id: int,
+        *,
+        timeout: float | None,
+        shared: bool,
+        strategy: str,
+        ttl: float | None = None,
+        transaction: Any = None,
+    ) -> None:
+        self.locker = locker
+        self.key = key
+        self.name = name  # the full name: prefix and key
+        self.lock_id = lock_id
+        self.shared = shared
+        self.timeout = timeout
+        self.strategy = strategy
+        self.ttl = ttl
+        self.transaction = transaction
+        self._token: int | None = None
+        self._backend: Backend | None = None
+        self._acquired_at = 0.0
+        self._generation = FORK_GENERATION
+        self._busy = False
+        self._lost: str | None = None
+
+    def __repr__(self) -> str:
+        state = "held" if self.locked() else "free"
+        mode = " shared" if self.shared else ""
+        return f"<kannuki.Lock {self.key!r}{mode} id={self.lock_id} {state} on {self.locker.scheme}>"
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def token(self) -> int | None:
+        """The fencing token of the current acquisition, or None when not held."""
+        return self._token if self._generation == FORK_GENERATION else None
+
+    def locked(self) -> bool:
+        """True when THIS lock object holds its lock now (not whether anyone does: see ``held()``)."""
+        return self._token is not None and self._generation == FORK_GENERATION and self._lost is None
+
+    def held(self) -> bool:
+        """True when anyone, anywhere, holds this key."""
+        return self.locker.held(self.key)
+
+    def holders(self) -> list[Holder]:
+        """Who holds this key now, as far as the backend can tell."""
+        return current_backend(self.locker).holders(self.name, self.lock_id)
+
+    # -- acquire / release ----------------------------------------------------
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Acquire the lock; True when acquired.
+
+        ``blocking=False`` tries once. Otherwise the lock's strategy applies,
+        waiting up to ``timeout`` seconds (None: the timeout this lock was
+        made with, which may itself be None for "forever").
+
+        Raises AlreadyHeldError if this object already holds the lock,
+        ValueError for a bad timeout, BackendError when the store fails.
+        """
+        if timeout is None:
+            timeout = self.timeout
+        elif not blocking:
+            raise ValueError("timeout cannot be given for a non-blocking acquire (blocking=False)")
+        else:
+            timeout = check_seconds(timeout, "timeout")
+        return self._acquire(self.strategy if blocking else "non_blocking", timeout)
+
+    def release(self) -> None:
+        """Release the lock.
+
+        Raises NotHeldError when this object does not hold it, LockLostError
+        when the backend lost it while it was held (the lock is gone either way).
+        """
+        token = self._token
+        if token is None or self._generation != FORK_GENERATION:
+            raise NotHeldError(f"release() of the lock {self.key!r}, which this Lock object does not hold", key=self.key)
+        backend = self._backend
+        assert backend is not None
+        self._token = None
+        self._backend = None
+        locker = self.locker
+        if locker._track_held:
+            locker._held_by_id.pop((self.lock_id, token), None)
+            if locker._renewer is not None:
+                locker._renewer.discard(self)
+        held = _monotonic() - self._acquired_at
+        lost, self._lost = self._lost, None
+        try:
+            backend.release(self.name, self.lock_id, token)
+        except LockLostError as exc:
+            if lost is None:
+                locker._count_lost(self, token, held, str(exc))
+            raise
+        except BackendError:
+            locker._count_failure()
+            raise
+        if lost is not None:
+            raise LockLostError(f"the lock {self.key!r} was lost while held: {lost}", key=self.key)
+        locker._stats.count_released(held)
+        if locker._instrumented and _events.SUBSCRIBERS:
+            _emit("released", self.key, self.lock_id, locker.scheme, held, token, self.shared)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("released %r after %.6fs (token %s)", self.key, held, token)
+
+    def __enter__(self) -> "Lock":
+        if not self._acquire(self.strategy, self.timeout):
+            raise self._not_acquired()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    # -- internals ------------------------------------------------------------
+
+    def _acquire(self, strategy: str, timeout: float | None) -> bool:
+        if self._token is not None and self._generation == FORK_GENERATION:
+            raise AlreadyHeldError(
+                f"this Lock object already holds {self.key!r}; kannuki locks are not reentrant", key=self.key
+            )
+        if self._busy:
+            raise AlreadyHeldError(f"another thread is acquiring {self.key!r} with this same Lock object", key=self.key)
+        locker = self.locker
+        backend = TEST_BACKEND or locker._backend
+        circuit = locker._circuit
+        if circuit is not None:
+            circuit.check(self.key)
+        instrumented = locker._instrumented and bool(_events.SUBSCRIBERS)
+        start = _monotonic()
+        self._busy = True
+        try:
+            if strategy == "retry":
+                token = self._acquire_retry(backend, timeout, instrumented)
+            else:
+                token = backend.acquire(
+                    self.name,
+                    self.lock_id,
+                    shared=self.shared,
+                    timeout=0.0 if strategy == "non_blocking" else timeout,
+                    ttl=self.ttl,
+                    on_wait=self._emit_waiting if instrumented else NO_WAIT_CALLBACK,
+                    transaction=self.transaction,
+                )
+        except BackendError:
+            locker._count_failure()
+            raise
+        finally:
+            self._busy = False
+        if circuit is not None:
+            circuit.succeeded()
+        now = _monotonic()
+        if token:
+            self._token = token
+            self._backend = backend
+            self._acquired_at = now
+            self._generation = FORK_GENERATION
+            self._lost = None
+            locker._stats.count_acquired()
+            if locker._track_held:
+                locker._held_by_id[self.lock_id, token] = self
+                if locker._renewer is not None:
+                    locker._renewer.add(self)
+            if instrumented:
+                _emit("acquired", self.key, self.lock_id, locker.scheme, now - start, token, self.shared)
+            return True
+        timed_out = strategy == "blocking" and timeout != 0
+        locker._count_not_acquired(self, timed_out, now - start)
+        return False
+
+    def _acquire_retry(self, backend: Backend, timeout: float | None, instrumented: bool) -> int:
+        options = self.locker.options
+        backoff = Backoff(options.retry_backoff, options.retry_interval, options.retry_max_interval, options.retry_jitter)
+        deadline = None if timeout is None else _monotonic() + timeout
+        for attempt in range(options.retry_attempts):
+            token: int = backend.acquire(
+                self.name, self.lock_id, shared=self.shared, timeout=0.0, ttl=self.ttl, transaction=self.transaction
+            )
+            if token or attempt == options.retry_attempts - 1:
+                return token
+            remaining = None if deadline is None else deadline - _monotonic()
+            if remaining is not None and remaining <= 0:
+                return 0
+            if attempt == 0 and instrumented:
+                self._emit_waiting()
+            time.sleep(backoff.next_delay(remaining))
+        return 0
+
+    def _emit_waiting(self) -> None:
+        _emit("waiting", self.key, self.lock_id, self.locker.scheme, 0.0, None, self.shared)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("waiting for %r", self.key)
+
+    def _mark_lost(self, reason: str) -> None:
+        """Called when the backend or the renewer finds the lock gone while this object holds it."""
+        token = self._token
+        if token is None or self._lost is not None:
+            return
+        self._lost = reason
+        self.locker._count_lost(self, token, _monotonic() - self._acquired_at, reason)
+        if self.locker.options.on_lost is not None:
+            from kannuki.renewal import call_on_lost
+
+            call_on_lost(self.locker.options.on_lost, self, reason)
+
+    def _not_acquired(self) -> LockNotAcquiredError:
+        try:
+            holders = self.holders()
+        except Exception:  # who-holds-it is a courtesy; never mask the real outcome
+            holders = []
+        who = f"; held by {holders[0].describe()}" if holders else ""
+        if self.strategy == "non_blocking" or self.timeout == 0:
+            how = "at once"
+        elif self.strategy == "retry":
+            how = f"after {self.locker.options.retry_attempts} attempts"
+        else:
+            how = f"within {self.timeout:g}s" if self.timeout is not None else ""
+        return LockNotAcquiredError(
+            f"could not acquire the lock {self.key!r} {how}{who}".rstrip(),
+            key=self.key,
+            holder=holders[0] if holders else None,
+        )
+
+
+class MultiLock:
+    """Several keys taken all or none, in lock-ID order so two callers never deadlock.
+
+    Made by :meth:`kannuki.Locker.lock_many`; used like a Lock.
+    """
+
+    __slots__ = ("locker", "keys", "locks", "timeout", "_tokens", "_backend", "_acquired_at")
+
+    def __init__(self, locker: "Locker", locks: Sequence[Lock], timeout: float | None) -> None:
+        self.locker = locker
+        # One lock per ID, ascending: every caller takes them in the same order.
+        unique = {lock.lock_id: lock for lock in locks}
+        self.locks = [unique[lock_id] for lock_id in sorted(unique)]
+        self.keys = [lock.key for lock in self.locks]
+        self.timeout = timeout
+        self._tokens: list[int] | None = None
+        self._backend: Backend | None = None
+        self._acquired_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"<kannuki.MultiLock {self.keys!r} {'held' if self.locked() else 'free'}>"
+
+    def locked(self) -> bool:
+        return self._tokens is not None
+
+    @property
+    def tokens(self) -> list[int] | None:
+        return list(self._tokens) if self._tokens is not None else None
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Take every key or none; True when all are held."""
+        if self._tokens is not None:
+            raise AlreadyHeldError(f"this MultiLock already holds {self.keys!r}", key=self.keys)
+        if timeout is None:
+            timeout = self.timeout
+        else:
+            timeout = check_seconds(timeout, "timeout")
+        if not blocking:
+            timeout = 0.0
+        locker = self.locker
+        backend = TEST_BACKEND or locker._backend
+        requests = [LockRequest(lock.name, lock.lock_id, lock.shared) for lock in self.locks]
+        start = _monotonic()
+        try:
+            tokens = backend.acquire_many(requests, timeout=timeout)
+        except BackendError:
+            locker._count_failure()
+            raise
+        now = _monotonic()
+        if tokens is None:
+            locker._count_not_acquired(self.locks[0], timeout != 0, now - start)
+            return False
+        self._tokens, self._backend, self._acquired_at = list(tokens), backend, now
+        instrumented = locker._instrumented and bool(_events.SUBSCRIBERS)
+        for lock, token in zip(self.locks, tokens):
+            locker._stats.count_acquired()
+            if instrumented:
+                _emit("acquired", lock.key, lock.lock_id, locker.scheme, now - start, token, lock.shared)
+        return True
+
+    def release(self) -> None:
+        """Release every key, in reverse order; LockLostError after all if any was lost."""
+        tokens, backend = self._tokens, self._backend
+        if tokens is None or backend is None:
+            raise NotHeldError(f"release() of {self.keys!r}, which this MultiLock does not hold", key=self.keys)
+        self._tokens = self._backend = None
+        held = _monotonic() - self._acquired_at
+        locker = self.locker
+        first_error: BaseException | None = None
+        for lock, token in reversed(list(zip(self.locks, tokens))):
+            try:
+                backend.release(lock.name, lock.lock_id, token)
+            except LockLostError as exc:
+                locker._count_lost(lock, token, held, str(exc))
+                first_error = first_error or exc
+                continue
+            except BackendError as exc:
+                first_error = first_error or exc
+                continue
+            locker._stats.count_released(held)
+            if locker._instrumented and _events.SUBSCRIBERS:
+                _emit("released", lock.key, lock.lock_id, locker.scheme, held, token, lock.shared)
+        if first_error is not None:
+            raise first_error
+
+    def __enter__(self) -> "MultiLock":
+        if not self.acquire():
+            raise LockNotAcquiredError(
+                f"could not acquire all of {self.keys!r}"
+                + (f" within {self.timeout:g}s" if self.timeout else " at once" if self.timeout == 0 else ""),
+                key=self.keys,
+            )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()

@@ -1,0 +1,69 @@
+"""The error hierarchy, and what `import kannuki` does (and must not do)."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import kannuki
+from kannuki import errors
+
+
+def test_every_error_is_a_kannuki_error_and_the_stdlib_error_users_catch() -> None:
+    """Each error derives from KannukiError; the timeout one is a TimeoutError, misuse ones RuntimeErrors."""
+    for name in errors.__all__:
+        assert issubclass(getattr(kannuki, name), kannuki.KannukiError)
+    assert issubclass(kannuki.LockNotAcquiredError, TimeoutError)
+    assert issubclass(kannuki.NotHeldError, RuntimeError)
+    assert issubclass(kannuki.AlreadyHeldError, RuntimeError)
+    assert issubclass(kannuki.ConfigurationError, ValueError)
+    assert issubclass(kannuki.DeadlockError, kannuki.BackendError)
+
+
+@pytest.mark.parametrize("name", errors.__all__)
+def test_errors_pickle_with_message_and_attributes(name: str) -> None:
+    """An error survives pickling with its message, key and extra attributes."""
+    cls = getattr(errors, name)
+    error = cls("the lock 'k' is busy", key="k", holder="pid 1")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is cls
+    assert str(copy) == "the lock 'k' is busy"
+    assert copy.key == "k" and copy.holder == "pid 1"
+
+
+def test_public_names_are_sorted_and_exist() -> None:
+    """__all__ lists existing names, sorted, with no duplicates."""
+    assert kannuki.__all__ == sorted(kannuki.__all__, key=lambda n: (not n.isupper(), n))
+    assert len(set(kannuki.__all__)) == len(kannuki.__all__)
+    for name in kannuki.__all__:
+        assert hasattr(kannuki, name), name
+
+
+def test_import_has_no_side_effects() -> None:
+    """`import kannuki` starts no thread, opens no socket and adds only a NullHandler."""
+    code = textwrap.dedent(
+        """
+        import logging, threading, socket, sys
+        opened = []
+        real = socket.socket.connect
+        socket.socket.connect = lambda self, *a: opened.append(a) or real(self, *a)
+        before = threading.active_count()
+        root_handlers = list(logging.getLogger().handlers)
+        import kannuki
+        assert threading.active_count() == before, "a thread was started"
+        assert not opened, opened
+        assert logging.getLogger().handlers == root_handlers, "root logger touched"
+        handlers = logging.getLogger("kannuki").handlers
+        assert [type(h).__name__ for h in handlers] == ["NullHandler"], handlers
+        drivers = {"psycopg", "MySQLdb", "redis", "psycopg_pool", "sqlalchemy", "django", "celery"}
+        assert not drivers & set(sys.modules), drivers & set(sys.modules)
+        print("clean")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "clean"
