@@ -387,3 +387,25 @@ def test_child_process_does_not_hold_parents_lock() -> None:
     assert answer == b"1"
     assert lock.locked()
     lock.release()
+
+
+def test_ttl_expiry_follows_the_injected_clock() -> None:
+    """A memory lease expires when the table's clock passes its TTL, not before."""
+    from kannuki._core import LockTable
+    from kannuki.backends.memory import MemoryBackend
+
+    now = [1000.0]
+    locker = kannuki.Locker(MemoryBackend(LockTable(clock=lambda: now[0]), ttl=10))
+    first = locker.lock("k")
+    assert first.acquire()
+    now[0] += 9.9
+    assert locker.held("k") and not locker.lock("k").acquire(blocking=False)
+    now[0] += 0.2
+    assert not locker.held("k")
+    second = locker.lock("k")
+    assert second.acquire(blocking=False)
+    assert second.token > first.token  # type: ignore[operator]
+    with pytest.raises(kannuki.LockLostError):
+        first.release()
+    assert second.locked()
+    second.release()

@@ -17,6 +17,7 @@ JITTER_KINDS = ("none", "full", "decorrelated")
 
 CORE_NAMES = (
     "Backoff",
+    "Counters",
     "LockTable",
     "MAX_NAME_BYTES",
     "full_name",
@@ -61,6 +62,25 @@ class BackoffProtocol(Protocol):
 
     def reset(self) -> None:
         """Start the schedule over (attempt 0); the random stream goes on."""
+
+
+class CountersProtocol(Protocol):
+    """A locker's stats, updated without a lock in the native twin (no bytecode runs inside)."""
+
+    def acquired(self) -> float:
+        """Count one acquisition; return ``time.monotonic()``, the start of the hold."""
+
+    def released(self, since: float) -> float:
+        """Count one release of a hold begun at ``since``; return the seconds held."""
+
+    def add(self, name: str) -> None:
+        """Count one of ``COUNTER_NAMES``; ValueError naming ``name`` otherwise."""
+
+    def snapshot(self) -> tuple[int, int, int, int, int, int, int, float]:
+        """``(acquired, failed, timeouts, released, lost, renewed, renew_failed, hold_time)``."""
+
+
+COUNTER_NAMES = ("failed", "timeouts", "lost", "renewed", "renew_failed")
 
 
 class LockTableProtocol(Protocol):

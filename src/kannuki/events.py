@@ -13,7 +13,7 @@ import logging
 import threading
 from typing import Callable, Iterable
 
-__all__ = ["EVENT_NAMES", "LockEvent", "LockerStats", "StatsCounter", "subscribe"]
+__all__ = ["EVENT_NAMES", "LockEvent", "LockerStats", "subscribe"]
 
 log = logging.getLogger("kannuki")
 
@@ -103,36 +103,3 @@ class LockerStats:
     renewed: int = 0
     renew_failed: int = 0
     hold_time: float = 0.0
-
-
-class StatsCounter:
-    """The mutable counts behind ``Locker.stats()``, updated under one small lock."""
-
-    __slots__ = ("_guard", "acquired", "failed", "timeouts", "released", "lost", "renewed", "renew_failed", "hold_time")
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self.acquired = self.failed = self.timeouts = self.released = 0
-        self.lost = self.renewed = self.renew_failed = 0
-        self.hold_time = 0.0
-
-    def add(self, name: str) -> None:
-        """Count one of the rarer outcomes (failed, lost, renewed, ...)."""
-        with self._guard:
-            setattr(self, name, getattr(self, name) + 1)
-
-    def count_acquired(self) -> None:
-        with self._guard:
-            self.acquired += 1
-
-    def count_released(self, held: float) -> None:
-        with self._guard:
-            self.released += 1
-            self.hold_time += held
-
-    def snapshot(self) -> LockerStats:
-        with self._guard:
-            return LockerStats(
-                self.acquired, self.failed, self.timeouts, self.released,
-                self.lost, self.renewed, self.renew_failed, self.hold_time,
-            )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
 
 from kannuki import events as _events
 from kannuki._core import Backoff
@@ -22,7 +22,7 @@ from kannuki.errors import (
     LockNotAcquiredError,
     NotHeldError,
 )
-from kannuki.options import check_seconds
+from kannuki.options import LockerOptions, check_seconds
 
 if TYPE_CHECKING:
     from kannuki.locker import Locker
@@ -54,6 +54,41 @@ def current_backend(locker: "Locker") -> Backend:
     return TEST_BACKEND or locker._backend
 
 
+class RetryPause(NamedTuple):
+    seconds: float
+    first: bool  # the first pause: the moment to emit ``waiting``
+
+
+def retry_pauses(options: LockerOptions, timeout: float | None) -> Iterator[RetryPause]:
+    """The pauses of the ``retry`` strategy, one before each further attempt, within attempts and ``timeout``.
+
+    Shared by :class:`Lock` (``time.sleep``) and ``kannuki.aio.AsyncLock`` (``asyncio.sleep``).
+    """
+    backoff = Backoff(options.retry_backoff, options.retry_interval, options.retry_max_interval, options.retry_jitter)
+    deadline = None if timeout is None else _monotonic() + timeout
+    for attempt in range(1, options.retry_attempts):
+        remaining = None if deadline is None else deadline - _monotonic()
+        if remaining is not None and remaining <= 0:
+            return
+        yield RetryPause(backoff.next_delay(remaining), attempt == 1)
+
+
+def not_acquired_error(lock: Any, holders: Sequence[Holder]) -> LockNotAcquiredError:
+    """The LockNotAcquiredError for ``lock`` (a Lock or AsyncLock) that its strategy could not take."""
+    who = f"; held by {holders[0].describe()}" if holders else ""
+    if lock.strategy == "non_blocking" or lock.timeout == 0:
+        how = "at once"
+    elif lock.strategy == "retry":
+        how = f"after {lock.locker.options.retry_attempts} attempts"
+    else:
+        how = f"within {lock.timeout:g}s" if lock.timeout is not None else ""
+    return LockNotAcquiredError(
+        f"could not acquire the lock {lock.key!r} {how}{who}".rstrip(),
+        key=lock.key,
+        holder=holders[0] if holders else None,
+    )
+
+
 class Lock:
     """An advisory lock on one key, owned by this object while it holds it.
 
@@ -64,7 +99,7 @@ class Lock:
 
     __slots__ = (
         "locker", "key", "name", "lock_id", "shared", "timeout", "strategy", "ttl", "transaction",
-        "_token", "_backend", "_acquired_at", "_generation", "_busy", "_lost", "__weakref__",
+        "_token", "_backend", "_acquired_at", "_generation", "_busy", "_lost", "_debug", "__weakref__",
     )
 
     def __init__(
@@ -93,6 +128,7 @@ class Lock:
         self._backend: Backend | None = None
         self._acquired_at = 0.0
         self._generation = FORK_GENERATION
+        self._debug = False  # log this hold at debug level (decided at acquire: one logger check per hold)
         self._busy = False
         self._lost: str | None = None
 
@@ -158,23 +194,22 @@ class Lock:
             locker._held_by_id.pop((self.lock_id, token), None)
             if locker._renewer is not None:
                 locker._renewer.discard(self)
-        held = _monotonic() - self._acquired_at
         lost, self._lost = self._lost, None
         try:
             backend.release(self.name, self.lock_id, token)
         except LockLostError as exc:
             if lost is None:
-                locker._count_lost(self, token, held, str(exc))
+                locker._count_lost(self, token, _monotonic() - self._acquired_at, str(exc))
             raise
         except BackendError:
             locker._count_failure()
             raise
         if lost is not None:
             raise LockLostError(f"the lock {self.key!r} was lost while held: {lost}", key=self.key)
-        locker._stats.count_released(held)
+        held = locker._stats.released(self._acquired_at)
         if locker._instrumented and _events.SUBSCRIBERS:
             _emit("released", self.key, self.lock_id, locker.scheme, held, token, self.shared)
-        if log.isEnabledFor(logging.DEBUG):
+        if self._debug:
             log.debug("released %r after %.6fs (token %s)", self.key, held, token)
 
     def __enter__(self) -> "Lock":
@@ -200,11 +235,12 @@ class Lock:
         if circuit is not None:
             circuit.check(self.key)
         instrumented = locker._instrumented and bool(_events.SUBSCRIBERS)
-        start = _monotonic()
+        debug = log.isEnabledFor(logging.DEBUG)
+        start = _monotonic() if instrumented or debug else 0.0  # only events and logs report the wait
         self._busy = True
         try:
             if strategy == "retry":
-                token = self._acquire_retry(backend, timeout, instrumented)
+                token = self._acquire_retry(backend, timeout, instrumented or debug)
             else:
                 token = backend.acquire(
                     self.name,
@@ -212,7 +248,7 @@ class Lock:
                     shared=self.shared,
                     timeout=0.0 if strategy == "non_blocking" else timeout,
                     ttl=self.ttl,
-                    on_wait=self._emit_waiting if instrumented else NO_WAIT_CALLBACK,
+                    on_wait=self._emit_waiting if instrumented or debug else NO_WAIT_CALLBACK,
                     transaction=self.transaction,
                 )
         except BackendError:
@@ -222,45 +258,44 @@ class Lock:
             self._busy = False
         if circuit is not None:
             circuit.succeeded()
-        now = _monotonic()
         if token:
             self._token = token
             self._backend = backend
-            self._acquired_at = now
+            self._acquired_at = now = locker._stats.acquired()
             self._generation = FORK_GENERATION
             self._lost = None
-            locker._stats.count_acquired()
+            self._debug = debug
             if locker._track_held:
                 locker._held_by_id[self.lock_id, token] = self
                 if locker._renewer is not None:
                     locker._renewer.add(self)
             if instrumented:
                 _emit("acquired", self.key, self.lock_id, locker.scheme, now - start, token, self.shared)
+            if debug:
+                log.debug("acquired %r after %.6fs (token %s)", self.key, now - start, token)
             return True
         timed_out = strategy == "blocking" and timeout != 0
-        locker._count_not_acquired(self, timed_out, now - start)
+        locker._count_not_acquired(self, timed_out, _monotonic() - start if start else 0.0)
         return False
 
     def _acquire_retry(self, backend: Backend, timeout: float | None, instrumented: bool) -> int:
-        options = self.locker.options
-        backoff = Backoff(options.retry_backoff, options.retry_interval, options.retry_max_interval, options.retry_jitter)
-        deadline = None if timeout is None else _monotonic() + timeout
-        for attempt in range(options.retry_attempts):
-            token: int = backend.acquire(
+        token: int = backend.acquire(
+            self.name, self.lock_id, shared=self.shared, timeout=0.0, ttl=self.ttl, transaction=self.transaction
+        )
+        for pause in retry_pauses(self.locker.options, timeout):
+            if token:
+                break
+            if instrumented and pause.first:
+                self._emit_waiting()
+            time.sleep(pause.seconds)
+            token = backend.acquire(
                 self.name, self.lock_id, shared=self.shared, timeout=0.0, ttl=self.ttl, transaction=self.transaction
             )
-            if token or attempt == options.retry_attempts - 1:
-                return token
-            remaining = None if deadline is None else deadline - _monotonic()
-            if remaining is not None and remaining <= 0:
-                return 0
-            if attempt == 0 and instrumented:
-                self._emit_waiting()
-            time.sleep(backoff.next_delay(remaining))
-        return 0
+        return token
 
     def _emit_waiting(self) -> None:
-        _emit("waiting", self.key, self.lock_id, self.locker.scheme, 0.0, None, self.shared)
+        if self.locker._instrumented:  # also called just to log the wait at debug level
+            _emit("waiting", self.key, self.lock_id, self.locker.scheme, 0.0, None, self.shared)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("waiting for %r", self.key)
 
@@ -281,18 +316,7 @@ class Lock:
             holders = self.holders()
         except Exception:  # who-holds-it is a courtesy; never mask the real outcome
             holders = []
-        who = f"; held by {holders[0].describe()}" if holders else ""
-        if self.strategy == "non_blocking" or self.timeout == 0:
-            how = "at once"
-        elif self.strategy == "retry":
-            how = f"after {self.locker.options.retry_attempts} attempts"
-        else:
-            how = f"within {self.timeout:g}s" if self.timeout is not None else ""
-        return LockNotAcquiredError(
-            f"could not acquire the lock {self.key!r} {how}{who}".rstrip(),
-            key=self.key,
-            holder=holders[0] if holders else None,
-        )
+        return not_acquired_error(self, holders)
 
 
 class MultiLock:
@@ -347,12 +371,12 @@ class MultiLock:
         if tokens is None:
             locker._count_not_acquired(self.locks[0], timeout != 0, now - start)
             return False
-        self._tokens, self._backend, self._acquired_at = list(tokens), backend, now
         instrumented = locker._instrumented and bool(_events.SUBSCRIBERS)
         for lock, token in zip(self.locks, tokens):
-            locker._stats.count_acquired()
+            self._acquired_at = locker._stats.acquired()
             if instrumented:
                 _emit("acquired", lock.key, lock.lock_id, locker.scheme, now - start, token, lock.shared)
+        self._tokens, self._backend = list(tokens), backend
         return True
 
     def release(self) -> None:
@@ -361,20 +385,19 @@ class MultiLock:
         if tokens is None or backend is None:
             raise NotHeldError(f"release() of {self.keys!r}, which this MultiLock does not hold", key=self.keys)
         self._tokens = self._backend = None
-        held = _monotonic() - self._acquired_at
         locker = self.locker
         first_error: BaseException | None = None
         for lock, token in reversed(list(zip(self.locks, tokens))):
             try:
                 backend.release(lock.name, lock.lock_id, token)
             except LockLostError as exc:
-                locker._count_lost(lock, token, held, str(exc))
+                locker._count_lost(lock, token, _monotonic() - self._acquired_at, str(exc))
                 first_error = first_error or exc
                 continue
             except BackendError as exc:
                 first_error = first_error or exc
                 continue
-            locker._stats.count_released(held)
+            held = locker._stats.released(self._acquired_at)
             if locker._instrumented and _events.SUBSCRIBERS:
                 _emit("released", lock.key, lock.lock_id, locker.scheme, held, token, lock.shared)
         if first_error is not None:

@@ -20,7 +20,7 @@ from kannuki.backends import backend_for
 from kannuki.backends.base import Backend, BackendListener, Holder
 from kannuki.circuit import CircuitBreaker, CircuitState
 from kannuki.errors import ConfigurationError, NotSupportedError
-from kannuki.events import LockerStats, StatsCounter
+from kannuki.events import LockerStats
 from kannuki.lock import Lock, MultiLock
 from kannuki.options import DEFAULT, LockerOptions, check_seconds
 
@@ -76,7 +76,72 @@ class _Listener(BackendListener):
             locker._count_renewal(lock, ok=False)
 
 
-class Locker:
+def lock_arguments(
+    options: LockerOptions, backend: Any, key: str, timeout: Any, shared: Any, strategy: Any, ttl: Any
+) -> tuple[str, int, float | None, str, float | None]:
+    """Validate the arguments of ``lock()`` (shared by Locker and AsyncLocker): ``(name, lock_id, timeout, strategy, ttl)``.
+
+    Raises TypeError / ValueError naming the bad parameter, NotSupportedError
+    for a shared lock on a ``backend`` without them.
+    """
+    name, lock_id = _core.name_and_id(key, options.key_prefix)
+    if timeout is DEFAULT:
+        timeout = options.default_timeout
+    else:
+        timeout = check_seconds(timeout, "timeout")
+    if strategy is None:
+        strategy = options.strategy
+    elif strategy not in ("blocking", "non_blocking", "retry"):
+        raise ValueError(f"strategy must be 'blocking', 'non_blocking' or 'retry'; got {strategy!r}")
+    if not isinstance(shared, bool):
+        raise TypeError(f"shared must be True or False, not {shared!r}")
+    if ttl is not None:
+        ttl = check_seconds(ttl, "ttl")
+        if not ttl:
+            raise ValueError("ttl must be > 0 seconds, or None")
+    if shared and not backend.supports_shared:
+        raise NotSupportedError(
+            f"the {backend.scheme} backend has no shared locks; use an exclusive lock (shared=False)", key=key
+        )
+    return name, lock_id, timeout, strategy, ttl
+
+
+class LockerBookkeeping:
+    """Stats, events and the circuit breaker's counts, shared by :class:`Locker` and ``kannuki.aio.AsyncLocker``.
+
+    Needs ``_stats``, ``_instrumented``, ``_circuit`` and ``scheme`` on the instance.
+    """
+
+    _stats: "_core.Counters"
+    _instrumented: bool
+    _circuit: CircuitBreaker | None
+    scheme: str
+
+    def _count_failure(self) -> None:
+        if self._circuit is not None:
+            self._circuit.failed()
+
+    def _count_not_acquired(self, lock: Lock, timed_out: bool, waited: float) -> None:
+        self._stats.add("failed")
+        if timed_out:
+            self._stats.add("timeouts")
+        if self._instrumented and _events.SUBSCRIBERS:
+            name = "timeout" if timed_out else "failed"
+            _events.emit(name, lock.key, lock.lock_id, self.scheme, waited, None, lock.shared)
+
+    def _count_lost(self, lock: Lock, token: int, held: float, reason: str) -> None:
+        self._stats.add("lost")
+        log.warning("kannuki lost the lock %r (token %s) after %.3fs: %s", lock.key, token, held, reason)
+        if self._instrumented and _events.SUBSCRIBERS:
+            _events.emit("lost", lock.key, lock.lock_id, self.scheme, held, token, lock.shared)
+
+    def _count_renewal(self, lock: Lock | None, *, ok: bool) -> None:
+        self._stats.add("renewed" if ok else "renew_failed")
+        if ok and lock is not None and self._instrumented and _events.SUBSCRIBERS:
+            _events.emit("renewed", lock.key, lock.lock_id, self.scheme, 0.0, lock._token, lock.shared)
+
+
+class Locker(LockerBookkeeping):
     """Advisory locks on one store.
 
     ``url_or_connection`` is a URL (``postgresql://``, ``mysql://``,
@@ -106,7 +171,7 @@ class Locker:
         self._backend: Backend = backend_for(url_or_connection, **backend_options)
         self.scheme = self._backend.scheme
         self._instrumented = self.options.instrumentation
-        self._stats = StatsCounter()
+        self._stats = _core.Counters()
         self._circuit = (
             CircuitBreaker(self.options.circuit_failures, self.options.circuit_reset)
             if self.options.circuit_failures
@@ -152,26 +217,9 @@ class Locker:
         ``transaction`` for a transaction-level lock (PostgreSQL).
         Raises TypeError / ValueError naming the bad parameter.
         """
-        name, lock_id = _core.name_and_id(key, self.options.key_prefix)
-        if timeout is DEFAULT:
-            timeout = self.options.default_timeout
-        else:
-            timeout = check_seconds(timeout, "timeout")
-        if strategy is None:
-            strategy = self.options.strategy
-        elif strategy not in ("blocking", "non_blocking", "retry"):
-            raise ValueError(f"strategy must be 'blocking', 'non_blocking' or 'retry'; got {strategy!r}")
-        if not isinstance(shared, bool):
-            raise TypeError(f"shared must be True or False, not {shared!r}")
-        if ttl is not None:
-            ttl = check_seconds(ttl, "ttl")
-            if not ttl:
-                raise ValueError("ttl must be > 0 seconds, or None")
-        backend = _lock.current_backend(self)
-        if shared and not backend.supports_shared:
-            raise NotSupportedError(
-                f"the {backend.scheme} backend has no shared locks; use an exclusive lock (shared=False)", key=key
-            )
+        name, lock_id, timeout, strategy, ttl = lock_arguments(
+            self.options, _lock.current_backend(self), key, timeout, shared, strategy, ttl
+        )
         return Lock(
             self, key, name, lock_id,
             timeout=timeout, shared=shared, strategy=strategy, ttl=ttl, transaction=transaction,
@@ -227,11 +275,25 @@ class Locker:
         """The 64-bit ID of ``key`` under this locker's prefix."""
         return _core.lock_id(key, self.options.key_prefix)
 
+    # -- decorators (kannuki.decorators) -----------------------------------------
+
+    def locked(self, key: Any, *, on_conflict: str = "wait", timeout: float | None = None, shared: bool = False) -> Any:
+        """Decorator: run the function holding ``key`` (a template or callable); see :func:`kannuki.decorators.locked`."""
+        from kannuki.decorators import locked
+
+        return locked(key, on_conflict=on_conflict, timeout=timeout, shared=shared, locker=self)
+
+    def unique(self, *, on_conflict: str = "skip", timeout: float | None = None) -> Any:
+        """Decorator: one call per distinct arguments at a time; see :func:`kannuki.decorators.unique`."""
+        from kannuki.decorators import unique
+
+        return unique(on_conflict=on_conflict, timeout=timeout, locker=self)
+
     # -- stats and health -------------------------------------------------------
 
     def stats(self) -> LockerStats:
         """Counts since this locker was made (acquired, failed, timeouts, released, lost, renewals) and hold time."""
-        return self._stats.snapshot()
+        return LockerStats(*self._stats.snapshot())
 
     def circuit_state(self) -> CircuitState | None:
         """The circuit breaker's state, or None when ``circuit_failures`` is not set."""
@@ -248,31 +310,6 @@ class Locker:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    # -- bookkeeping called by Lock ---------------------------------------------
-
-    def _count_failure(self) -> None:
-        if self._circuit is not None:
-            self._circuit.failed()
-
-    def _count_not_acquired(self, lock: Lock, timed_out: bool, waited: float) -> None:
-        self._stats.add("failed")
-        if timed_out:
-            self._stats.add("timeouts")
-        if self._instrumented and _events.SUBSCRIBERS:
-            name = "timeout" if timed_out else "failed"
-            _events.emit(name, lock.key, lock.lock_id, self.scheme, waited, None, lock.shared)
-
-    def _count_lost(self, lock: Lock, token: int, held: float, reason: str) -> None:
-        self._stats.add("lost")
-        log.warning("kannuki lost the lock %r (token %s) after %.3fs: %s", lock.key, token, held, reason)
-        if self._instrumented and _events.SUBSCRIBERS:
-            _events.emit("lost", lock.key, lock.lock_id, self.scheme, held, token, lock.shared)
-
-    def _count_renewal(self, lock: Lock | None, *, ok: bool) -> None:
-        self._stats.add("renewed" if ok else "renew_failed")
-        if ok and lock is not None and self._instrumented and _events.SUBSCRIBERS:
-            _events.emit("renewed", lock.key, lock.lock_id, self.scheme, 0.0, lock._token, lock.shared)
 
 
 # -- the module default locker ---------------------------------------------------

@@ -1,0 +1,894 @@
+"""The compiled core: key hashing, backoff schedules and the in-process lock table.
+
+The twin of ``kannuki._pure`` (same names, same results bit for bit); see
+``kannuki._coreapi`` for the contract. Compiler directives live in setup.py.
+"""
+
+cimport cython
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.pythread cimport (
+    NOWAIT_LOCK,
+    WAIT_LOCK,
+    PyThread_acquire_lock,
+    PyThread_allocate_lock,
+    PyThread_free_lock,
+    PyThread_release_lock,
+    PyThread_type_lock,
+)
+from libc.math cimport INFINITY, isfinite, isnan, pow
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+import os as _os
+import threading as _threading
+import time as _time
+from collections import deque as _deque
+
+__all__ = [
+    "Backoff",
+    "Counters",
+    "LockTable",
+    "MAX_NAME_BYTES",
+    "full_name",
+    "hash_text_extended",
+    "lock_id",
+    "name_and_id",
+]
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
+    Py_ssize_t PyUnicode_GET_LENGTH(object unicode)
+    bint PyUnicode_Check(object o)
+    bint PyLong_Check(object o)
+    bint PyFloat_Check(object o)
+    bint PyBool_Check(object o)
+    double PyFloat_AS_DOUBLE(object o)
+
+MAX_NAME_BYTES = 65536
+cdef enum:
+    _MAX_NAME = 65536
+    _STACK_NAME = 512      # longer prefixed names go through a heap buffer
+
+_BACKOFF_KINDS = ("constant", "linear", "exponential")
+_JITTER_KINDS = ("none", "full", "decorrelated")
+
+
+# ---------------------------------------------------------------------------------
+# Hashing: PostgreSQL's hash_bytes_extended (lookup3), little-endian reads only.
+# ---------------------------------------------------------------------------------
+
+cdef inline uint32_t _rot(uint32_t x, int k) noexcept nogil:
+    return (x << k) | (x >> (32 - k))
+
+
+cdef inline uint32_t _le32(const unsigned char* p) noexcept nogil:
+    # Assembled from bytes, never a pointer cast: the same words on big-endian hosts.
+    return (<uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16)
+            | (<uint32_t>p[3] << 24))
+
+
+cdef inline void _mix(uint32_t* a, uint32_t* b, uint32_t* c) noexcept nogil:
+    a[0] -= c[0]; a[0] ^= _rot(c[0], 4); c[0] += b[0]
+    b[0] -= a[0]; b[0] ^= _rot(a[0], 6); a[0] += c[0]
+    c[0] -= b[0]; c[0] ^= _rot(b[0], 8); b[0] += a[0]
+    a[0] -= c[0]; a[0] ^= _rot(c[0], 16); c[0] += b[0]
+    b[0] -= a[0]; b[0] ^= _rot(a[0], 19); a[0] += c[0]
+    c[0] -= b[0]; c[0] ^= _rot(b[0], 4); b[0] += a[0]
+
+
+cdef inline void _final(uint32_t* a, uint32_t* b, uint32_t* c) noexcept nogil:
+    c[0] ^= b[0]; c[0] -= _rot(b[0], 14)
+    a[0] ^= c[0]; a[0] -= _rot(c[0], 11)
+    b[0] ^= a[0]; b[0] -= _rot(a[0], 25)
+    c[0] ^= b[0]; c[0] -= _rot(b[0], 16)
+    a[0] ^= c[0]; a[0] -= _rot(c[0], 4)
+    b[0] ^= a[0]; b[0] -= _rot(a[0], 14)
+    c[0] ^= b[0]; c[0] -= _rot(b[0], 24)
+
+
+cdef uint64_t _hash_bytes(const unsigned char* k, Py_ssize_t keylen, uint64_t seed) noexcept nogil:
+    """hash_bytes_extended from PostgreSQL's src/common/hashfn.c."""
+    cdef uint32_t a, b, c
+    cdef Py_ssize_t n = keylen
+    a = b = c = <uint32_t>0x9e3779b9 + <uint32_t>keylen + <uint32_t>3923095
+    if seed != 0:
+        # The seed is mixed in as if it were a first 12-byte chunk of data.
+        a += <uint32_t>(seed >> 32)
+        b += <uint32_t>seed
+        _mix(&a, &b, &c)
+    while n >= 12:
+        a += _le32(k)
+        b += _le32(k + 4)
+        c += _le32(k + 8)
+        _mix(&a, &b, &c)
+        k += 12
+        n -= 12
+    # The last 0..11 bytes; the low byte of c is reserved for the length.
+    if n >= 11: c += <uint32_t>k[10] << 24
+    if n >= 10: c += <uint32_t>k[9] << 16
+    if n >= 9: c += <uint32_t>k[8] << 8
+    if n >= 8: b += <uint32_t>k[7] << 24
+    if n >= 7: b += <uint32_t>k[6] << 16
+    if n >= 6: b += <uint32_t>k[5] << 8
+    if n >= 5: b += k[4]
+    if n >= 4: a += <uint32_t>k[3] << 24
+    if n >= 3: a += <uint32_t>k[2] << 16
+    if n >= 2: a += <uint32_t>k[1] << 8
+    if n >= 1: a += k[0]
+    _final(&a, &b, &c)
+    return (<uint64_t>b << 32) | c
+
+
+def hash_text_extended(data, seed=0):
+    """PostgreSQL's ``hashtextextended`` over ``data`` with ``seed``, as a signed 64-bit int.
+
+    ``seed`` is taken modulo 2**64 (a negative bigint seed in SQL is the same
+    bits). Raises TypeError when ``data`` is not bytes-like or ``seed`` not an int.
+    """
+    cdef const unsigned char[::1] view
+    cdef uint64_t h, s
+    if PyUnicode_Check(data):
+        raise TypeError("data must be bytes, not str; encode it to UTF-8 first")
+    if not PyLong_Check(seed):
+        raise TypeError(f"seed must be an int, not {type(seed).__name__}")
+    if not -(1 << 63) <= seed < (1 << 64):
+        raise ValueError(f"seed must fit in 64 bits, got {seed}")
+    s = <uint64_t>(seed & 0xFFFFFFFFFFFFFFFF)
+    if isinstance(data, bytes):
+        return <int64_t>_hash_bytes(<const unsigned char*><char*>data, len(<bytes>data), s)
+    view = memoryview(data).cast("B")
+    if view.shape[0] == 0:
+        return <int64_t>_hash_bytes(<const unsigned char*>b"", 0, s)
+    with nogil:
+        h = _hash_bytes(&view[0], view.shape[0], s)
+    return <int64_t>h
+
+
+cdef inline const char* _utf8(object text, Py_ssize_t* size, str name) except NULL:
+    try:
+        return PyUnicode_AsUTF8AndSize(text, size)
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} is not encodable as UTF-8 (it contains a lone surrogate)") from None
+
+
+cdef inline int _check_key(object key, object prefix) except -1:
+    if not PyUnicode_Check(key):
+        raise TypeError(f"key must be a str, not {type(key).__name__}")
+    if PyUnicode_GET_LENGTH(key) == 0:
+        raise ValueError("key must not be empty")
+    if prefix is not None and not PyUnicode_Check(prefix):
+        raise TypeError(f"prefix must be a str or None, not {type(prefix).__name__}")
+    return 0
+
+
+cdef inline int _too_long(Py_ssize_t size) except -1:
+    raise ValueError(
+        f"key is too long: the full lock name is {size} bytes of UTF-8, "
+        f"the limit is {_MAX_NAME} bytes"
+    )
+
+
+cdef int64_t _name_hash(object key, object prefix) except? -1:
+    """Validate, then hash the UTF-8 full name straight from CPython's cached buffers."""
+    cdef Py_ssize_t kn, pn, total
+    cdef const char* kp
+    cdef const char* pp
+    cdef char stack[_STACK_NAME]
+    cdef char* buf
+    cdef uint64_t h
+    _check_key(key, prefix)
+    kp = _utf8(key, &kn, "key")
+    if prefix is None or PyUnicode_GET_LENGTH(prefix) == 0:
+        if kn > _MAX_NAME:
+            _too_long(kn)
+        return <int64_t>_hash_bytes(<const unsigned char*>kp, kn, 0)
+    pp = _utf8(prefix, &pn, "prefix")
+    total = pn + 1 + kn
+    if total > _MAX_NAME:
+        _too_long(total)
+    # lookup3 reads 12-byte blocks across the pieces: join them in a scratch buffer.
+    if total <= _STACK_NAME:
+        buf = &stack[0]
+    else:
+        buf = <char*>PyMem_Malloc(total)
+        if buf == NULL:
+            raise MemoryError()
+    memcpy(buf, pp, pn)
+    buf[pn] = b':'
+    memcpy(buf + pn + 1, kp, kn)
+    h = _hash_bytes(<const unsigned char*>buf, total, 0)
+    if buf != &stack[0]:
+        PyMem_Free(buf)
+    return <int64_t>h
+
+
+def lock_id(key, prefix=None):
+    """The signed 64-bit lock ID of ``key``: ``hashtextextended(full_name, 0)``."""
+    return _name_hash(key, prefix)
+
+
+def full_name(key, prefix=None):
+    """Validate ``key`` / ``prefix`` and return ``f"{prefix}:{key}"`` (``key`` with no prefix).
+
+    Raises TypeError when ``key`` is not a str (or ``prefix`` not a str or None)
+    and ValueError when ``key`` is empty, not UTF-8 encodable, or the full name
+    is over MAX_NAME_BYTES of UTF-8.
+    """
+    _name_hash(key, prefix)
+    return f"{prefix}:{key}" if prefix else key
+
+
+def name_and_id(key, prefix=None):
+    """``(full_name(key, prefix), lock_id(key, prefix))``, validating once."""
+    cdef int64_t h = _name_hash(key, prefix)
+    return (f"{prefix}:{key}" if prefix else key), h
+
+
+# ---------------------------------------------------------------------------------
+# Backoff
+# ---------------------------------------------------------------------------------
+
+cdef double _check_seconds(str name, object value) except -1.0:
+    cdef double number
+    if PyBool_Check(value) or not (PyLong_Check(value) or PyFloat_Check(value)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    number = value
+    if not isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return number
+
+
+@cython.final
+cdef class Backoff:
+    """A delay schedule for retries: ``next_delay()`` gives the wait before each attempt.
+
+    ``kind`` is "constant" (``interval``), "linear" (``interval * (n + 1)``) or
+    "exponential" (``interval * 2**n``), n being the attempt from 0, never above
+    ``cap``. ``jitter`` "none" keeps that value, "full" draws uniformly in
+    ``[0, value)``, "decorrelated" draws ``min(cap, uniform(interval, 3 * prev))``
+    (AWS style; ``kind`` is then ignored). ``seed`` makes the draws repeatable.
+    """
+
+    cdef readonly str kind
+    cdef readonly str jitter
+    cdef readonly double interval
+    cdef readonly double cap
+    cdef public long long attempt
+    cdef uint64_t _state
+    cdef double _prev
+    cdef int _kind      # index in _BACKOFF_KINDS
+    cdef int _jitter    # index in _JITTER_KINDS
+
+    def __init__(self, kind="exponential", interval=0.05, cap=2.0, jitter="full", seed=None):
+        if kind not in _BACKOFF_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(_BACKOFF_KINDS)}; got {kind!r}")
+        if jitter not in _JITTER_KINDS:
+            raise ValueError(f"jitter must be one of {', '.join(_JITTER_KINDS)}; got {jitter!r}")
+        cdef double interval_s = _check_seconds("interval", interval)
+        cdef double cap_s = _check_seconds("cap", cap)
+        if cap_s < interval_s:
+            raise ValueError(f"cap ({cap!r}) must not be below interval ({interval!r})")
+        if seed is None:
+            state = int.from_bytes(_os.urandom(8), "little")
+        elif PyBool_Check(seed) or not PyLong_Check(seed):
+            raise TypeError(f"seed must be an int or None, not {type(seed).__name__}")
+        else:
+            state = seed & 0xFFFFFFFFFFFFFFFF
+        self.kind = _BACKOFF_KINDS[_BACKOFF_KINDS.index(kind)]
+        self.jitter = _JITTER_KINDS[_JITTER_KINDS.index(jitter)]
+        self._kind = _BACKOFF_KINDS.index(kind)
+        self._jitter = _JITTER_KINDS.index(jitter)
+        self.interval = interval_s
+        self.cap = cap_s
+        self.attempt = 0
+        self._state = state
+        self._prev = interval_s
+
+    def __repr__(self):
+        return (
+            f"Backoff(kind={self.kind!r}, interval={self.interval!r}, cap={self.cap!r}, "
+            f"jitter={self.jitter!r}, attempt={self.attempt})"
+        )
+
+    cdef inline double _uniform(self) noexcept:
+        # splitmix64, then the top 53 bits as a float in [0, 1).
+        cdef uint64_t z
+        self._state += <uint64_t>0x9E3779B97F4A7C15
+        z = self._state
+        z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+        z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
+        z ^= z >> 31
+        return <double>(z >> 11) * (1.0 / 9007199254740992.0)
+
+    cdef inline double _base(self, long long n) noexcept:
+        cdef double value
+        if self._kind == 0:
+            value = self.interval
+        elif self._kind == 1:
+            value = self.interval * <double>(n + 1)
+        elif n >= 1024:
+            value = self.cap if self.interval > 0.0 else 0.0
+        else:
+            value = self.interval * pow(2.0, <double>n)
+        return value if value < self.cap else self.cap
+
+    def next_delay(self, remaining=None):
+        """The delay before the next attempt, never above ``cap`` nor ``remaining``; counts the attempt."""
+        cdef double delay, limit = INFINITY, low
+        if remaining is not None:
+            if PyBool_Check(remaining) or not (PyLong_Check(remaining) or PyFloat_Check(remaining)):
+                raise TypeError(
+                    f"remaining must be a number of seconds or None, not {type(remaining).__name__}"
+                )
+            limit = remaining
+            if isnan(limit) or limit < 0:
+                raise ValueError(f"remaining must be a number of seconds >= 0, got {remaining!r}")
+        if self._jitter == 2:
+            low = self.interval
+            delay = low + (self._prev * 3.0 - low) * self._uniform()
+            if not delay < self.cap:
+                delay = self.cap
+            self._prev = delay
+        elif self._jitter == 1:
+            delay = self._base(self.attempt) * self._uniform()
+        else:
+            delay = self._base(self.attempt)
+        self.attempt += 1
+        if delay > limit:
+            delay = limit
+        return delay
+
+    def reset(self):
+        """Start the schedule over (attempt 0); the random stream goes on."""
+        self.attempt = 0
+        self._prev = self.interval
+
+
+# ---------------------------------------------------------------------------------
+# The lock table
+# ---------------------------------------------------------------------------------
+
+cdef double _check_wait(str name, object value, bint positive) except -1.0:
+    """Seconds from ``value`` (None: forever), validated; ``positive`` refuses 0."""
+    cdef double number
+    if value is None:
+        return INFINITY
+    if PyFloat_Check(value):
+        number = PyFloat_AS_DOUBLE(value)
+    elif PyLong_Check(value) and not PyBool_Check(value):
+        number = value
+    else:
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
+    if isnan(number) or number < 0 or (positive and number == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be a number of seconds {bound} or None, got {value!r}")
+    return number
+
+
+@cython.final
+@cython.freelist(8)
+cdef class _Waiter:
+    cdef bint shared
+    cdef double ttl
+    cdef uint64_t token
+    cdef bint signaled
+    cdef object lock
+
+    cdef inline void signal(self):
+        if not self.signaled:
+            self.signaled = True
+            self.lock.release()
+
+
+@cython.final
+@cython.freelist(32)
+cdef class _Entry:
+    """One key. Holders are stored compactly: the first one in ``tok1`` / ``exp1``,
+    the others (all shared) in ``more`` (token -> expires_at). An exclusive
+    holder is always alone, so one ``exclusive`` flag gives every holder's mode.
+    """
+    cdef uint64_t tok1          # 0: the compact slot is empty
+    cdef double exp1
+    cdef dict more              # None until a second holder comes
+    cdef Py_ssize_t count
+    cdef Py_ssize_t nttl        # holders with a TTL: skip expiry scans when 0
+    cdef bint exclusive
+    cdef object waiters         # deque of _Waiter, None until someone waits
+
+    cdef inline bint grantable(self, bint shared) noexcept:
+        return (not self.exclusive) if shared else self.count == 0
+
+    cdef inline bint has_waiters(self) noexcept:
+        return self.waiters is not None and len(self.waiters) > 0
+
+    cdef inline bint idle(self) noexcept:
+        return self.count == 0 and not self.has_waiters()
+
+    cdef bint has(self, uint64_t token) except -1:
+        if token == self.tok1:
+            return token != 0
+        return self.more is not None and token in self.more
+
+    cdef double expires(self, uint64_t token):
+        return self.exp1 if token == self.tok1 else self.more[token]
+
+    cdef int put(self, uint64_t token, bint shared, double expires) except -1:
+        if self.tok1 == 0:
+            self.tok1 = token
+            self.exp1 = expires
+        else:
+            if self.more is None:
+                self.more = {}
+            self.more[token] = expires
+        self.count += 1
+        if expires != INFINITY:
+            self.nttl += 1
+        if not shared:
+            self.exclusive = True
+        return 0
+
+    cdef int set_expires(self, uint64_t token, double expires) except -1:
+        cdef double old = self.expires(token)
+        self.nttl += (expires != INFINITY) - (old != INFINITY)
+        if token == self.tok1:
+            self.exp1 = expires
+        else:
+            self.more[token] = expires
+        return 0
+
+    cdef bint drop(self, uint64_t token) except -1:
+        cdef double expires
+        if token == 0:
+            return False
+        if token == self.tok1:
+            expires = self.exp1
+            self.tok1 = 0
+        elif self.more is not None and token in self.more:
+            expires = self.more.pop(token)
+        else:
+            return False
+        self.count -= 1
+        if expires != INFINITY:
+            self.nttl -= 1
+        if self.count == 0:
+            self.exclusive = False
+        return True
+
+    cdef list tokens(self):
+        cdef list out = [] if self.tok1 == 0 else [self.tok1]
+        if self.more:
+            out.extend(self.more)
+        out.sort()
+        return out
+
+    cdef double earliest(self):
+        cdef double best = self.exp1 if self.tok1 != 0 else INFINITY
+        if self.more:
+            best = min(best, min(self.more.values()))
+        return best
+
+    cdef void clear_holders(self) noexcept:
+        self.tok1 = 0
+        self.more = None
+        self.count = 0
+        self.nttl = 0
+        self.exclusive = False
+
+
+cdef inline uint64_t _as_token(object token) except? 0:
+    """A token as uint64; 0 (never issued) for ints out of range."""
+    if PyBool_Check(token) or not PyLong_Check(token):
+        raise TypeError(f"token must be an int, not {type(token).__name__}")
+    try:
+        return token
+    except OverflowError:
+        return 0
+
+
+@cython.final
+cdef class LockTable:
+    """An in-process table of keys -> holders with fencing tokens.
+
+    ``clock`` (default ``_time.monotonic``) measures TTLs. With the default
+    clock a waiter behind a TTL holder wakes by itself when the lease runs out;
+    with an injected clock, advance it and call ``expire()`` or ``acquire()``.
+    """
+
+    cdef PyThread_type_lock _mutex
+    cdef dict _entries
+    cdef uint64_t _next_token
+    cdef object _clock
+    cdef bint _realtime
+
+    def __cinit__(self, clock=None):
+        self._mutex = PyThread_allocate_lock()
+        if self._mutex == NULL:
+            raise MemoryError("cannot allocate the lock table's mutex")
+        self._entries = {}
+        self._next_token = 1
+        self._realtime = clock is None
+        self._clock = _time.monotonic if clock is None else clock
+
+    def __dealloc__(self):
+        if self._mutex != NULL:
+            PyThread_free_lock(self._mutex)
+
+    def __repr__(self):
+        return f"<LockTable keys={len(self._entries)} next_token={self._next_token}>"
+
+    # -- internals ------------------------------------------------------------------
+
+    cdef inline void _lock(self) noexcept:
+        # Uncontended: no GIL round trip. Contended: wait without the GIL.
+        if not PyThread_acquire_lock(self._mutex, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock(self._mutex, WAIT_LOCK)
+
+    cdef inline void _unlock(self) noexcept:
+        PyThread_release_lock(self._mutex)
+
+    cdef uint64_t _add(self, _Entry entry, bint shared, double ttl) except 0:
+        cdef uint64_t token = self._next_token
+        cdef double expires = INFINITY
+        if ttl != INFINITY:
+            expires = <double>self._clock() + ttl
+        self._next_token += 1
+        entry.put(token, shared, expires)
+        return token
+
+    cdef int _grant(self, _Entry entry) except -1:
+        """Hand the key to the head waiter(s) that fit, then wake them."""
+        cdef _Waiter waiter
+        cdef bint granted_ttl = False
+        while entry.has_waiters():
+            waiter = <_Waiter>entry.waiters[0]
+            if not entry.grantable(waiter.shared):
+                break
+            entry.waiters.popleft()
+            waiter.token = self._add(entry, waiter.shared, waiter.ttl)
+            granted_ttl = granted_ttl or waiter.ttl != INFINITY
+            waiter.signal()
+        if granted_ttl:
+            self._kick(entry)
+        return 0
+
+    cdef int _kick(self, _Entry entry) except -1:
+        # Holders' expiry changed: waiters recompute how long they may sleep.
+        if self._realtime and entry.has_waiters():
+            for waiter in entry.waiters:
+                (<_Waiter>waiter).signal()
+        return 0
+
+    cdef Py_ssize_t _evict(self, _Entry entry) except -1:
+        cdef double now
+        cdef list dead
+        if entry.nttl == 0:
+            return 0
+        now = self._clock()
+        dead = []
+        if entry.tok1 != 0 and entry.exp1 <= now:
+            dead.append(entry.tok1)
+        if entry.more:
+            dead.extend([token for token, expires in entry.more.items() if expires <= now])
+        for token in dead:
+            entry.drop(token)
+        if dead:
+            self._grant(entry)
+        return len(dead)
+
+    cdef inline int _forget_if_idle(self, object key, _Entry entry) except -1:
+        if entry.idle():
+            del self._entries[key]
+        return 0
+
+    cdef _Entry _entry(self, object key):
+        cdef object found = self._entries.get(key)
+        # Common case first: no entry, or one without TTL holders.
+        cdef _Entry entry
+        if found is None:
+            return None
+        entry = <_Entry>found
+        if entry.nttl != 0 and self._evict(entry):
+            self._forget_if_idle(key, entry)
+            found = self._entries.get(key)
+            return None if found is None else <_Entry>found
+        return entry
+
+    cdef Py_ssize_t _expire_all(self) except -1:
+        cdef Py_ssize_t evicted = 0
+        cdef _Entry entry
+        for key, found in list(self._entries.items()):
+            entry = <_Entry>found
+            if entry.nttl:
+                evicted += self._evict(entry)
+                self._forget_if_idle(key, entry)
+        return evicted
+
+    # -- public API -----------------------------------------------------------------
+
+    def acquire(self, key, shared=False, timeout=None, ttl=None):
+        """Take ``key``; return a fencing token (> 0), or 0 when not acquired in ``timeout``.
+
+        ``timeout`` None waits forever, 0 tries once. Waiters are served FIFO
+        and a new request never overtakes a queued one. The wait is
+        interruptible (Ctrl-C); nothing stays held or queued after it.
+        """
+        cdef double wait = _check_wait("timeout", timeout, False)
+        cdef double lease = _check_wait("ttl", ttl, True)
+        cdef bint is_shared = shared
+        cdef _Entry entry
+        cdef _Waiter waiter
+        self._lock()
+        try:
+            entry = self._entry(key)
+            if entry is None:
+                entry = _Entry.__new__(_Entry)
+                self._entries[key] = entry
+                return self._add(entry, is_shared, lease)
+            if not entry.has_waiters() and entry.grantable(is_shared):
+                return self._add(entry, is_shared, lease)
+            if wait == 0:
+                return 0
+            waiter = _Waiter.__new__(_Waiter)
+            waiter.shared = is_shared
+            waiter.ttl = lease
+            waiter.lock = _threading.Lock()
+            waiter.lock.acquire()
+            if entry.waiters is None:
+                entry.waiters = _deque()
+            entry.waiters.append(waiter)
+        finally:
+            self._unlock()
+        return self._wait(key, waiter, wait)
+
+    cdef object _wait(self, object key, _Waiter waiter, double wait):
+        cdef double deadline = <double>_time.monotonic() + wait
+        cdef double sleep
+        cdef object found
+        try:
+            while True:
+                sleep = deadline - <double>_time.monotonic()
+                if self._realtime:
+                    sleep = min(sleep, self._sleep_bound(key))
+                if sleep > 0:
+                    got = waiter.lock.acquire(True, -1 if sleep == INFINITY else min(sleep, _threading.TIMEOUT_MAX))
+                else:
+                    got = waiter.lock.acquire(False)
+                self._lock()
+                try:
+                    if waiter.signaled:
+                        if not got:
+                            waiter.lock.acquire(False)  # re-arm: consume the pending wake-up
+                        waiter.signaled = False
+                    if waiter.token:
+                        return waiter.token
+                    found = self._entries.get(key)
+                    if found is not None and (<_Entry>found).nttl and self._evict(<_Entry>found) and waiter.token:
+                        return waiter.token
+                    if deadline - <double>_time.monotonic() <= 0:
+                        self._abandon(key, waiter)
+                        return 0
+                finally:
+                    self._unlock()
+        except BaseException:
+            self._lock()
+            try:
+                found = self._entries.get(key)
+                if waiter.token:
+                    if found is not None and (<_Entry>found).drop(waiter.token):
+                        self._grant(<_Entry>found)
+                        self._forget_if_idle(key, <_Entry>found)
+                else:
+                    self._abandon(key, waiter)
+            finally:
+                self._unlock()
+            raise
+
+    cdef double _sleep_bound(self, object key) except? -1.0:
+        cdef object found
+        cdef double earliest
+        self._lock()
+        try:
+            found = self._entries.get(key)
+            if found is None or (<_Entry>found).nttl == 0:
+                return INFINITY
+            earliest = (<_Entry>found).earliest()
+            return max(earliest - <double>self._clock(), 0.0) + 0.0005
+        finally:
+            self._unlock()
+
+    cdef int _abandon(self, object key, _Waiter waiter) except -1:
+        cdef object found = self._entries.get(key)
+        cdef _Entry entry
+        if found is None:
+            return 0
+        entry = <_Entry>found
+        if entry.waiters is not None:
+            try:
+                entry.waiters.remove(waiter)
+            except ValueError:
+                pass
+        self._grant(entry)  # the ones behind may fit now
+        self._forget_if_idle(key, entry)
+        return 0
+
+    def release(self, key, token):
+        """Compare-and-delete: free the holder ``token`` of ``key``; False when it is not a holder."""
+        cdef uint64_t tok = _as_token(token)
+        cdef _Entry entry
+        self._lock()
+        try:
+            entry = self._entry(key)
+            if entry is None or not entry.drop(tok):
+                return False
+            if entry.has_waiters():
+                self._grant(entry)
+            self._forget_if_idle(key, entry)
+            return True
+        finally:
+            self._unlock()
+
+    def renew(self, key, token, ttl):
+        """Give holder ``token`` a new TTL from now (None: no TTL); False when it is not a holder."""
+        cdef uint64_t tok = _as_token(token)
+        cdef double lease = _check_wait("ttl", ttl, True)
+        cdef _Entry entry
+        self._lock()
+        try:
+            entry = self._entry(key)
+            if entry is None or not entry.has(tok):
+                return False
+            entry.set_expires(tok, INFINITY if lease == INFINITY else <double>self._clock() + lease)
+            self._kick(entry)
+            return True
+        finally:
+            self._unlock()
+
+    def held(self, key):
+        """Whether ``key`` has a holder now."""
+        cdef _Entry entry
+        self._lock()
+        try:
+            entry = self._entry(key)
+            return entry is not None and entry.count > 0
+        finally:
+            self._unlock()
+
+    def holders(self, key):
+        """``(token, shared, expires_at)`` for each current holder of ``key``, oldest first."""
+        cdef _Entry entry
+        cdef double expires
+        cdef list out = []
+        self._lock()
+        try:
+            entry = self._entry(key)
+            if entry is None:
+                return out
+            for token in entry.tokens():
+                expires = entry.expires(token)
+                out.append((token, not entry.exclusive, None if expires == INFINITY else expires))
+            return out
+        finally:
+            self._unlock()
+
+    def waiters(self, key):
+        """How many threads wait for ``key``."""
+        cdef object found
+        self._lock()
+        try:
+            found = self._entries.get(key)
+            if found is None or (<_Entry>found).waiters is None:
+                return 0
+            return len((<_Entry>found).waiters)
+        finally:
+            self._unlock()
+
+    def keys(self):
+        """The keys held now."""
+        self._lock()
+        try:
+            self._expire_all()
+            return [key for key, entry in self._entries.items() if (<_Entry>entry).count]
+        finally:
+            self._unlock()
+
+    def expire(self):
+        """Evict holders whose TTL ran out (by the table's clock), hand off to waiters; return how many."""
+        self._lock()
+        try:
+            return self._expire_all()
+        finally:
+            self._unlock()
+
+    def clear(self):
+        """Drop every holder and hand the keys to their waiters."""
+        cdef _Entry entry
+        self._lock()
+        try:
+            for key, found in list(self._entries.items()):
+                entry = <_Entry>found
+                entry.clear_holders()
+                self._grant(entry)
+                self._forget_if_idle(key, entry)
+        finally:
+            self._unlock()
+
+    def reset_after_fork(self):
+        """In a forked child: new internal mutex, no holders, no waiters; tokens go on increasing."""
+        cdef PyThread_type_lock fresh = PyThread_allocate_lock()
+        if fresh == NULL:
+            raise MemoryError("cannot allocate the lock table's mutex")
+        # The old mutex may be held by a thread that does not exist here: drop it unused.
+        self._mutex = fresh
+        self._entries = {}
+
+    def __len__(self):
+        """The number of keys held now."""
+        cdef Py_ssize_t n = 0
+        self._lock()
+        try:
+            self._expire_all()
+            for entry in self._entries.values():
+                if (<_Entry>entry).count:
+                    n += 1
+            return n
+        finally:
+            self._unlock()
+
+
+# ---------------------------------------------------------------------------------
+# Counters: a locker's stats. Each method runs without releasing the GIL and
+# without executing Python bytecode, so the increments need no lock.
+# ---------------------------------------------------------------------------------
+
+_monotonic = _time.monotonic
+
+
+@cython.final
+cdef class Counters:
+    """Counts of a locker's outcomes and its total hold time.
+
+    ``acquired()`` and ``released(since)`` are the hot pair: they also read the
+    monotonic clock, so the caller needs no clock call of its own.
+    """
+
+    cdef unsigned long long _acquired, _failed, _timeouts, _released
+    cdef unsigned long long _lost, _renewed, _renew_failed
+    cdef double _hold_time
+
+    def acquired(self):
+        """Count one acquisition; return ``time.monotonic()`` (the start of the hold)."""
+        self._acquired += 1
+        return _monotonic()
+
+    def released(self, double since):
+        """Count one release of a hold that began at ``since``; return the seconds held."""
+        cdef double held = <double>_monotonic() - since
+        self._released += 1
+        self._hold_time += held
+        return held
+
+    def add(self, str name):
+        """Count one of: failed, timeouts, lost, renewed, renew_failed."""
+        if name == "failed":
+            self._failed += 1
+        elif name == "timeouts":
+            self._timeouts += 1
+        elif name == "lost":
+            self._lost += 1
+        elif name == "renewed":
+            self._renewed += 1
+        elif name == "renew_failed":
+            self._renew_failed += 1
+        else:
+            raise ValueError(f"name must be one of {_COUNTER_NAMES}, not {name!r}")
+
+    def snapshot(self):
+        """``(acquired, failed, timeouts, released, lost, renewed, renew_failed, hold_time)``."""
+        return (
+            self._acquired, self._failed, self._timeouts, self._released,
+            self._lost, self._renewed, self._renew_failed, self._hold_time,
+        )
+
+
+_COUNTER_NAMES = ("failed", "timeouts", "lost", "renewed", "renew_failed")

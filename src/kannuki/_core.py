@@ -1,0 +1,53 @@
+"""Pick the core implementation once, at import: the compiled ``_native`` or the pure twin.
+
+``KANNUKI_NO_EXTENSIONS`` set to anything but "" or "0" forces the pure one.
+``NATIVE`` says which was loaded; ``FALLBACK_REASON`` says why, when it is pure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from types import ModuleType
+from typing import Optional
+
+__all__ = [
+    "FALLBACK_REASON",
+    "IMPLEMENTATION",
+    "MAX_NAME_BYTES",
+    "NATIVE",
+    "Backoff",
+    "Counters",
+    "LockTable",
+    "full_name",
+    "hash_text_extended",
+    "lock_id",
+    "name_and_id",
+]
+
+FALLBACK_REASON: Optional[str] = None
+IMPLEMENTATION: ModuleType
+
+if os.environ.get("KANNUKI_NO_EXTENSIONS", "") not in ("", "0"):
+    FALLBACK_REASON = "KANNUKI_NO_EXTENSIONS is set"
+else:
+    try:
+        from kannuki import _native as IMPLEMENTATION
+    except ImportError as exc:  # not built, or built for another interpreter
+        FALLBACK_REASON = f"the compiled core did not load: {exc}"
+
+if FALLBACK_REASON is not None:
+    from kannuki import _pure as IMPLEMENTATION
+
+    logging.getLogger("kannuki").debug("using the pure-Python core (%s)", FALLBACK_REASON)
+
+NATIVE: bool = FALLBACK_REASON is None
+
+Backoff = IMPLEMENTATION.Backoff
+Counters = IMPLEMENTATION.Counters
+LockTable = IMPLEMENTATION.LockTable
+MAX_NAME_BYTES: int = IMPLEMENTATION.MAX_NAME_BYTES
+full_name = IMPLEMENTATION.full_name
+hash_text_extended = IMPLEMENTATION.hash_text_extended
+lock_id = IMPLEMENTATION.lock_id
+name_and_id = IMPLEMENTATION.name_and_id

@@ -1,0 +1,82 @@
+"""Stub for the compiled core ``kannuki._native`` (built from ext/_native.pyx).
+
+Same interface as ``kannuki._pure``; the contract is ``kannuki._coreapi``.
+"""
+
+from typing import Callable, Final, Hashable, Optional
+
+MAX_NAME_BYTES: Final[int]
+
+def hash_text_extended(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
+    """PostgreSQL's ``hashtextextended`` over ``data`` with ``seed``, as a signed 64-bit int."""
+
+def full_name(key: str, prefix: Optional[str] = None) -> str:
+    """Validate ``key`` / ``prefix`` and return ``f"{prefix}:{key}"`` (``key`` with no prefix)."""
+
+def lock_id(key: str, prefix: Optional[str] = None) -> int:
+    """The signed 64-bit lock ID of ``key``: ``hashtextextended(full_name, 0)``."""
+
+def name_and_id(key: str, prefix: Optional[str] = None) -> tuple[str, int]:
+    """``(full_name(key, prefix), lock_id(key, prefix))``, validating once."""
+
+class Backoff:
+    """A delay schedule for retries: ``next_delay()`` gives the wait before each attempt."""
+
+    attempt: int
+    @property
+    def kind(self) -> str: ...
+    @property
+    def jitter(self) -> str: ...
+    @property
+    def interval(self) -> float: ...
+    @property
+    def cap(self) -> float: ...
+    def __init__(
+        self,
+        kind: str = "exponential",
+        interval: float = 0.05,
+        cap: float = 2.0,
+        jitter: str = "full",
+        seed: Optional[int] = None,
+    ) -> None: ...
+    def next_delay(self, remaining: Optional[float] = None) -> float:
+        """The delay before the next attempt, never above ``cap`` nor ``remaining``; counts the attempt."""
+    def reset(self) -> None:
+        """Start the schedule over (attempt 0); the random stream goes on."""
+
+class LockTable:
+    """An in-process table of keys -> holders with fencing tokens."""
+
+    def __init__(self, clock: Optional[Callable[[], float]] = None) -> None: ...
+    def acquire(
+        self,
+        key: Hashable,
+        shared: bool = False,
+        timeout: Optional[float] = None,
+        ttl: Optional[float] = None,
+    ) -> int:
+        """Take ``key``; return a fencing token (> 0), or 0 when not acquired in ``timeout``."""
+    def release(self, key: Hashable, token: int) -> bool:
+        """Compare-and-delete: free the holder ``token`` of ``key``; False when it is not a holder."""
+    def renew(self, key: Hashable, token: int, ttl: Optional[float]) -> bool:
+        """Give holder ``token`` a new TTL from now (None: no TTL); False when it is not a holder."""
+    def held(self, key: Hashable) -> bool: ...
+    def holders(self, key: Hashable) -> list[tuple[int, bool, Optional[float]]]: ...
+    def waiters(self, key: Hashable) -> int: ...
+    def keys(self) -> list[Hashable]: ...
+    def expire(self) -> int: ...
+    def clear(self) -> None: ...
+    def reset_after_fork(self) -> None: ...
+    def __len__(self) -> int: ...
+
+class Counters:
+    """A locker's stats counters; the increments need no lock (no bytecode runs inside)."""
+
+    def acquired(self) -> float:
+        """Count one acquisition; return ``time.monotonic()``."""
+    def released(self, since: float) -> float:
+        """Count one release of a hold begun at ``since``; return the seconds held."""
+    def add(self, name: str) -> None:
+        """Count one of: failed, timeouts, lost, renewed, renew_failed."""
+    def snapshot(self) -> tuple[int, int, int, int, int, int, int, float]:
+        """``(acquired, failed, timeouts, released, lost, renewed, renew_failed, hold_time)``."""

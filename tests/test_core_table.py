@@ -1,0 +1,509 @@
+"""The in-process lock table on both twins: modes, FIFO hand-off, tokens, TTLs, interrupts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from types import ModuleType
+from typing import Callable
+
+import pytest
+
+JOIN = 10.0  # seconds: the bound on every join and wait in this file
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = JOIN) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.002)
+
+
+def _start(target: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def _join(*threads: threading.Thread) -> None:
+    for thread in threads:
+        thread.join(JOIN)
+        assert not thread.is_alive(), "thread did not finish in time"
+
+
+def test_exclusive_excludes(core: ModuleType) -> None:
+    """An exclusive holder blocks everyone; release frees the key and its entry."""
+    table = core.LockTable()
+    token = table.acquire("k")
+    assert token > 0
+    assert table.held("k") and len(table) == 1 and table.keys() == ["k"]
+    assert table.acquire("k", timeout=0) == 0
+    assert table.acquire("k", shared=True, timeout=0) == 0
+    assert table.holders("k") == [(token, False, None)]
+    assert table.release("k", token) is True
+    assert not table.held("k") and len(table) == 0 and table.keys() == []
+
+
+def test_shared_and_exclusive(core: ModuleType) -> None:
+    """Shared holders coexist; exclusive waits for all of them."""
+    table = core.LockTable()
+    a = table.acquire("k", shared=True)
+    b = table.acquire("k", shared=True, timeout=0)
+    assert a and b and b > a
+    assert [h[:2] for h in table.holders("k")] == [(a, True), (b, True)]
+    assert table.acquire("k", timeout=0) == 0
+    assert table.release("k", a)
+    assert table.acquire("k", timeout=0) == 0
+    assert table.release("k", b)
+    c = table.acquire("k", timeout=0)
+    assert c > b
+    assert table.release("k", c)
+    assert len(table) == 0
+
+
+def test_keys_are_any_hashable(core: ModuleType) -> None:
+    """str names and int IDs are separate keys."""
+    table = core.LockTable()
+    a = table.acquire("1")
+    b = table.acquire(1, timeout=0)
+    c = table.acquire(("tuple", 2), timeout=0)
+    assert a and b and c
+    assert sorted(map(repr, table.keys())) == sorted(map(repr, ["1", 1, ("tuple", 2)]))
+    assert table.release(1, b) and table.release("1", a) and table.release(("tuple", 2), c)
+
+
+def test_tokens_strictly_increase(core: ModuleType) -> None:
+    """Tokens come from one table-wide counter starting at 1."""
+    table = core.LockTable()
+    tokens = []
+    for i in range(50):
+        key = f"k{i % 3}"
+        tok = table.acquire(key, shared=bool(i % 2))
+        tokens.append(tok)
+        assert table.release(key, tok)
+    assert tokens == list(range(1, 51))
+
+
+def test_stale_release_never_frees_the_new_holder(core: ModuleType) -> None:
+    """Compare-and-delete: an old or unknown token returns False and changes nothing."""
+    table = core.LockTable()
+    old = table.acquire("k")
+    assert table.release("k", old)
+    assert table.release("k", old) is False
+    new = table.acquire("k")
+    assert table.release("k", old) is False
+    assert table.release("k", 0) is False
+    assert table.release("k", -5) is False
+    assert table.release("k", 2**80) is False
+    assert table.release("other", new) is False
+    assert table.holders("k") == [(new, False, None)]
+    assert table.release("k", new)
+
+
+def test_bad_token_type(core: ModuleType) -> None:
+    """A token that is not an int is a TypeError naming 'token'."""
+    table = core.LockTable()
+    with pytest.raises(TypeError, match="token"):
+        table.release("k", "1")
+    with pytest.raises(TypeError, match="token"):
+        table.renew("k", 1.0, 1.0)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "name"), [
+    ({"timeout": -1}, ValueError, "timeout"),
+    ({"timeout": float("nan")}, ValueError, "timeout"),
+    ({"timeout": "1"}, TypeError, "timeout"),
+    ({"ttl": 0}, ValueError, "ttl"),
+    ({"ttl": -1.0}, ValueError, "ttl"),
+    ({"ttl": float("nan")}, ValueError, "ttl"),
+    ({"ttl": "1"}, TypeError, "ttl"),
+])
+def test_bad_acquire_arguments(core: ModuleType, kwargs: dict[str, object], error: type[Exception], name: str) -> None:
+    """Bad timeout / ttl are refused by name and nothing is held afterwards."""
+    table = core.LockTable()
+    with pytest.raises(error, match=name):
+        table.acquire("k", **kwargs)
+    assert len(table) == 0 and table.waiters("k") == 0
+
+
+def test_unhashable_key_leaves_nothing(core: ModuleType) -> None:
+    """An unhashable key raises TypeError and the table stays usable."""
+    table = core.LockTable()
+    with pytest.raises(TypeError):
+        table.acquire(["list"])
+    tok = table.acquire("k", timeout=0)
+    assert tok and table.release("k", tok)
+
+
+def test_timeout_returns_zero_and_leaves_no_waiter(core: ModuleType) -> None:
+    """A blocking acquire that times out returns 0 and is not queued any more."""
+    table = core.LockTable()
+    tok = table.acquire("k")
+    assert table.acquire("k", timeout=0.05) == 0
+    assert table.waiters("k") == 0
+    assert table.release("k", tok)
+    assert len(table) == 0
+
+
+def test_hand_off_to_a_blocked_waiter(core: ModuleType) -> None:
+    """Release hands the key to the blocked waiter, which gets a newer token."""
+    table = core.LockTable()
+    first = table.acquire("k")
+    got: list[int] = []
+    thread = _start(lambda: got.append(table.acquire("k", timeout=JOIN)))
+    _wait_for(lambda: table.waiters("k") == 1)
+    assert table.release("k", first)
+    _join(thread)
+    assert got and got[0] > first
+    assert table.holders("k") == [(got[0], False, None)]
+    assert table.release("k", got[0])
+
+
+def test_fifo_order_of_waiters(core: ModuleType) -> None:
+    """N waiters get the key in the order they queued."""
+    table = core.LockTable()
+    tok = table.acquire("k")
+    order: list[int] = []
+    threads = []
+
+    def worker(i: int) -> None:
+        mine = table.acquire("k", timeout=JOIN)
+        assert mine
+        order.append(i)
+        table.release("k", mine)
+
+    for i in range(8):
+        threads.append(_start(lambda i=i: worker(i)))
+        _wait_for(lambda i=i: table.waiters("k") == i + 1)
+    assert table.release("k", tok)
+    _join(*threads)
+    assert order == list(range(8))
+    assert len(table) == 0
+
+
+def test_no_barging_while_waiters_queue(core: ModuleType) -> None:
+    """A try never overtakes a queued waiter, even a shared try behind an exclusive waiter."""
+    table = core.LockTable()
+    reader = table.acquire("k", shared=True)
+    got: list[int] = []
+    writer = _start(lambda: got.append(table.acquire("k", timeout=JOIN)))
+    _wait_for(lambda: table.waiters("k") == 1)
+    assert table.acquire("k", shared=True, timeout=0) == 0
+    assert table.acquire("k", timeout=0) == 0
+    assert table.release("k", reader)
+    _join(writer)
+    assert got[0] and table.holders("k")[0][0] == got[0]
+    assert table.acquire("k", shared=True, timeout=0) == 0
+    assert table.release("k", got[0])
+
+
+def test_consecutive_shared_waiters_are_granted_together(core: ModuleType) -> None:
+    """Releasing an exclusive holder hands the key to all the shared waiters at the head at once."""
+    table = core.LockTable()
+    tok = table.acquire("k")
+    readers_in = threading.Barrier(3, timeout=JOIN)
+    results: list[int] = []
+
+    def reader() -> None:
+        mine = table.acquire("k", shared=True, timeout=JOIN)
+        results.append(mine)
+        readers_in.wait()  # all three hold it at the same time
+        table.release("k", mine)
+
+    threads = []
+    for n in range(3):
+        threads.append(_start(reader))
+        _wait_for(lambda n=n: table.waiters("k") == n + 1)
+    writer_got: list[int] = []
+    threads.append(_start(lambda: writer_got.append(table.acquire("k", timeout=JOIN))))
+    _wait_for(lambda: table.waiters("k") == 4)
+    assert table.release("k", tok)
+    _join(*threads)
+    assert len(results) == 3 and all(results)
+    assert writer_got[0] > max(results)
+    assert table.release("k", writer_got[0])
+    assert len(table) == 0
+
+
+def test_abandoned_head_lets_the_ones_behind_in(core: ModuleType) -> None:
+    """When a timed-out exclusive waiter leaves the head, shared waiters behind it join the readers."""
+    table = core.LockTable()
+    reader = table.acquire("k", shared=True)
+    writer = _start(lambda: table.acquire("k", timeout=0.3))
+    _wait_for(lambda: table.waiters("k") == 1)
+    got: list[int] = []
+    second = _start(lambda: got.append(table.acquire("k", shared=True, timeout=JOIN)))
+    _wait_for(lambda: table.waiters("k") == 2)
+    _join(writer)
+    _join(second)
+    assert got[0] > reader and table.waiters("k") == 0
+    assert table.release("k", got[0]) and table.release("k", reader)
+    assert len(table) == 0
+
+
+def test_counter_under_the_lock_has_no_lost_update(core: ModuleType) -> None:
+    """8 threads read-modify-write a shared counter under the lock; no update is lost."""
+    table = core.LockTable()
+    state = {"n": 0}
+    rounds = 300
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(rounds):
+                tok = table.acquire("counter", timeout=JOIN)
+                assert tok
+                value = state["n"]
+                if value % 7 == 0:
+                    time.sleep(0)  # invite a thread switch inside the critical section
+                state["n"] = value + 1
+                assert table.release("counter", tok)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [_start(worker) for _ in range(8)]
+    _join(*threads)
+    assert not errors
+    assert state["n"] == 8 * rounds
+    assert len(table) == 0
+
+
+def test_ttl_expiry_with_injected_clock(core: ModuleType) -> None:
+    """A holder past its TTL is evicted by expire(); its token is then stale."""
+    clock = FakeClock()
+    table = core.LockTable(clock=clock)
+    tok = table.acquire("k", ttl=10)
+    other = table.acquire("j")
+    assert table.holders("k") == [(tok, False, 1010.0)]
+    clock.now += 9.9
+    assert table.expire() == 0 and table.held("k")
+    clock.now += 0.2
+    assert table.expire() == 1
+    assert not table.held("k") and table.keys() == ["j"]
+    assert table.release("k", tok) is False
+    assert table.renew("k", tok, 5) is False
+    assert table.release("j", other)
+
+
+def test_ttl_evicted_lazily_on_acquire(core: ModuleType) -> None:
+    """An acquire after the lease ran out takes the key without expire()."""
+    clock = FakeClock()
+    table = core.LockTable(clock=clock)
+    tok = table.acquire("k", ttl=1)
+    assert table.acquire("k", timeout=0) == 0
+    clock.now += 1.5
+    new = table.acquire("k", timeout=0)
+    assert new > tok
+    assert table.release("k", tok) is False
+    assert table.release("k", new)
+
+
+def test_expire_hands_off_to_waiter(core: ModuleType) -> None:
+    """expire() passes an expired key to the blocked waiter (injected clock)."""
+    clock = FakeClock()
+    table = core.LockTable(clock=clock)
+    tok = table.acquire("k", ttl=1)
+    got: list[int] = []
+    thread = _start(lambda: got.append(table.acquire("k", timeout=JOIN)))
+    _wait_for(lambda: table.waiters("k") == 1)
+    clock.now += 2
+    assert table.expire() == 1
+    _join(thread)
+    assert got[0] > tok
+    assert table.release("k", got[0])
+
+
+def test_renew_extends_and_clears(core: ModuleType) -> None:
+    """renew() moves the expiry from now; None removes the TTL."""
+    clock = FakeClock()
+    table = core.LockTable(clock=clock)
+    tok = table.acquire("k", ttl=1)
+    clock.now += 0.8
+    assert table.renew("k", tok, 1)
+    assert table.holders("k") == [(tok, False, 1001.8)]
+    clock.now += 0.8
+    assert table.expire() == 0
+    assert table.renew("k", tok, None)
+    clock.now += 1000
+    assert table.expire() == 0 and table.held("k")
+    with pytest.raises(ValueError, match="ttl"):
+        table.renew("k", tok, 0)
+    assert table.release("k", tok)
+
+
+def test_real_short_ttl_wakes_a_blocked_waiter(core: ModuleType) -> None:
+    """With the default clock, a waiter behind a 0.2 s lease gets the key when it runs out."""
+    table = core.LockTable()
+    tok = table.acquire("k", ttl=0.2)
+    got = table.acquire("k", timeout=JOIN)
+    assert got > tok
+    assert table.release("k", tok) is False
+    assert table.release("k", got)
+
+
+def test_real_ttl_granted_to_a_waiter_wakes_the_next(core: ModuleType) -> None:
+    """A lease handed off to a waiter still wakes the waiter behind it when it runs out."""
+    table = core.LockTable()
+    first = table.acquire("k")
+    got: list[int] = []
+    leased = _start(lambda: got.append(table.acquire("k", timeout=JOIN, ttl=0.2)))
+    _wait_for(lambda: table.waiters("k") == 1)
+    last: list[int] = []
+    behind = _start(lambda: last.append(table.acquire("k", timeout=JOIN)))
+    _wait_for(lambda: table.waiters("k") == 2)
+    assert table.release("k", first)
+    _join(leased, behind)
+    assert last[0] > got[0] > first
+    assert table.release("k", last[0])
+
+
+def _signal_main_soon(signum: int, delay: float = 0.1) -> threading.Timer:
+    """A real signal to the main thread: it interrupts the blocked wait, as Ctrl-C does."""
+    timer = threading.Timer(delay, signal.pthread_kill, (threading.main_thread().ident, signum))
+    timer.start()
+    return timer
+
+
+needs_signals = pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill")
+
+
+@needs_signals
+def test_keyboard_interrupt_during_wait_leaves_nothing(core: ModuleType) -> None:
+    """Ctrl-C while blocked: the exception propagates and the waiter is gone."""
+    table = core.LockTable()
+    holder_tok: list[int] = []
+    release = threading.Event()
+
+    def holder() -> None:
+        holder_tok.append(table.acquire("k"))
+        release.wait(JOIN)
+        table.release("k", holder_tok[0])
+
+    thread = _start(holder)
+    _wait_for(lambda: table.held("k"))
+    timer = _signal_main_soon(signal.SIGINT)
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            table.acquire("k", timeout=JOIN)
+    finally:
+        timer.cancel()
+        release.set()
+    assert time.monotonic() - started < JOIN / 2  # the signal, not the timeout, ended the wait
+    _join(thread)
+    assert table.waiters("k") == 0
+    assert len(table) == 0
+
+
+@needs_signals
+def test_interrupt_after_hand_off_passes_the_key_on(core: ModuleType) -> None:
+    """The key is handed to the waiter and then its wait raises: the key goes to the next waiter."""
+    table = core.LockTable()
+    tok = table.acquire("k")
+    behind: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        # Runs in the blocked main thread: hand it the key, then abort its wait.
+        assert table.release("k", tok)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        next_thread: list[threading.Thread] = []
+
+        def queue_behind() -> None:
+            _wait_for(lambda: table.waiters("k") == 1)
+            behind.append(table.acquire("k", timeout=JOIN))
+
+        next_thread.append(_start(queue_behind))
+
+        def fire_when_both_wait() -> None:
+            _wait_for(lambda: table.waiters("k") == 2)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+
+        firer = _start(fire_when_both_wait)
+        with pytest.raises(KeyboardInterrupt):
+            table.acquire("k", timeout=JOIN)
+        _join(firer, *next_thread)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert behind and behind[0] > tok + 1  # the main thread's grant was passed on
+    assert table.holders("k") == [(behind[0], False, None)]
+    assert table.waiters("k") == 0
+    assert table.release("k", behind[0])
+    assert len(table) == 0
+
+
+def test_clear_hands_keys_to_waiters(core: ModuleType) -> None:
+    """clear() drops every holder; queued waiters then get the keys."""
+    table = core.LockTable()
+    table.acquire("a")
+    table.acquire("b", shared=True)
+    got: list[int] = []
+    thread = _start(lambda: got.append(table.acquire("a", timeout=JOIN)))
+    _wait_for(lambda: table.waiters("a") == 1)
+    table.clear()
+    _join(thread)
+    assert table.keys() == ["a"] and got[0]
+    assert table.release("a", got[0])
+    assert len(table) == 0
+
+
+def test_entries_are_cleaned_up(core: ModuleType) -> None:
+    """Many keys acquired and released leave nothing behind."""
+    table = core.LockTable()
+    for i in range(1000):
+        tok = table.acquire(i, shared=bool(i % 2), timeout=0)
+        assert table.acquire(i, timeout=0) == 0
+        assert table.release(i, tok)
+    assert len(table) == 0 and table.keys() == []
+    assert "keys=0" in repr(table)
+
+
+def test_reset_after_fork(core: ModuleType) -> None:
+    """reset_after_fork() forgets holders; tokens keep increasing."""
+    table = core.LockTable()
+    tok = table.acquire("k")
+    table.reset_after_fork()
+    assert len(table) == 0 and not table.held("k")
+    assert table.release("k", tok) is False
+    new = table.acquire("k", timeout=0)
+    assert new > tok
+    assert table.release("k", new)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_reset_after_fork_in_a_real_child(core: ModuleType) -> None:
+    """In a forked child whose parent held the key, reset_after_fork() makes the table usable."""
+    table = core.LockTable()
+    tok = table.acquire("k")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report and exit without running pytest's teardown
+        code = 1
+        try:
+            table.reset_after_fork()
+            new = table.acquire("k", timeout=0)
+            code = 0 if new > tok and table.release("k", new) else 2
+        finally:
+            os.write(write_end, bytes([code]))
+            os._exit(code)
+    os.close(write_end)
+    try:
+        assert os.read(read_end, 1) == b"\x00"
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert table.release("k", tok)
