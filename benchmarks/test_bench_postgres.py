@@ -1,0 +1,158 @@
+"""PostgreSQL: uncontended try-acquire + release, and a contended 4-process run.
+
+kannuki beside the floor (raw psycopg on one open autocommit connection, one
+reused cursor, prepared statements: ``pg_try_advisory_lock`` then
+``pg_advisory_unlock``) and the peers pals (SQLAlchemy) and tooz (psycopg2).
+SPEC §7: kannuki within 10% of the floor and faster than the peers; contended
+throughput at least 90% of the floor. Run::
+
+    PYTHONPATH=src .venv/bin/python -m pytest benchmarks/test_bench_postgres.py --benchmark-only
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import uuid
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import kannuki
+
+psycopg = pytest.importorskip("psycopg")
+
+
+def _kannuki(url: str, key: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    locker = kannuki.Locker(url, key_prefix="bench")
+    lock = locker.lock(key)
+
+    def once() -> None:
+        lock.acquire(blocking=False)
+        lock.release()
+
+    return once, locker.close
+
+
+def _floor(url: str, key: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    conn = psycopg.connect(url, autocommit=True)
+    cur = conn.cursor()
+    params = (kannuki.lock_id(key, prefix="bench"),)
+
+    def once() -> None:
+        cur.execute("SELECT pg_try_advisory_lock(%s)", params, prepare=True)
+        cur.fetchone()
+        cur.execute("SELECT pg_advisory_unlock(%s)", params, prepare=True)
+        cur.fetchone()
+
+    return once, conn.close
+
+
+def _pals(url: str, key: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    pals = pytest.importorskip("pals")
+    locker = pals.Locker("bench", url.replace("postgresql://", "postgresql+psycopg://", 1))
+    lock = locker.lock(key)
+
+    def once() -> None:
+        lock.acquire(blocking=False)
+        lock.release()
+
+    return once, locker.engine.dispose
+
+
+def _tooz(url: str, key: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    pytest.importorskip("psycopg2")
+    coordination = pytest.importorskip("tooz.coordination")
+    coordinator = coordination.get_coordinator(url, b"bench-" + uuid.uuid4().hex[:6].encode())
+    coordinator.start()
+    lock = coordinator.get_lock(("bench:" + key).encode())
+
+    def once() -> None:
+        lock.acquire(blocking=False)
+        lock.release()
+
+    return once, coordinator.stop
+
+
+CONTENDERS = {"floor-psycopg": _floor, "kannuki": _kannuki, "peer-pals": _pals, "peer-tooz": _tooz}
+
+
+@pytest.fixture
+def contender(request: pytest.FixtureRequest, pg_url: str, key_prefix: str) -> Iterator[Callable[[], None]]:
+    once, close = CONTENDERS[request.param](pg_url, key_prefix)
+    for _ in range(6):  # connect and let the prepared statements settle outside the measurement
+        once()
+    yield once
+    close()
+
+
+@pytest.mark.parametrize("contender", list(CONTENDERS), indirect=True)
+def test_uncontended_try_acquire_release(benchmark: Any, contender: Callable[[], None]) -> None:
+    """pg_try_advisory_lock + pg_advisory_unlock, uncontended, one key."""
+    benchmark.group = "postgres: uncontended try-acquire+release"
+    benchmark(contender)
+
+
+def _worker(kind: str, url: str, key: str, table: str, rounds: int, ready: Any, start: Any) -> None:
+    conn = psycopg.connect(url, autocommit=True)
+    if kind == "kannuki":
+        locker = kannuki.Locker(url, key_prefix="bench")
+        lock = locker.lock(key, timeout=60)
+        acquire, release = lock.acquire, lock.release
+    else:
+        side = psycopg.connect(url, autocommit=True)
+        params = (kannuki.lock_id(key, prefix="bench"),)
+
+        def acquire() -> None:
+            side.execute("SELECT pg_advisory_lock(%s)", params, prepare=True)
+
+        def release() -> None:
+            side.execute("SELECT pg_advisory_unlock(%s)", params, prepare=True)
+
+    ready.wait(30)
+    start.wait(30)
+    for _ in range(rounds):
+        acquire()
+        value = conn.execute(f"SELECT n FROM {table} WHERE id = 1").fetchone()[0]
+        conn.execute(f"UPDATE {table} SET n = %s WHERE id = 1", (value + 1,))
+        release()
+
+
+@pytest.mark.parametrize("kind", ["floor-psycopg", "kannuki"])
+def test_contended_four_processes(benchmark: Any, pg_url: str, key_prefix: str, kind: str) -> None:
+    """4 processes, one key, read-modify-write of one row under the lock; no lost update."""
+    benchmark.group = "postgres: contended 4 processes x 50 read-modify-writes"
+    table = f"bench_{key_prefix.replace('-', '_')}"
+    conn = psycopg.connect(pg_url, autocommit=True)
+    conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, n int NOT NULL)")
+    conn.execute(f"INSERT INTO {table} VALUES (1, 0)")
+    ctx = multiprocessing.get_context("fork")
+    rounds = 50
+    runs = 0
+
+    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        # Untimed: the processes start and connect, then wait for the starting shot.
+        nonlocal runs
+        runs += 1
+        ready, start = ctx.Barrier(5), ctx.Event()
+        key = f"c-{uuid.uuid4().hex[:8]}"
+        processes = [ctx.Process(target=_worker, args=(kind, pg_url, key, table, rounds, ready, start)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        ready.wait(30)
+        return (processes, start), {}
+
+    def run(processes: list[Any], start: Any) -> None:
+        start.set()
+        for process in processes:
+            process.join(120)
+            if process.is_alive():
+                process.kill()
+                process.join(10)
+        assert [p.exitcode for p in processes] == [0] * 4
+
+    try:
+        benchmark.pedantic(run, setup=setup, rounds=3, iterations=1)
+        assert conn.execute(f"SELECT n FROM {table}").fetchone()[0] == 4 * rounds * runs  # no lost update
+    finally:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.close()

@@ -1,0 +1,279 @@
+"""The SQL the PostgreSQL backends send, and small pure helpers around it.
+
+Shared by the sync backend (:mod:`kannuki.backends.postgres`) and the async one,
+so both speak exactly the same statements. Nothing here touches a connection
+or imports a driver. Every value reaches the server as a bound parameter
+(psycopg ``%s`` placeholders); the lock key never does, only its 64-bit ID.
+
+Names here are stable: other modules import them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from kannuki.errors import BackendError, ConfigurationError, DeadlockError, KannukiError
+
+__all__ = [
+    "CONNECTION_INFO",
+    "DEADLOCK_DETECTED",
+    "FENCING_DDL",
+    "FENCING_NEXT",
+    "FENCING_TABLE",
+    "HELD",
+    "HOLDERS",
+    "LIST_HELD",
+    "LOCK_NOT_AVAILABLE",
+    "QUERY_CANCELED",
+    "SET_LOCK_TIMEOUT",
+    "SHOW_LOCK_TIMEOUT",
+    "TRY_LOCK",
+    "TRY_LOCK_FENCED",
+    "TRY_MANY",
+    "TRY_XACT_LOCK",
+    "UNDEFINED_TABLE",
+    "UNDO_MANY",
+    "UNIQUE_VIOLATION",
+    "UNLOCK",
+    "UNLOCK_ALL",
+    "UNLOCK_CHECKED",
+    "WAIT_LOCK",
+    "WAIT_MANY",
+    "WAIT_XACT_LOCK",
+    "check_not_replica",
+    "holder_from_row",
+    "is_not_acquired",
+    "lock_timeout_setting",
+    "many_params",
+    "split_lock_id",
+    "sqlstate",
+    "translate_error",
+]
+
+# -- SQLSTATEs that change what an error means ------------------------------
+
+LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout ran out: "not acquired", the only one
+DEADLOCK_DETECTED = "40P01"
+QUERY_CANCELED = "57014"  # Ctrl-C (a cancel request) or statement_timeout
+UNDEFINED_TABLE = "42P01"  # the fencing table does not exist yet
+UNIQUE_VIOLATION = "23505"  # two sessions racing CREATE TABLE IF NOT EXISTS
+
+# -- one connection, once ---------------------------------------------------
+
+# Asked once per new connection: the server PID to pin locks to, and whether it is a standby.
+CONNECTION_INFO = "SELECT pg_backend_pid(), pg_is_in_recovery()"
+
+# -- session locks: indexed by ``shared`` (False, True) ---------------------
+# Each returns the server PID of the session in the same row, so a pooler that
+# moves statements between server backends (PgBouncer in transaction mode) is
+# caught at release without an extra round trip.
+
+TRY_LOCK = (
+    "SELECT pg_try_advisory_lock(%s), pg_backend_pid()",
+    "SELECT pg_try_advisory_lock_shared(%s), pg_backend_pid()",
+)
+WAIT_LOCK = (
+    "SELECT pg_advisory_lock(%s), pg_backend_pid()",
+    "SELECT pg_advisory_lock_shared(%s), pg_backend_pid()",
+)
+UNLOCK = (
+    "SELECT pg_advisory_unlock(%s), pg_backend_pid()",
+    "SELECT pg_advisory_unlock_shared(%s), pg_backend_pid()",
+)
+# The same, but only on the server backend the lock was taken on: parameters
+# (pid, lock_id); the first column is NULL when the statement landed elsewhere.
+UNLOCK_CHECKED = (
+    "SELECT CASE WHEN pg_backend_pid() = %s THEN pg_advisory_unlock(%s) END, pg_backend_pid()",
+    "SELECT CASE WHEN pg_backend_pid() = %s THEN pg_advisory_unlock_shared(%s) END, pg_backend_pid()",
+)
+UNLOCK_ALL = "SELECT pg_advisory_unlock_all()"
+
+# -- transaction-level locks: end with the caller's transaction -------------
+
+TRY_XACT_LOCK = (
+    "SELECT pg_try_advisory_xact_lock(%s)",
+    "SELECT pg_try_advisory_xact_lock_shared(%s)",
+)
+WAIT_XACT_LOCK = (
+    "SELECT pg_advisory_xact_lock(%s)",
+    "SELECT pg_advisory_xact_lock_shared(%s)",
+)
+
+# -- the server-side wait ---------------------------------------------------
+# ``is_local = true``: the setting dies with the enclosing transaction or
+# savepoint, which the backends always roll back (session advisory locks
+# survive a rollback), so it never leaks into the session.
+SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, true)"
+SHOW_LOCK_TIMEOUT = "SELECT current_setting('lock_timeout')"
+
+# -- several keys, all or none, one statement -------------------------------
+# Parameters: (ids bigint[], shared bool[]) in the caller's (sorted) order.
+# Volatile expressions under ORDER BY are evaluated after the sort, so the
+# locks are taken in that order.
+
+_REQUESTS = "unnest(%s::bigint[], %s::boolean[]) WITH ORDINALITY AS r(id, shared, ord)"
+
+# One row: (all_taken, pid). When any try fails, the same statement gives back
+# every advisory lock of this session, so callers must run it on a connection
+# that held no lock before (a fresh one from the pool).
+TRY_MANY = f"""
+SELECT t.all_taken, CASE WHEN NOT t.all_taken THEN pg_advisory_unlock_all() END IS NULL, pg_backend_pid()
+FROM (
+    SELECT bool_and(x.ok) AS all_taken FROM (
+        SELECT CASE WHEN r.shared THEN pg_try_advisory_lock_shared(r.id)
+                    ELSE pg_try_advisory_lock(r.id) END AS ok
+        FROM {_REQUESTS} ORDER BY r.ord
+    ) AS x
+) AS t
+""".strip()
+
+# Waits for each in order, under the lock_timeout set before it in the same
+# transaction; returns (count, pid). On 55P03 the locks taken before the one
+# that timed out stay held (session locks ignore the rollback): run UNDO_MANY.
+WAIT_MANY = f"""
+SELECT count(x.ok), pg_backend_pid() FROM (
+    SELECT CASE WHEN r.shared THEN pg_advisory_lock_shared(r.id)::text
+                ELSE pg_advisory_lock(r.id)::text END AS ok
+    FROM {_REQUESTS} ORDER BY r.ord
+) AS x
+""".strip()
+
+# Gives back those of the requested locks that this session holds now.
+UNDO_MANY = f"""
+SELECT count(CASE WHEN r.shared THEN pg_advisory_unlock_shared(r.id) ELSE pg_advisory_unlock(r.id) END)
+FROM {_REQUESTS}
+WHERE EXISTS (
+    SELECT 1 FROM pg_locks AS l
+    WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted AND l.pid = pg_backend_pid()
+      AND ((l.classid::bigint << 32) | l.objid::bigint) = r.id
+      AND (l.mode = 'ShareLock') = r.shared
+)
+""".strip()
+
+# -- who holds what ---------------------------------------------------------
+# A bigint key appears in pg_locks as classid = high 32 bits, objid = low 32
+# bits, objsubid = 1. Locks are per database: only this database's count.
+
+_ADVISORY = """
+FROM pg_locks AS l
+LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+""".strip()
+
+_HOLDER_COLUMNS = """
+SELECT ((l.classid::bigint << 32) | l.objid::bigint) AS lock_id,
+       l.mode = 'ShareLock' AS shared,
+       l.pid, a.application_name, host(a.client_addr), a.usename,
+       extract(epoch FROM coalesce(a.state_change, a.backend_start))::float8 AS since
+""".strip()
+
+HELD = f"SELECT EXISTS (SELECT 1 {_ADVISORY} AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid)"
+HOLDERS = f"{_HOLDER_COLUMNS}\n{_ADVISORY}\n  AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid\nORDER BY l.pid"
+LIST_HELD = f"{_HOLDER_COLUMNS}\n{_ADVISORY}\nORDER BY 1, l.pid"
+
+# -- optional fencing tokens from a server-side counter ---------------------
+
+FENCING_TABLE = "kannuki_fencing_tokens"
+FENCING_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {FENCING_TABLE} "
+    "(lock_id bigint PRIMARY KEY, token bigint NOT NULL)"
+)
+# Run while holding the lock: the next token of lock_id (1 the first time).
+FENCING_NEXT = (
+    f"INSERT INTO {FENCING_TABLE} AS f (lock_id, token) VALUES (%s, 1) "
+    "ON CONFLICT (lock_id) DO UPDATE SET token = f.token + 1 RETURNING f.token"
+)
+# The uncontended fenced try in one round trip: (taken, token or NULL, pid).
+TRY_LOCK_FENCED = tuple(
+    f"""
+WITH attempt AS MATERIALIZED (SELECT {fn}(%(id)s) AS ok),
+bump AS (
+    INSERT INTO {FENCING_TABLE} AS f (lock_id, token)
+    SELECT %(id)s, 1 FROM attempt WHERE attempt.ok
+    ON CONFLICT (lock_id) DO UPDATE SET token = f.token + 1 RETURNING f.token
+)
+SELECT attempt.ok, (SELECT token FROM bump), pg_backend_pid() FROM attempt
+""".strip()
+    for fn in ("pg_try_advisory_lock", "pg_try_advisory_lock_shared")
+)
+
+# -- helpers ----------------------------------------------------------------
+
+
+def lock_timeout_setting(timeout: float | None) -> str:
+    """The ``lock_timeout`` value for a wait of ``timeout`` seconds: '0' (forever) for None.
+
+    Rounded up to whole milliseconds and at least 1 ms, since 0 would mean forever.
+    """
+    if timeout is None:
+        return "0"
+    return f"{max(1, math.ceil(timeout * 1000))}ms"
+
+
+def split_lock_id(lock_id: int) -> tuple[int, int]:
+    """``(classid, objid)`` of a signed 64-bit ID as pg_locks shows it (two unsigned 32-bit halves)."""
+    unsigned = lock_id & 0xFFFFFFFFFFFFFFFF
+    return unsigned >> 32, unsigned & 0xFFFFFFFF
+
+
+def many_params(ids: Sequence[int], shared: Sequence[bool]) -> tuple[list[int], list[bool]]:
+    """The parameters of TRY_MANY / WAIT_MANY / UNDO_MANY."""
+    return list(ids), list(shared)
+
+
+def holder_from_row(row: Sequence[Any], name: str | None) -> Any:
+    """A :class:`~kannuki.backends.base.Holder` from a HOLDERS / LIST_HELD row.
+
+    ``name`` is the full lock name when known; otherwise the ID stands in (``#<id>``).
+    """
+    from kannuki.backends.base import Holder
+
+    lock_id, shared, pid, application, host, user, since = row
+    return Holder(
+        name=name if name is not None else f"#{lock_id}",
+        lock_id=lock_id,
+        shared=bool(shared),
+        pid=pid,
+        host=host,
+        user=user,
+        application=application or None,
+        since=since,
+    )
+
+
+def check_not_replica(in_recovery: bool, allow_replica: bool, where: str) -> None:
+    """Refuse a standby: a lock taken there excludes nobody on the primary.
+
+    Raises ConfigurationError unless ``allow_replica``.
+    """
+    if in_recovery and not allow_replica:
+        raise ConfigurationError(
+            f"{where} is a read-only standby (pg_is_in_recovery() is true): advisory locks taken "
+            "there exclude nobody on the primary. Connect to the primary, or pass allow_replica=True "
+            "if every locker uses this same standby."
+        )
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error, or None."""
+    return getattr(exc, "sqlstate", None)
+
+
+def is_not_acquired(exc: BaseException) -> bool:
+    """True for the one error that means "the wait ran out": lock_not_available (55P03)."""
+    return sqlstate(exc) == LOCK_NOT_AVAILABLE
+
+
+def translate_error(exc: BaseException, what: str, key: Any = None) -> KannukiError:
+    """The kannuki error for a driver error: DeadlockError for 40P01, else BackendError.
+
+    Raise the result ``from exc``.
+    """
+    code = sqlstate(exc)
+    if code == DEADLOCK_DETECTED:
+        return DeadlockError(f"PostgreSQL detected a deadlock while {what}; the wait was cancelled", key=key)
+    detail = f" (SQLSTATE {code})" if code else ""
+    return BackendError(f"PostgreSQL failed while {what}: {exc}{detail}".rstrip(), key=key)
+

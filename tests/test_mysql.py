@@ -1,0 +1,492 @@
+"""The MySQL/MariaDB backend against the real server on 127.0.0.1:3306."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from typing import Any, Iterator
+
+import pytest
+
+import kannuki
+from kannuki.backends.mysql import MySQLBackend, cluster_refusal, mysql_lock_name
+from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
+
+MySQLdb = pytest.importorskip("MySQLdb")
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+
+
+def _prefix() -> str:
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix no other test uses."""
+    return _prefix()
+
+
+@pytest.fixture
+def make_locker(mysql_url: str, prefix: str) -> Iterator[Any]:
+    """Builds lockers on the test server with this test's prefix; closes them after the test."""
+    made: list[kannuki.Locker] = []
+
+    def make(**options: Any) -> kannuki.Locker:
+        options.setdefault("key_prefix", prefix)
+        locker = kannuki.Locker(mysql_url, **options)
+        made.append(locker)
+        return locker
+
+    yield make
+    for locker in made:
+        locker.close()
+
+
+@pytest.fixture
+def raw(mysql_url: str) -> Iterator[Any]:
+    """A raw autocommit MySQLdb connection to the test server."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(mysql_url)
+    conn = MySQLdb.connect(
+        host=parts.hostname, port=parts.port or 3306, user=parts.username or "root",
+        password=parts.password or "", database=parts.path.lstrip("/"), autocommit=True,
+    )
+    yield conn
+    conn.close()
+
+
+def _scalar(conn: Any, sql: str, *args: Any) -> Any:
+    cur = conn.cursor()
+    cur.execute(sql, args)
+    row = cur.fetchone()
+    cur.close()
+    return row[0]
+
+
+def _wait_until(predicate: Any, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+# -- names ---------------------------------------------------------------------
+
+
+def test_short_lower_case_names_stay_readable() -> None:
+    """A short lower-case name is sent as kannuki:<name>."""
+    assert mysql_lock_name("jobs:nightly-report") == "kannuki:jobs:nightly-report"
+
+
+def test_long_case_and_odd_names_are_hashed_within_64() -> None:
+    """Names that are long, upper-case or unusual become head#digest, 64 characters at most."""
+    for name in ("Jobs", "a" * 57, "x" * 500, "a b", "é", "'; DROP TABLE t; --", "k#1"):
+        sent = mysql_lock_name(name)
+        assert len(sent) <= 64 and "#" in sent and sent.isascii(), name
+    assert mysql_lock_name("a" * 56) == "kannuki:" + "a" * 56
+
+
+def test_names_that_differ_in_case_or_late_get_different_server_names() -> None:
+    """Case-only and after-character-64 differences give different (case-insensitively) names."""
+    names = ["Key", "KEY", "key", "a" * 64 + "x", "a" * 64 + "y", "a" * 500 + "1", "a" * 500 + "2"]
+    sent = {mysql_lock_name(name).lower() for name in names}
+    assert len(sent) == len(names)
+
+
+# -- locking against the server ------------------------------------------------------
+
+
+def test_two_lockers_contend(make_locker: Any) -> None:
+    """A lock held by one locker is refused to another until released."""
+    first, second = make_locker(), make_locker()
+    held = first.lock("job")
+    assert held.acquire(timeout=0)
+    assert first.held("job") and second.held("job")
+    assert second.try_lock("job", lambda: "ran") is False
+    held.release()
+    assert second.try_lock("job", lambda: "ran") == "ran"
+    assert not first.held("job")
+
+
+def test_timeout_is_honoured_and_bounded(make_locker: Any) -> None:
+    """A wait for a held lock returns False after about the timeout, not before."""
+    first, second = make_locker(), make_locker()
+    with first.lock("slow"):
+        start = time.monotonic()
+        assert second.lock("slow").acquire(timeout=0.3) is False
+        elapsed = time.monotonic() - start
+    assert 0.25 <= elapsed < 5.0
+
+
+def test_waiter_gets_the_lock_when_released(make_locker: Any) -> None:
+    """A waiter on the server is handed the lock as soon as the holder releases it."""
+    first, second = make_locker(), make_locker()
+    holder = first.lock("handoff")
+    holder.acquire()
+    threading.Timer(0.2, holder.release).start()
+    waiter = second.lock("handoff")
+    assert waiter.acquire(timeout=10)
+    waiter.release()
+
+
+def test_waiters_in_one_process_queue_locally(make_locker: Any, raw: Any) -> None:
+    """Threads of one locker waiting on one key use one server connection wait at most."""
+    locker = make_locker()
+    holder = locker.lock("queue")
+    holder.acquire()
+    results: list[bool] = []
+
+    def wait() -> None:
+        lock = locker.lock("queue")
+        if lock.acquire(timeout=10):
+            results.append(True)
+            lock.release()
+
+    threads = [threading.Thread(target=wait) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    name = mysql_lock_name(holder.name)
+    waiting = _scalar(
+        raw, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE %s", f"%GET_LOCK('{name}'%"
+    )
+    assert waiting == 0  # the others wait on the in-process table, not on the server
+    holder.release()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert results == [True, True, True]
+
+
+def test_fractional_and_forever_timeouts(make_locker: Any) -> None:
+    """A fractional timeout is kept to the millisecond; None waits until the lock is free."""
+    first, second = make_locker(), make_locker()
+    holder = first.lock("frac")
+    holder.acquire()
+    start = time.monotonic()
+    assert not second.lock("frac").acquire(timeout=0.15)
+    assert time.monotonic() - start < 2.0
+    threading.Timer(0.3, holder.release).start()
+    forever = second.lock("frac", timeout=None)
+    assert forever.acquire()
+    forever.release()
+
+
+def test_several_locks_on_one_connection_and_lock_many(make_locker: Any) -> None:
+    """lock_many takes all keys (on one connection) or none, and gives back what it took."""
+    first, second = make_locker(), make_locker()
+    many = first.lock_many(["a", "b", "c"])
+    assert many.acquire(timeout=0)
+    sessions = {first.backend._held[k].session for k in first.backend._held}
+    assert len(sessions) == 1 and next(iter(sessions)).locks == 3
+    partial = second.lock_many(["c", "d"])
+    assert partial.acquire(timeout=0.1) is False
+    assert not second.held("d")  # d was given back
+    many.release()
+    assert partial.acquire(timeout=0)
+    partial.release()
+    assert not any(second.held(k) for k in "abcd")
+
+
+def test_long_hostile_and_colliding_keys(make_locker: Any, raw: Any) -> None:
+    """Long, hostile and near-identical keys lock independently and leave the database intact."""
+    locker = make_locker()
+    keys = [
+        "k" * 500,
+        "k" * 500 + "!",
+        "a" * 64 + "one",
+        "a" * 64 + "two",
+        "Case",
+        "case",
+        "CASE",
+        "'; DROP TABLE kannuki_x; --",
+        'quote " and \' and \\ backslash',
+        "nul\x00byte",
+        "emoji 🔒 ключ",
+    ]
+    locks = [locker.lock(key) for key in keys]
+    for lock in locks:
+        assert lock.acquire(timeout=0), lock.key
+    for key in keys:
+        assert locker.held(key)
+    for lock in locks:
+        lock.release()
+    assert not any(locker.held(key) for key in keys)
+    assert _scalar(raw, "SELECT 1") == 1
+
+
+def test_shared_transaction_and_ttl_are_not_supported(make_locker: Any) -> None:
+    """Shared locks, transaction-level locks and leases raise NotSupportedError saying what to do."""
+    locker = make_locker()
+    with pytest.raises(NotSupportedError, match="exclusive"):
+        locker.lock("s", shared=True)
+    with pytest.raises(NotSupportedError, match="session lock"):
+        locker.lock("t", transaction=True).acquire()
+    with pytest.raises(NotSupportedError, match="ttl"):
+        locker.lock("l", ttl=5).acquire()
+    assert not locker.held("t") and not locker.held("l")
+
+
+def test_unreachable_server_raises_backend_error_quickly() -> None:
+    """A closed port gives BackendError within the connect timeout, not a hang."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    locker = kannuki.Locker(f"mysql://root@127.0.0.1:{port}/test", connect_timeout=2)
+    start = time.monotonic()
+    with pytest.raises(BackendError, match="cannot connect"):
+        locker.lock("x").acquire(timeout=0)
+    assert time.monotonic() - start < 10
+    with pytest.raises(BackendError):  # and again: nothing stayed queued in the local table
+        locker.lock("x").acquire(timeout=0)
+    locker.close()
+
+
+def test_bad_options_and_urls() -> None:
+    """Unknown or bad options and URL parameters are refused naming the option."""
+    with pytest.raises(ConfigurationError, match="pool_sizes"):
+        kannuki.Locker("mysql://root@127.0.0.1/test", pool_sizes=3)
+    with pytest.raises(ConfigurationError, match="connect_timeout"):
+        kannuki.Locker("mysql://root@127.0.0.1/test", connect_timeout=-1)
+    with pytest.raises(ConfigurationError, match="fencing_table"):
+        kannuki.Locker("mysql://root@127.0.0.1/test", fencing_table="x; drop")
+    with pytest.raises(ConfigurationError, match="sslmode"):
+        kannuki.Locker("mysql://root@127.0.0.1/test?sslmode=1")
+
+
+def test_killed_connection_turns_into_lock_lost(make_locker: Any, raw: Any) -> None:
+    """KILL of the holder's connection: release raises LockLostError, a lost event fires, the lock is free."""
+    locker = make_locker()
+    events: list[str] = []
+    unsubscribe = kannuki.subscribe(lambda event: events.append(event.name))
+    try:
+        lock = locker.lock("victim")
+        assert lock.acquire(timeout=0)
+        conn_id = locker.holders("victim")[0].pid
+        raw.cursor().execute(f"KILL {int(conn_id)}")
+        assert _wait_until(lambda: not locker.held("victim"))
+        with pytest.raises(LockLostError):
+            lock.release()
+        assert locker.stats().lost == 1 and "lost" in events
+        assert lock.acquire(timeout=0)  # a fresh connection, the lock works again
+        lock.release()
+    finally:
+        unsubscribe()
+
+
+def _hold_forever(url: str, key: str, prefix: str, ready: Any) -> None:
+    locker = kannuki.Locker(url, key_prefix=prefix)
+    locker.lock(key).acquire()
+    ready.set()
+    time.sleep(120)
+
+
+def test_sigkilled_holder_frees_the_lock(mysql_url: str, make_locker: Any, prefix: str) -> None:
+    """A holder process killed with SIGKILL leaves the lock free for others."""
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    process = ctx.Process(target=_hold_forever, args=(mysql_url, "orphan", prefix, ready))
+    process.start()
+    try:
+        assert ready.wait(30)
+        locker = make_locker()
+        assert locker.held("orphan")
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(10)
+        assert locker.lock("orphan").acquire(timeout=10)
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join(10)
+
+
+def _increment(url: str, prefix: str, table: str, rounds: int) -> None:
+    locker = kannuki.Locker(url, key_prefix=prefix)
+    import MySQLdb as driver
+
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = driver.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username or "root",
+                          database=parts.path.lstrip("/"), autocommit=True)
+    cur = conn.cursor()
+    for _ in range(rounds):
+        with locker.lock("counter", timeout=60):
+            cur.execute(f"SELECT n FROM {table} WHERE id = 1")
+            (value,) = cur.fetchone()
+            time.sleep(0.001)  # widen the race window a lost update would need
+            cur.execute(f"UPDATE {table} SET n = %s WHERE id = 1", (value + 1,))
+    conn.close()
+    locker.close()
+
+
+def test_four_processes_read_modify_write_lose_no_update(mysql_url: str, raw: Any, prefix: str) -> None:
+    """4 processes x 50 read-modify-writes under the lock: the counter ends at exactly 200."""
+    table = f"t_{uuid.uuid4().hex[:10]}"
+    raw.cursor().execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, n INT NOT NULL) ENGINE=InnoDB")
+    try:
+        raw.cursor().execute(f"INSERT INTO {table} VALUES (1, 0)")
+        ctx = multiprocessing.get_context("spawn")
+        processes = [ctx.Process(target=_increment, args=(mysql_url, prefix, table, 50)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(90)
+        assert [p.exitcode for p in processes] == [0, 0, 0, 0]
+        assert _scalar(raw, f"SELECT n FROM {table} WHERE id = 1") == 200
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+        raw.cursor().execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def test_fencing_tokens_increase(make_locker: Any, raw: Any) -> None:
+    """With fencing=True each acquisition gets a larger token from the server counter."""
+    table = f"t_fence_{uuid.uuid4().hex[:8]}"
+    first = make_locker(fencing=True, fencing_table=table)
+    second = make_locker(fencing=True, fencing_table=table)
+    try:
+        tokens = []
+        for locker in (first, second, first, second):
+            with locker.lock("fenced") as lock:
+                tokens.append(lock.token)
+        assert tokens == sorted(tokens) and len(set(tokens)) == 4
+        many = first.lock_many(["fenced", "other"])
+        assert many.acquire(timeout=0) and all(many.tokens)
+        many.release()
+    finally:
+        raw.cursor().execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def test_holders_name_the_connection(make_locker: Any) -> None:
+    """holders() reports the server connection id, user and host of the holder."""
+    first, second = make_locker(), make_locker()
+    lock = first.lock("who")
+    lock.acquire()
+    (holder,) = second.holders("who")
+    assert holder.pid == first.backend._held[lock.lock_id, lock.token].session.conn_id
+    assert holder.user and holder.host and holder.token is None
+    assert first.holders("who")[0].token == lock.token
+    assert any(h.name == lock.name for h in first.backend.list_held())
+    lock.release()
+    assert second.holders("who") == []
+
+
+def test_wrapped_connection(raw: Any, prefix: str, make_locker: Any) -> None:
+    """Locker(conn) locks on the caller's MySQLdb connection and leaves it open."""
+    locker = kannuki.Locker(raw, key_prefix=prefix)
+    other = make_locker()
+    assert isinstance(locker.backend, MySQLBackend)
+    with locker.lock("mine"):
+        with locker.lock("also"):
+            assert other.held("mine") and other.held("also")
+        assert not other.lock("mine").acquire(timeout=0.1)
+    assert not other.held("mine")
+    locker.close()
+    assert _scalar(raw, "SELECT 1") == 1
+    with pytest.raises(ConfigurationError, match="fencing"):
+        kannuki.Locker(raw, fencing=True)
+
+
+def test_cluster_detection() -> None:
+    """A Galera node (wsrep_on=ON) is refused unless allow_cluster; other servers pass."""
+    assert cluster_refusal(None, False) is None
+    assert cluster_refusal("OFF", False) is None
+    assert "Galera" in (cluster_refusal("ON", False) or "")
+    assert cluster_refusal("ON", True) is None
+
+
+def test_this_server_passes_the_cluster_check(make_locker: Any) -> None:
+    """The test server is not Galera: the connect-time check lets locking proceed."""
+    locker = make_locker()
+    assert locker.try_lock("plain", lambda: True) is True
+
+
+_CTRL_C_CHILD = textwrap.dedent(
+    """
+    import sys, time, kannuki
+    url, prefix = sys.argv[1], sys.argv[2]
+    locker = kannuki.Locker(url, key_prefix=prefix)
+    print("waiting", flush=True)
+    try:
+        locker.lock("ctrl-c").acquire(timeout=60)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    """
+)
+
+
+def test_ctrl_c_during_a_wait_ends_it_on_the_server(mysql_url: str, make_locker: Any, raw: Any, prefix: str) -> None:
+    """SIGINT while waiting in GET_LOCK raises KeyboardInterrupt and leaves no wait or lock on the server."""
+    holder = make_locker()
+    lock = holder.lock("ctrl-c")
+    lock.acquire()
+    env = dict(os.environ, PYTHONPATH=SRC)
+    child = subprocess.Popen([sys.executable, "-c", _CTRL_C_CHILD, mysql_url, prefix],
+                             stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "waiting"
+        name = mysql_lock_name(lock.name)
+        pattern = f"%GET_LOCK('{name}'%"
+        count = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE %s"
+        assert _wait_until(lambda: _scalar(raw, count, pattern) == 1)
+        child.send_signal(signal.SIGINT)
+        out, _ = child.communicate(timeout=20)
+        assert "interrupted" in out
+        assert _wait_until(lambda: _scalar(raw, count, pattern) == 0)
+        lock.release()
+        assert not holder.held("ctrl-c")
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+
+
+def test_fork_child_does_not_end_the_parents_session(make_locker: Any) -> None:
+    """A forked child drops the parent's connections without closing the parent's server sessions."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    locker = make_locker()
+    lock = locker.lock("forked")
+    lock.acquire()
+    pid = os.fork()
+    if pid == 0:  # child: forget, free every object, exit without touching the parent
+        import gc
+
+        code = 0 if not lock.locked() and not locker.backend._held else 1
+        gc.collect()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert locker.held("forked")
+    lock.release()  # the parent's connection still works
+    assert not locker.held("forked")
+
+
+def test_every_server_name_is_short_and_needs_no_escaping() -> None:
+    """Whatever the key, the server name is <= 64 chars of an alphabet without quotes, backslash or NUL."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from kannuki.backends.mysql import _name_literal
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(min_size=1, max_size=300).filter(lambda s: not any(0xD800 <= ord(c) <= 0xDFFF for c in s)))
+    def check(name: str) -> None:
+        sent = mysql_lock_name(name)
+        assert len(sent) <= 64 and not set(sent) & set("'\"\\\x00 ")
+        assert _name_literal(name) == b"'" + sent.encode() + b"'"
+
+    check()

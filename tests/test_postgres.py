@@ -1,0 +1,536 @@
+"""PostgreSQL backend against the real server: interop, waits, connections, loss, pools, bad input."""
+
+from __future__ import annotations
+
+import _thread
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Iterator
+
+import pytest
+
+import kannuki
+from kannuki.backends import _pg_sql as sql
+from kannuki.backends.pool_hooks import release_postgres_locks
+from kannuki.errors import (
+    BackendError,
+    ConfigurationError,
+    DeadlockError,
+    LockLostError,
+    LockNotAcquiredError,
+    NotSupportedError,
+)
+
+psycopg = pytest.importorskip("psycopg")
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix no other test (or engineer) uses."""
+    return f"t-pg-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def locker(pg_url: str, prefix: str) -> Iterator[kannuki.Locker]:
+    """A URL locker with its own prefix, closed after the test."""
+    lk = kannuki.Locker(pg_url, key_prefix=prefix)
+    try:
+        yield lk
+    finally:
+        lk.close()
+
+
+def raw_try(conn: Any, name: str) -> bool:
+    """A plain SQL client's try on the same name."""
+    return bool(conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [name]).fetchone()[0])
+
+
+def raw_unlock(conn: Any, name: str) -> bool:
+    return bool(conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [name]).fetchone()[0])
+
+
+def advisory_rows(conn: Any, lock_id: int, granted: bool | None = None) -> int:
+    """How many pg_locks rows (holders and waiters) the key has in this database."""
+    classid, objid = sql.split_lock_id(lock_id)
+    query = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1"
+        " AND classid = %s::bigint::oid AND objid = %s::bigint::oid"
+    )
+    params: list[Any] = [classid, objid]
+    if granted is not None:
+        query += " AND granted = %s"
+        params.append(granted)
+    return int(conn.execute(query, params).fetchone()[0])
+
+
+# -- interop with plain SQL -----------------------------------------------------
+
+
+def test_plain_sql_holder_blocks_kannuki(locker: kannuki.Locker, pg_conn: Any, prefix: str) -> None:
+    """pg_advisory_lock(hashtextextended('<full name>', 0)) from plain SQL excludes kannuki."""
+    assert raw_try(pg_conn, f"{prefix}:job")
+    assert locker.try_lock("job", lambda: "ran") is False
+    assert locker.held("job")
+    assert raw_unlock(pg_conn, f"{prefix}:job")
+    assert locker.try_lock("job", lambda: "ran") == "ran"
+
+
+def test_kannuki_holder_blocks_plain_sql(locker: kannuki.Locker, pg_conn: Any, prefix: str) -> None:
+    """A kannuki lock excludes a plain SQL client on the same full name."""
+    with locker.lock("job"):
+        assert not raw_try(pg_conn, f"{prefix}:job")
+    assert raw_try(pg_conn, f"{prefix}:job")
+    raw_unlock(pg_conn, f"{prefix}:job")
+
+
+def test_shared_and_exclusive(locker: kannuki.Locker, pg_url: str, prefix: str) -> None:
+    """Shared holders coexist (across lockers); an exclusive one waits for all of them."""
+    other = kannuki.Locker(pg_url, key_prefix=prefix)
+    try:
+        reader1 = locker.lock("doc", shared=True)
+        reader2 = other.lock("doc", shared=True)
+        assert reader1.acquire(blocking=False) and reader2.acquire(blocking=False)
+        assert [h.shared for h in locker.lock("doc").holders()] == [True, True]
+        assert not other.lock("doc").acquire(blocking=False)
+        reader1.release()
+        reader2.release()
+        writer = other.lock("doc")
+        assert writer.acquire(blocking=False)
+        assert not locker.lock("doc", shared=True).acquire(blocking=False)
+        writer.release()
+    finally:
+        other.close()
+
+
+# -- waiting on the server --------------------------------------------------------
+
+
+def test_timeout_is_honoured(locker: kannuki.Locker, pg_conn: Any, prefix: str) -> None:
+    """A blocking acquire under contention returns False after its timeout, leaving nothing held or waiting."""
+    assert raw_try(pg_conn, f"{prefix}:busy")
+    lock = locker.lock("busy")
+    assert lock.acquire(timeout=0.3) is False
+    with pytest.raises(LockNotAcquiredError):
+        with locker.lock("busy", timeout=0.2):
+            pass
+    assert advisory_rows(pg_conn, lock.lock_id) == 1  # only the raw holder
+    raw_unlock(pg_conn, f"{prefix}:busy")
+
+
+def test_wait_is_granted_when_holder_releases(locker: kannuki.Locker, pg_conn: Any, prefix: str) -> None:
+    """A waiter blocked on the server gets the lock once the holder releases it."""
+    assert raw_try(pg_conn, f"{prefix}:handoff")
+    timer = threading.Timer(0.2, raw_unlock, (pg_conn, f"{prefix}:handoff"))
+    timer.start()
+    try:
+        lock = locker.lock("handoff")
+        assert lock.acquire(timeout=30)
+        lock.release()
+    finally:
+        timer.join(10)
+
+
+def test_ctrl_c_cancels_the_server_wait(locker: kannuki.Locker, pg_conn: Any, prefix: str) -> None:
+    """KeyboardInterrupt during a server wait cancels it: no waiter, no holder left on the server."""
+    assert raw_try(pg_conn, f"{prefix}:stuck")
+    lock = locker.lock("stuck")
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            lock.acquire(timeout=None)
+    finally:
+        timer.join(10)
+    assert advisory_rows(pg_conn, lock.lock_id, granted=False) == 0
+    assert advisory_rows(pg_conn, lock.lock_id) == 1  # the raw holder only
+    raw_unlock(pg_conn, f"{prefix}:stuck")
+    assert locker.lock("stuck").acquire(blocking=False)  # the locker still works
+
+
+@pytest.mark.parametrize("autocommit", [True, False])
+def test_lock_timeout_never_leaks_into_a_user_connection(
+    pg_url: str, pg_conn: Any, prefix: str, autocommit: bool
+) -> None:
+    """Locker(conn): a timed wait leaves the user's lock_timeout (session and transaction) unchanged."""
+    conn = psycopg.connect(pg_url, autocommit=autocommit)
+    locker = kannuki.Locker(conn, key_prefix=prefix)
+    try:
+        conn.execute("SET lock_timeout = '7s'")
+        if not autocommit:
+            conn.commit()
+        assert raw_try(pg_conn, f"{prefix}:k")
+        assert locker.lock("k").acquire(timeout=0.2) is False
+        assert conn.execute("SHOW lock_timeout").fetchone()[0] == "7s"
+        threading.Timer(0.2, raw_unlock, (pg_conn, f"{prefix}:k")).start()
+        lock = locker.lock("k")
+        assert lock.acquire(timeout=30)
+        assert conn.execute("SHOW lock_timeout").fetchone()[0] == "7s"
+        lock.release()
+        if not autocommit:
+            conn.rollback()
+        assert conn.execute("SHOW lock_timeout").fetchone()[0] == "7s"
+    finally:
+        locker.close()
+        conn.close()
+
+
+def test_session_lock_survives_the_users_rollback(pg_url: str, pg_conn: Any, prefix: str) -> None:
+    """A session lock taken (after a wait) inside the user's transaction outlives its rollback."""
+    conn = psycopg.connect(pg_url)  # not autocommit
+    locker = kannuki.Locker(conn, key_prefix=prefix)
+    try:
+        conn.execute("SELECT 1")  # the user's transaction is open
+        assert raw_try(pg_conn, f"{prefix}:k")
+        threading.Timer(0.2, raw_unlock, (pg_conn, f"{prefix}:k")).start()
+        lock = locker.lock("k")
+        assert lock.acquire(timeout=30)
+        conn.rollback()
+        assert not raw_try(pg_conn, f"{prefix}:k")
+        lock.release()
+        assert raw_try(pg_conn, f"{prefix}:k")
+        raw_unlock(pg_conn, f"{prefix}:k")
+    finally:
+        locker.close()
+        conn.close()
+
+
+def test_deadlock_is_its_own_error(pg_url: str, prefix: str) -> None:
+    """Two connection lockers waiting for each other's keys: the server's victim gets DeadlockError.
+
+    (The server sees a cycle only between sessions: a URL locker pins one
+    connection per lock, so there lock_many's fixed order is the remedy.)
+    """
+    conns = [psycopg.connect(pg_url, autocommit=True) for _ in range(2)]
+    a, b = (kannuki.Locker(conn, key_prefix=prefix) for conn in conns)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2, timeout=10)
+
+    def cross(locker: kannuki.Locker, first: str, second: str) -> None:
+        with locker.lock(first):
+            barrier.wait()
+            try:
+                with locker.lock(second, timeout=20):
+                    pass
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=cross, args=(a, "x", "y")), threading.Thread(target=cross, args=(b, "y", "x"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert [type(e) for e in errors] == [DeadlockError]
+        assert not a.held("x") and not a.held("y")
+    finally:
+        a.close()
+        b.close()
+        for conn in conns:
+            conn.close()
+
+
+# -- connections ------------------------------------------------------------------
+
+
+def test_sixteen_threads_on_one_key_use_few_connections(pg_url: str, prefix: str) -> None:
+    """16 threads contending for one key queue locally: at most 2 connections are opened."""
+    locker = kannuki.Locker(pg_url, key_prefix=prefix)
+    counter = {"n": 0, "inside": 0, "overlap": 0}
+
+    def work() -> None:
+        for _ in range(5):
+            with locker.lock("hot", timeout=60):
+                counter["inside"] += 1
+                counter["overlap"] = max(counter["overlap"], counter["inside"])
+                counter["n"] += 1
+                time.sleep(0.001)
+                counter["inside"] -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert counter["n"] == 80 and counter["overlap"] == 1
+        assert locker._backend.open_connections() <= 2  # type: ignore[attr-defined]
+    finally:
+        locker.close()
+
+
+def test_holders_describe_the_pinned_connection(locker: kannuki.Locker, pg_conn: Any) -> None:
+    """holders() names the server PID, application_name, user, client address and a start time."""
+    with locker.lock("who") as lock:
+        (holder,) = lock.holders()
+        pin = locker._backend._pins[lock.lock_id, lock.token]  # type: ignore[attr-defined]
+        assert holder.pid == pin.pid == pin.session.conn.info.backend_pid
+        assert holder.application == "kannuki" and holder.user == "postgres"
+        assert holder.host == "127.0.0.1" and holder.since is not None and not holder.shared
+        listed = [h for h in locker._backend.list_held() if h.lock_id == lock.lock_id]
+        assert [h.name for h in listed] == [lock.name]
+    assert lock.holders() == []
+
+
+def test_terminated_backend_is_lock_lost(locker: kannuki.Locker, pg_conn: Any) -> None:
+    """pg_terminate_backend of the holder: release raises LockLostError and the lock is free."""
+    lock = locker.lock("victim")
+    assert lock.acquire(blocking=False)
+    pid = lock.holders()[0].pid
+    assert pg_conn.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchone()[0]
+    with pytest.raises(LockLostError):
+        lock.release()
+    assert not locker.held("victim")
+    assert locker.lock("victim").acquire(blocking=False)  # a fresh connection is used
+    assert locker.stats().lost == 1
+
+
+def test_pooler_moving_the_session_is_lock_lost(locker: kannuki.Locker, pg_url: str) -> None:
+    """Release landing on another server backend (as behind PgBouncer in transaction mode) is LockLostError, not a no-op.
+
+    Simulated honestly at the driver level: the pinned connection is swapped for
+    another one, as a transaction-mode pooler would route the next statement.
+    """
+    lock = locker.lock("moved")
+    assert lock.acquire(blocking=False)
+    pin = locker._backend._pins[lock.lock_id, lock.token]  # type: ignore[attr-defined]
+    original = pin.session.conn
+    pin.session.conn = psycopg.connect(pg_url, autocommit=True)
+    pin.session._cursor = pin.session.conn.cursor()
+    try:
+        with pytest.raises(LockLostError, match="PID"):
+            lock.release()
+        assert locker.held("moved")  # still held on the original backend: nothing was unlocked elsewhere
+    finally:
+        original.close()
+    assert not locker.held("moved")
+
+
+def test_unreachable_server_is_backend_error_quickly(prefix: str) -> None:
+    """Nothing listening on the port: BackendError (within the connect timeout), not a hang."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    locker = kannuki.Locker(f"postgresql://postgres@127.0.0.1:{port}/test", key_prefix=prefix, connect_timeout=2)
+    with pytest.raises(BackendError) as info:
+        locker.lock("k").acquire(blocking=False)
+    assert isinstance(info.value.__cause__, psycopg.OperationalError)
+    assert "postgresql://postgres@127.0.0.1" in str(info.value)
+    locker.close()
+
+
+def test_replica_is_refused_unless_allowed(locker: kannuki.Locker) -> None:
+    """A standby is refused with a clear error unless allow_replica=True (the check; no standby to test on)."""
+    with pytest.raises(ConfigurationError, match="allow_replica=True"):
+        sql.check_not_replica(True, False, "postgresql://db")
+    sql.check_not_replica(True, True, "postgresql://db")
+    sql.check_not_replica(False, False, "postgresql://db")
+    with locker.lock("primary"):  # the real server is a primary: the live check passes
+        pass
+
+
+# -- pools ------------------------------------------------------------------------
+
+
+def test_pool_connection_comes_back_without_the_lock(pg_url: str, prefix: str) -> None:
+    """Locker(pool): the connection is pinned while held and goes back to the pool without the lock."""
+    psycopg_pool = pytest.importorskip("psycopg_pool")
+    with psycopg_pool.ConnectionPool(pg_url, min_size=2, max_size=2, kwargs={"autocommit": True}) as pool:
+        pool.wait(timeout=10)
+        locker = kannuki.Locker(pool, key_prefix=prefix)
+        with locker.lock("pooled") as lock:
+            assert pool.get_stats()["pool_available"] == 1  # one pinned, not back in the pool
+            assert locker.held("pooled") is True
+        with pool.connection() as conn:
+            assert advisory_rows(conn, lock.lock_id) == 0
+        locker.close()
+
+
+def test_reset_hook_clears_a_stranded_lock(pg_url: str, pg_conn: Any, prefix: str) -> None:
+    """A user strands a session lock on a pooled connection; the reset hook frees it at check-in."""
+    psycopg_pool = pytest.importorskip("psycopg_pool")
+    name = f"{prefix}:stranded"
+    with psycopg_pool.ConnectionPool(pg_url, min_size=1, max_size=1, reset=release_postgres_locks) as pool:
+        with pool.connection() as conn:  # not autocommit: the hook must leave it idle too
+            conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [name])
+            conn.commit()
+        with pool.connection() as conn:  # the same connection, after its reset
+            assert conn.info.transaction_status == 0
+            assert raw_try(pg_conn, name)
+            raw_unlock(pg_conn, name)
+
+
+# -- transaction-level locks --------------------------------------------------------
+
+
+def test_transaction_lock_lives_until_commit(pg_url: str, pg_conn: Any, prefix: str) -> None:
+    """transaction=conn takes pg_advisory_xact_lock; release() is a no-op; commit frees it."""
+    conn = psycopg.connect(pg_url, autocommit=True)
+    locker = kannuki.Locker(pg_url, key_prefix=prefix)
+    try:
+        with conn.transaction():
+            with locker.lock("xact", transaction=conn):
+                assert not raw_try(pg_conn, f"{prefix}:xact")
+            assert not raw_try(pg_conn, f"{prefix}:xact")  # still held: it ends with the transaction
+            assert raw_try(pg_conn, f"{prefix}:busy")
+            assert locker.lock("busy", transaction=conn).acquire(timeout=0.2) is False
+            assert conn.execute("SHOW lock_timeout").fetchone()[0] == "0"
+        assert raw_try(pg_conn, f"{prefix}:xact")
+        raw_unlock(pg_conn, f"{prefix}:xact")
+        raw_unlock(pg_conn, f"{prefix}:busy")
+    finally:
+        locker.close()
+        conn.close()
+
+
+def test_transaction_lock_outside_a_transaction_is_refused(pg_url: str, prefix: str) -> None:
+    """An autocommit connection with no open transaction, or transaction=True on a URL locker: a clear error."""
+    conn = psycopg.connect(pg_url, autocommit=True)
+    url_locker = kannuki.Locker(pg_url, key_prefix=prefix)
+    conn_locker = kannuki.Locker(conn, key_prefix=prefix)
+    try:
+        with pytest.raises(ConfigurationError, match="conn.transaction"):
+            url_locker.lock("k", transaction=conn).acquire()
+        with pytest.raises(ConfigurationError, match="transaction=conn"):
+            url_locker.lock("k", transaction=True).acquire()
+        with pytest.raises(ConfigurationError, match="transaction must be"):
+            url_locker.lock("k", transaction="yes").acquire()
+        with conn.transaction():
+            with conn_locker.lock("k", transaction=True):
+                assert url_locker.held("k")
+        assert not url_locker.held("k")
+    finally:
+        url_locker.close()
+        conn_locker.close()
+        conn.close()
+
+
+# -- several keys -----------------------------------------------------------------
+
+
+def test_lock_many_is_all_or_none(locker: kannuki.Locker, pg_conn: Any, prefix: str) -> None:
+    """lock_many takes every key or none: one held elsewhere leaves the others free, try and timed."""
+    assert raw_try(pg_conn, f"{prefix}:b")
+    multi = locker.lock_many(["a", "b", "c"])
+    assert multi.acquire(blocking=False) is False
+    assert multi.acquire(timeout=0.3) is False
+    assert not locker.held("a") and not locker.held("c")
+    raw_unlock(pg_conn, f"{prefix}:b")
+    with multi:
+        assert all(locker.held(k) for k in "abc")
+        assert not raw_try(pg_conn, f"{prefix}:c")
+    assert not any(locker.held(k) for k in "abc")
+
+
+def test_lock_many_waits_on_the_server(locker: kannuki.Locker, pg_conn: Any, prefix: str) -> None:
+    """A blocking lock_many waits for a held key and then holds all of them."""
+    assert raw_try(pg_conn, f"{prefix}:b")
+    threading.Timer(0.2, raw_unlock, (pg_conn, f"{prefix}:b")).start()
+    multi = locker.lock_many(["a", "b", "c"], timeout=30)
+    with multi:
+        assert all(locker.held(k) for k in "abc")
+    assert not any(locker.held(k) for k in "abc")
+
+
+# -- fencing ----------------------------------------------------------------------
+
+
+def test_fencing_tokens_increase_across_lockers(pg_url: str, pg_conn: Any, prefix: str) -> None:
+    """fencing=True: tokens from the server counter increase strictly across two lockers, try and wait paths."""
+    a = kannuki.Locker(pg_url, key_prefix=prefix, fencing=True)
+    b = kannuki.Locker(pg_url, key_prefix=prefix, fencing=True)
+    tokens = []
+    try:
+        for locker in (a, b, a, b):
+            with locker.lock("fenced") as lock:
+                tokens.append(lock.token)
+        assert raw_try(pg_conn, f"{prefix}:fenced")
+        threading.Timer(0.2, raw_unlock, (pg_conn, f"{prefix}:fenced")).start()
+        with b.lock("fenced", timeout=30) as lock:  # the wait path
+            tokens.append(lock.token)
+        assert tokens == sorted(set(tokens)) and len(tokens) == 5
+    finally:
+        pg_conn.execute(f"DELETE FROM {sql.FENCING_TABLE} WHERE lock_id = %s", [a.lock("fenced").lock_id])
+        a.close()
+        b.close()
+
+
+# -- fork, bad input, options ---------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_does_not_hold_or_touch_parent_locks(locker: kannuki.Locker) -> None:
+    """A forked child holds none of its parent's locks and leaves the parent's connection working."""
+    lock = locker.lock("parent")
+    assert lock.acquire(blocking=False)
+    pid = os.fork()
+    if pid == 0:  # child: no pytest machinery here, only an exit code
+        code = 0
+        try:
+            code = 1 if lock.locked() or locker._backend._pins else 0  # type: ignore[attr-defined]
+            code = code or (0 if locker.held("parent") else 2)
+            code = code or (0 if not locker.lock("parent").acquire(blocking=False) else 3)
+        except BaseException:
+            code = 4
+        os._exit(code)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("child did not exit")
+    assert os.waitstatus_to_exitcode(status) == 0
+    lock.release()  # the parent's pinned connection was not disturbed
+    assert not locker.held("parent")
+
+
+@pytest.mark.parametrize("key", ["'; DROP TABLE x; --", "quote ' and \" and \\ backslash", "nul\x00byte", "日本語🔒"])
+def test_hostile_keys_are_harmless(locker: kannuki.Locker, pg_conn: Any, prefix: str, key: str) -> None:
+    """Keys with SQL, quotes, backslashes, NUL or non-ASCII only reach SQL as their 64-bit ID."""
+    with locker.lock(key) as lock:
+        assert lock.lock_id == kannuki.lock_id(key, prefix=prefix)
+        assert locker.held(key)
+    assert not locker.held(key)
+    if "\x00" not in key:  # PostgreSQL text cannot hold NUL: only the ID form interoperates
+        assert raw_try(pg_conn, f"{prefix}:{key}")
+        assert locker.try_lock(key, lambda: 1) is False
+        raw_unlock(pg_conn, f"{prefix}:{key}")
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"pool_size": -1}, "pool_size"),
+        ({"pool_size": 1.5}, "pool_size"),
+        ({"connect_timeout": 0}, "connect_timeout"),
+        ({"connect_timeout": float("nan")}, "connect_timeout"),
+        ({"application_name": 3}, "application_name"),
+        ({"fencing": "yes"}, "fencing"),
+        ({"allow_replica": 1}, "allow_replica"),
+        ({"pool_sise": 3}, "pool_sise"),
+    ],
+)
+def test_bad_options_are_refused(pg_url: str, options: dict[str, Any], match: str) -> None:
+    """Bad backend options raise ConfigurationError naming the option."""
+    with pytest.raises(ConfigurationError, match=match):
+        kannuki.Locker(pg_url, **options)
+
+
+def test_ttl_is_not_supported(locker: kannuki.Locker) -> None:
+    """PostgreSQL locks live with their connection: a ttl is refused, nothing held."""
+    with pytest.raises(NotSupportedError):
+        locker.lock("k", ttl=5).acquire()
+    assert not locker.held("k")
+
+
+def test_no_connection_until_first_use(prefix: str) -> None:
+    """A URL locker opens no connection when created (test mode may replace it)."""
+    locker = kannuki.Locker("postgres://nobody@127.0.0.1:1/none", key_prefix=prefix)
+    assert locker._backend.open_connections() == 0  # type: ignore[attr-defined]
+    assert "password" not in repr(locker)
+    locker.close()

@@ -1,0 +1,87 @@
+"""PostgreSQL backend across processes: no lost update under the lock; a killed holder frees it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+import kannuki
+
+psycopg = pytest.importorskip("psycopg")
+
+SPAWN = multiprocessing.get_context("spawn")
+INCREMENTS = 50
+
+
+def increment_under_lock(url: str, prefix: str, table: str, count: int) -> None:
+    """Worker: read-modify-write one row ``count`` times, each under the lock."""
+    locker = kannuki.Locker(url, key_prefix=prefix)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for _ in range(count):
+            with locker.lock("counter", timeout=60):
+                value = conn.execute(f"SELECT n FROM {table} WHERE id = 1").fetchone()[0]
+                conn.execute(f"UPDATE {table} SET n = %s WHERE id = 1", [value + 1])
+    locker.close()
+
+
+def hold_forever(url: str, prefix: str, ready: Any) -> None:
+    """Worker: take the lock, say so, and sleep until killed."""
+    locker = kannuki.Locker(url, key_prefix=prefix)
+    locker.lock("doomed").acquire()
+    ready.set()
+    time.sleep(600)
+
+
+def _join_all(processes: list[Any], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    for process in processes:
+        process.join(max(0.1, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+
+
+def test_four_processes_lose_no_update(pg_url: str, pg_conn: Any) -> None:
+    """4 spawned processes x 50 read-modify-writes under one lock: the row ends at exactly 200."""
+    table = f"t_pg_counter_{uuid.uuid4().hex[:8]}"
+    prefix = f"t-pg-{uuid.uuid4().hex[:8]}"
+    pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, n int NOT NULL)")
+    try:
+        pg_conn.execute(f"INSERT INTO {table} VALUES (1, 0)")
+        workers = [SPAWN.Process(target=increment_under_lock, args=(pg_url, prefix, table, INCREMENTS)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        _join_all(workers, 100)
+        assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+        assert pg_conn.execute(f"SELECT n FROM {table}").fetchone()[0] == 4 * INCREMENTS
+    finally:
+        pg_conn.execute(f"DROP TABLE {table}")
+
+
+def test_killed_holder_frees_the_lock(pg_url: str) -> None:
+    """A holder process killed with SIGKILL: the server ends its session and the lock is free."""
+    prefix = f"t-pg-{uuid.uuid4().hex[:8]}"
+    ready = SPAWN.Event()
+    holder = SPAWN.Process(target=hold_forever, args=(pg_url, prefix, ready))
+    holder.start()
+    locker = kannuki.Locker(pg_url, key_prefix=prefix)
+    try:
+        assert ready.wait(60)
+        assert locker.lock("doomed").acquire(blocking=False) is False
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(30)
+        lock = locker.lock("doomed")
+        assert lock.acquire(timeout=30)  # the server notices the closed socket and frees it
+        lock.release()
+    finally:
+        if holder.is_alive():
+            holder.kill()
+            holder.join(5)
+        locker.close()

@@ -1,0 +1,501 @@
+"""The Redis lease backend against the real server on 127.0.0.1:6379 (each test in its own namespace)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+import kannuki
+from kannuki.backends.redis import RedisBackend
+
+redis = pytest.importorskip("redis")
+
+SPAWN = multiprocessing.get_context("spawn")
+FORK = multiprocessing.get_context("fork")
+
+
+@pytest.fixture
+def namespace(redis_url: str) -> Iterator[str]:
+    """A fresh key namespace; every key under it is deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    try:
+        # name + "*" also covers the sibling namespaces some tests derive from it.
+        keys = list(client.scan_iter(match=name + "*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def make_locker(redis_url: str, namespace: str) -> Iterator[object]:
+    """Factory of lockers on the test namespace, all closed afterwards."""
+    lockers: list[kannuki.Locker] = []
+
+    def make(**options: object) -> kannuki.Locker:
+        options.setdefault("namespace", namespace)
+        locker = kannuki.Locker(redis_url, **options)
+        lockers.append(locker)
+        return locker
+
+    yield make
+    for locker in lockers:
+        locker.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- workers for other processes (module level, so spawn can import them) -----------
+
+
+def increment_worker(url: str, namespace: str, counter_key: str, rounds: int, go: object) -> None:
+    """Read-modify-write a plain Redis key ``rounds`` times under the kannuki lock."""
+    locker = kannuki.Locker(url, namespace=namespace, ttl=10)
+    client = redis.Redis.from_url(url)
+    go.wait(30)  # type: ignore[attr-defined]
+    for _ in range(rounds):
+        with locker.lock("counter", timeout=60):
+            value = int(client.get(counter_key) or 0)
+            time.sleep(0.0005)  # widen the window a lost update would need
+            client.set(counter_key, value + 1)
+    locker.close()
+
+
+def hold_forever_worker(url: str, namespace: str, ready: object) -> None:
+    """Take the lock with a short lease, say so, then hang until killed."""
+    locker = kannuki.Locker(url, namespace=namespace, ttl=0.5)
+    lock = locker.lock("victim")
+    lock.acquire()
+    ready.put(lock.token)  # type: ignore[attr-defined]
+    time.sleep(60)
+
+
+# -- basics ---------------------------------------------------------------------------
+
+
+def test_two_lockers_exclude_each_other(make_locker: object) -> None:
+    """A key held by one locker cannot be taken by another until it is released."""
+    first, second = make_locker(), make_locker()  # type: ignore[operator]
+    holder = first.lock("job")
+    assert holder.acquire(timeout=0)
+    assert not second.lock("job").acquire(blocking=False)
+    assert second.held("job")
+    holder.release()
+    other = second.lock("job")
+    assert other.acquire(blocking=False)
+    assert not first.lock("job").acquire(blocking=False)
+    other.release()
+    assert not first.held("job")
+
+
+def test_waiter_wakes_on_release_through_pubsub(make_locker: object, redis_url: str, namespace: str) -> None:
+    """A waiter subscribes to the release channel and gets the lock when the holder releases."""
+    first, second = make_locker(ttl=30), make_locker(ttl=30)  # type: ignore[operator]
+    holder = first.lock("job")
+    holder.acquire()
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(second.lock("job").acquire(timeout=20)))
+    waiter.start()
+    client = redis.Redis.from_url(redis_url)
+    channel = f"{namespace}:released:job"
+    for _ in range(200):  # up to ~10 s for the waiter to subscribe
+        if client.pubsub_numsub(channel)[0][1] == 1:
+            break
+        time.sleep(0.05)
+    assert client.pubsub_numsub(channel)[0][1] == 1
+    holder.release()
+    waiter.join(20)
+    client.close()
+    assert result == [True]
+
+
+def test_threads_of_one_process_queue_locally(make_locker: object) -> None:
+    """Threads of one locker wait on the local table and each gets the lock in turn."""
+    locker = make_locker()  # type: ignore[operator]
+    inside, overlaps, done = [0], [0], []
+
+    def work() -> None:
+        for _ in range(5):
+            with locker.lock("shared-resource", timeout=30):
+                inside[0] += 1
+                overlaps[0] = max(overlaps[0], inside[0])
+                time.sleep(0.002)
+                inside[0] -= 1
+        done.append(1)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(done) == 4
+    assert overlaps[0] == 1
+
+
+def test_contended_read_modify_write_loses_no_update(redis_url: str, namespace: str) -> None:
+    """Four processes incrementing a plain key under the lock, 50 times each, end at exactly 200."""
+    counter_key = f"{namespace}:data:counter"
+    go = SPAWN.Event()
+    workers = [
+        SPAWN.Process(target=increment_worker, args=(redis_url, namespace, counter_key, 50, go))
+        for _ in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    go.set()
+    for worker in workers:
+        worker.join(90)
+    for worker in workers:
+        if worker.is_alive():
+            worker.kill()
+    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+    client = redis.Redis.from_url(redis_url)
+    assert int(client.get(counter_key)) == 200
+    client.close()
+
+
+# -- leases and fencing -----------------------------------------------------------------
+
+
+def test_expired_lease_lets_another_holder_in(make_locker: object) -> None:
+    """An unrenewed lease expires; another locker takes the key; the first release raises LockLostError."""
+    first = make_locker(ttl=0.3, auto_renew=False)  # type: ignore[operator]
+    second = make_locker(ttl=5)  # type: ignore[operator]
+    stale = first.lock("lease")
+    stale.acquire()
+    newer = second.lock("lease")
+    assert newer.acquire(timeout=10)  # wakes when the 0.3 s lease runs out
+    assert newer.token > stale.token
+    with pytest.raises(kannuki.LockLostError):
+        stale.release()
+    assert second.held("lease")
+    assert [h.token for h in second.holders("lease")] == [newer.token]
+    newer.release()
+
+
+def test_auto_renewal_keeps_a_short_lease_alive(make_locker: object) -> None:
+    """The locker's renewal thread extends a 0.3 s lease while it is held for much longer."""
+    holder, other = make_locker(ttl=0.3), make_locker()  # type: ignore[operator]
+    lock = holder.lock("renewed")
+    lock.acquire()
+    for _ in range(5):  # 1 s, over three lease lengths
+        time.sleep(0.2)
+        assert not other.lock("renewed").acquire(blocking=False)
+    lock.release()
+    assert holder.stats().renewed >= 2
+
+
+def test_renewal_reports_a_lease_taken_away(make_locker: object, redis_url: str, namespace: str) -> None:
+    """When the lease key vanishes behind its back the lock is lost, and release raises LockLostError."""
+    locker = make_locker(ttl=0.3)  # type: ignore[operator]
+    lock = locker.lock("stolen")
+    lock.acquire()
+    client = redis.Redis.from_url(redis_url)
+    client.delete(f"{namespace}:lock:stolen")
+    client.close()
+    for _ in range(100):  # up to ~5 s for the next renewal to notice
+        if not lock.locked():
+            break
+        time.sleep(0.05)
+    assert not lock.locked()
+    assert locker.stats().lost == 1
+    with pytest.raises(kannuki.LockLostError):
+        lock.release()
+
+
+def test_stale_token_cannot_release_or_extend_newer_holder(redis_url: str, namespace: str) -> None:
+    """Compare-and-delete and compare-and-extend: an old token touches nothing of the new holder."""
+    backend = RedisBackend.from_url(redis_url, namespace=namespace, ttl=0.2)
+    other = RedisBackend.from_url(redis_url, namespace=namespace, ttl=30)
+    name, lock_id = "fenced", kannuki.lock_id("fenced")
+    try:
+        old = backend.acquire(name, lock_id, timeout=0)
+        assert old
+        new = other.acquire(name, lock_id, timeout=10)
+        assert new > old
+        assert backend.renew(name, lock_id, old, 30) is False
+        with pytest.raises(kannuki.LockLostError):
+            backend.release(name, lock_id, old)
+        assert [h.token for h in other.holders(name, lock_id)] == [new]
+        assert other.renew(name, lock_id, new, 30) is True
+        other.release(name, lock_id, new)
+        assert not other.held(name, lock_id)
+    finally:
+        backend.close()
+        other.close()
+
+
+def test_renew_extends_the_lease(redis_url: str, namespace: str) -> None:
+    """renew() pushes the expiry out by the given ttl from now."""
+    backend = RedisBackend.from_url(redis_url, namespace=namespace, ttl=0.5)
+    name, lock_id = "renewed", kannuki.lock_id("renewed")
+    try:
+        token = backend.acquire(name, lock_id, timeout=0)
+        before = backend.holders(name, lock_id)[0].expires_at
+        assert backend.renew(name, lock_id, token, 60)
+        after = backend.holders(name, lock_id)[0].expires_at
+        assert after - before > 50
+        backend.release(name, lock_id, token)
+    finally:
+        backend.close()
+
+
+def test_tokens_strictly_increase_per_key(make_locker: object) -> None:
+    """Fencing tokens grow with every acquisition of a key, across lockers and modes."""
+    lockers = [make_locker(), make_locker()]  # type: ignore[operator]
+    tokens = []
+    for i in range(10):
+        lock = lockers[i % 2].lock("fence", shared=i % 3 == 0)
+        lock.acquire(timeout=5)
+        tokens.append(lock.token)
+        lock.release()
+    assert tokens == sorted(set(tokens))
+    assert all(isinstance(token, int) and token > 0 for token in tokens)
+
+
+def test_sigkilled_holder_loses_lock_when_lease_expires(
+    make_locker: object, redis_url: str, namespace: str
+) -> None:
+    """A holder killed with SIGKILL keeps the key only until its lease runs out."""
+    ready = SPAWN.Queue()
+    child = SPAWN.Process(target=hold_forever_worker, args=(redis_url, namespace, ready))
+    child.start()
+    try:
+        child_token = ready.get(timeout=30)
+        locker = make_locker()  # type: ignore[operator]
+        assert locker.held("victim")
+        assert locker.holders("victim")[0].pid == child.pid
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+        lock = locker.lock("victim")
+        assert lock.acquire(timeout=10)
+        assert lock.token > child_token
+        lock.release()
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join(10)
+
+
+# -- shared locks -----------------------------------------------------------------------
+
+
+def test_shared_holders_coexist_and_exclude_writers(make_locker: object) -> None:
+    """Readers share a key; a writer waits for them all; readers wait for a writer."""
+    first, second = make_locker(), make_locker()  # type: ignore[operator]
+    reader1, reader2 = first.lock("doc", shared=True), second.lock("doc", shared=True)
+    assert reader1.acquire(timeout=0) and reader2.acquire(timeout=0)
+    assert sorted(h.token for h in first.holders("doc")) == sorted([reader1.token, reader2.token])
+    assert all(h.shared for h in first.holders("doc"))
+    writer = first.lock("doc")
+    assert not writer.acquire(blocking=False)
+    reader1.release()
+    assert not second.lock("doc").acquire(blocking=False)
+    released = threading.Timer(0.2, reader2.release)
+    released.start()
+    assert writer.acquire(timeout=10)
+    released.join(10)
+    assert not second.lock("doc", shared=True).acquire(blocking=False)
+    writer.release()
+
+
+def test_expired_reader_does_not_block_a_writer(make_locker: object) -> None:
+    """A shared lease that ran out is purged: it neither blocks a writer nor releases cleanly."""
+    readers = make_locker(ttl=0.3, auto_renew=False)  # type: ignore[operator]
+    writers = make_locker()  # type: ignore[operator]
+    reader = readers.lock("doc", shared=True)
+    reader.acquire()
+    writer = writers.lock("doc")
+    assert writer.acquire(timeout=10)
+    with pytest.raises(kannuki.LockLostError):
+        reader.release()
+    writer.release()
+
+
+# -- inspection ---------------------------------------------------------------------------
+
+
+def test_holders_describe_the_holder(make_locker: object) -> None:
+    """holders() names pid, host, token, since and lease expiry; list_held() finds the key."""
+    locker = make_locker(ttl=20)  # type: ignore[operator]
+    with locker.lock("report", timeout=5) as lock:
+        (holder,) = locker.holders("report")
+        assert holder.pid == os.getpid()
+        assert holder.host == socket.gethostname()
+        assert holder.token == lock.token
+        assert holder.lock_id == locker.lock_id("report")
+        assert not holder.shared
+        assert 19 < holder.expires_at - holder.since <= 20.5
+        assert abs(holder.since - time.time()) < 60  # server and client clocks roughly agree
+        listed = locker.backend.list_held()
+        assert [(h.name, h.token) for h in listed] == [("report", lock.token)]
+    assert locker.holders("report") == []
+    assert locker.backend.list_held() == []
+
+
+def test_foreign_value_still_counts_as_a_holder(make_locker: object, redis_url: str, namespace: str) -> None:
+    """A lock key someone else wrote (no expiry, foreign format) blocks the lock and shows as a holder."""
+    locker = make_locker()  # type: ignore[operator]
+    client = redis.Redis.from_url(redis_url)
+    client.set(f"{namespace}:lock:squatted", "hello")
+    client.close()
+    assert not locker.lock("squatted").acquire(timeout=0.1)
+    (holder,) = locker.holders("squatted")
+    assert (holder.token, holder.pid, holder.expires_at) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["a*b?[c]", "a:lock:b", "x|1|2|3", "\x00nul", "emoji-🔒", "line\nbreak", "k" * 2048, "{tag}"],
+)
+def test_hostile_keys_are_taken_literally(make_locker: object, key: str) -> None:
+    """Glob characters, separators, NUL, non-ASCII and long keys lock exactly their own key."""
+    locker = make_locker(key_prefix="p*")  # type: ignore[operator]
+    with locker.lock(key, timeout=5) as lock:
+        assert locker.held(key)
+        assert not locker.held(key + "x")
+        assert locker.holders(key)[0].token == lock.token
+        assert [h.name for h in locker.backend.list_held()] == [f"p*:{key}"]
+    assert not locker.held(key)
+
+
+def test_glob_in_namespace_does_not_list_other_namespaces(make_locker: object, namespace: str) -> None:
+    """list_held() matches the namespace literally, never as a pattern."""
+    wild = make_locker(namespace=namespace + "*")  # type: ignore[operator]
+    tame = make_locker(namespace=namespace + "-other")  # type: ignore[operator]
+    with tame.lock("elsewhere", timeout=5):
+        assert wild.backend.list_held() == []
+
+
+# -- failures and configuration -------------------------------------------------------------
+
+
+def test_unreachable_server_is_backend_error_then_circuit_open() -> None:
+    """Nothing listening: BackendError (with the redis error as cause), then CircuitOpenError."""
+    locker = kannuki.Locker(f"redis://127.0.0.1:{free_port()}/0", connect_timeout=1, circuit_failures=2)
+    try:
+        for _ in range(2):
+            with pytest.raises(kannuki.BackendError) as info:
+                locker.lock("down").acquire(timeout=0)
+            assert not isinstance(info.value, kannuki.CircuitOpenError)
+            assert isinstance(info.value.__cause__, redis.RedisError)
+        with pytest.raises(kannuki.CircuitOpenError):
+            locker.lock("down").acquire(timeout=0)
+        assert locker.circuit_state().state == "open"
+    finally:
+        locker.close()
+
+
+def test_server_error_is_backend_error_and_leaves_nothing_queued(
+    make_locker: object, redis_url: str, namespace: str
+) -> None:
+    """A ResponseError (the lock key holds a list) is a BackendError; the local queue is left empty."""
+    locker = make_locker()  # type: ignore[operator]
+    client = redis.Redis.from_url(redis_url)
+    client.rpush(f"{namespace}:readers:clash", "not-a-hash")
+    with pytest.raises(kannuki.BackendError) as info:
+        locker.lock("clash").acquire(timeout=0)
+    assert isinstance(info.value.__cause__, redis.ResponseError)
+    client.delete(f"{namespace}:readers:clash")
+    client.close()
+    lock = locker.lock("clash")
+    assert lock.acquire(timeout=0)  # nothing stranded in the in-process table
+    lock.release()
+
+
+def test_wraps_a_client_the_caller_made(redis_url: str, namespace: str) -> None:
+    """Locker(redis.Redis(...)) drives that client, decode_responses or not."""
+    for decode in (False, True):
+        client = redis.Redis.from_url(redis_url, decode_responses=decode)
+        locker = kannuki.Locker(client, namespace=namespace, ttl=5)
+        assert isinstance(locker.backend, RedisBackend)
+        with locker.lock("wrapped", timeout=5):
+            assert locker.holders("wrapped")[0].pid == os.getpid()
+            assert len(locker.backend.list_held()) == 1
+        locker.close()
+
+
+@pytest.mark.parametrize(
+    "options, word",
+    [
+        ({"pool_size": 3}, "pool_size"),
+        ({"ttl": 0}, "ttl"),
+        ({"ttl": float("nan")}, "ttl"),
+        ({"socket_timeout": -1}, "socket_timeout"),
+        ({"connect_timeout": "5"}, "connect_timeout"),
+        ({"namespace": ""}, "namespace"),
+    ],
+)
+def test_bad_options_name_the_option(options: dict[str, object], word: str) -> None:
+    """Each bad option is a ConfigurationError naming it."""
+    with pytest.raises(kannuki.ConfigurationError, match=word):
+        kannuki.Locker("redis://127.0.0.1:6379/0", **options)
+
+
+def test_non_client_objects_are_not_wrapped() -> None:
+    """Objects from redis_lock or redis.asyncio are refused, not mistaken for a client."""
+    import redis.asyncio
+
+    assert not RedisBackend.wraps(object())
+    with pytest.raises(kannuki.ConfigurationError, match="url"):
+        kannuki.Locker(redis.asyncio.Redis())
+
+
+def test_describe_hides_the_password() -> None:
+    """describe() and repr never show the password of the URL."""
+    locker = kannuki.Locker("redis://user:s3cret@127.0.0.1:6379/0")
+    assert "s3cret" not in repr(locker)
+    assert "s3cret" not in locker.backend.describe()
+    locker.close()
+
+
+def test_transaction_is_not_supported(make_locker: object) -> None:
+    """transaction= has no meaning for Redis and is refused clearly."""
+    with pytest.raises(kannuki.NotSupportedError):
+        make_locker().lock("t", transaction=True).acquire(timeout=0)  # type: ignore[operator]
+
+
+def _forked_child_check(url: str, namespace: str, token: int, result: object) -> None:
+    locker = _FORK_STATE["locker"]
+    lock = _FORK_STATE["lock"]
+    result.put(  # type: ignore[attr-defined]
+        (lock.locked(), lock.token, locker.backend._held == {}, locker.lock("forked").acquire(blocking=False))
+    )
+
+
+_FORK_STATE: dict[str, object] = {}
+
+
+def test_forked_child_does_not_hold_parents_locks(
+    make_locker: object, redis_url: str, namespace: str
+) -> None:
+    """After fork() the child holds nothing of its parent's and cannot take the parent's key."""
+    locker = make_locker(auto_renew=False)  # type: ignore[operator]  # no renewal thread across fork()
+    lock = locker.lock("forked")
+    lock.acquire()
+    _FORK_STATE.update(locker=locker, lock=lock)
+    result = FORK.Queue()
+    child = FORK.Process(target=_forked_child_check, args=(redis_url, namespace, lock.token, result))
+    child.start()
+    try:
+        assert result.get(timeout=30) == (False, None, True, False)
+    finally:
+        child.join(10)
+        _FORK_STATE.clear()
+    assert child.exitcode == 0
+    assert lock.locked()
+    lock.release()
