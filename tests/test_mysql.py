@@ -19,10 +19,9 @@ import pytest
 import kannuki
 from kannuki.backends.mysql import MySQLBackend, cluster_refusal, mysql_lock_name
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
+from support import subprocess_env
 
 MySQLdb = pytest.importorskip("MySQLdb")
-
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
 
 def _prefix() -> str:
@@ -433,7 +432,7 @@ def test_ctrl_c_during_a_wait_ends_it_on_the_server(mysql_url: str, make_locker:
     holder = make_locker()
     lock = holder.lock("ctrl-c")
     lock.acquire()
-    env = dict(os.environ, PYTHONPATH=SRC)
+    env = subprocess_env()
     child = subprocess.Popen([sys.executable, "-c", _CTRL_C_CHILD, mysql_url, prefix],
                              stdout=subprocess.PIPE, text=True, env=env)
     try:

@@ -16,6 +16,7 @@ a ``NullHandler`` on the ``kannuki`` logger.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from kannuki._core import MAX_NAME_BYTES, NATIVE, lock_id
 from kannuki.backends.base import Holder
@@ -47,12 +48,29 @@ from kannuki.locker import (
 
 logging.getLogger("kannuki").addHandler(logging.NullHandler())
 
+# Loaded on first use, so `import kannuki` stays small for the sync majority.
+_LAZY = {"AsyncLock": "kannuki.aio", "AsyncLocker": "kannuki.aio", "AsyncMultiLock": "kannuki.aio"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kannuki' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 __version__ = "0.1.0"
 
 __all__ = [
     "MAX_NAME_BYTES",
     "NATIVE",
     "AlreadyHeldError",
+    "AsyncLock",
+    "AsyncLocker",
+    "AsyncMultiLock",
     "BackendError",
     "CircuitOpenError",
     "CircuitState",

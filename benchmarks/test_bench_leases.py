@@ -1,0 +1,111 @@
+"""The machine-local lease stores (sqlite:///, file:///): uncontended acquire+release vs floor and peers.
+
+Every contender does OPS acquire+release pairs per round on one key it set up beforehand.
+Floors: sqlite -- the raw sqlite3 module doing BEGIN IMMEDIATE / INSERT / COMMIT then DELETE
+on one open WAL connection (what a lease row costs at least); file -- fcntl.flock LOCK_EX|LOCK_NB
+and LOCK_UN on one open descriptor. Peers: filelock and portalocker (both flock-based here).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+import kannuki
+
+OPS = 20
+
+Round = Callable[[], None]
+
+
+def _pairs(acquire: Callable[[], object], release: Callable[[], object]) -> Round:
+    def run() -> None:
+        for _ in range(OPS):
+            acquire()
+            release()
+
+    return run
+
+
+def _floor_sqlite3(tmp_path: Path, prefix: str) -> Round:
+    conn = sqlite3.connect(str(tmp_path / "floor.db"), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE leases (name TEXT PRIMARY KEY, expires_at REAL) WITHOUT ROWID")
+
+    def acquire() -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO leases VALUES (?, ?)", ("k", 1.0))
+        conn.execute("COMMIT")
+
+    def release() -> None:
+        conn.execute("DELETE FROM leases WHERE name = ?", ("k",))
+
+    return _pairs(acquire, release)
+
+
+def _floor_flock(tmp_path: Path, prefix: str) -> Round:
+    fd = os.open(str(tmp_path / "floor.lock"), os.O_RDWR | os.O_CREAT)
+    return _pairs(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB), lambda: fcntl.flock(fd, fcntl.LOCK_UN))
+
+
+def _kannuki(url: str) -> Callable[[Path, str], Round]:
+    def make(tmp_path: Path, prefix: str) -> Round:
+        locker = kannuki.Locker(url.format(tmp=tmp_path), key_prefix=prefix)
+        lock = locker.lock("uncontended")
+        return _pairs(lambda: lock.acquire(blocking=False) or pytest.fail("not acquired"), lock.release)
+
+    return make
+
+
+def _peer_filelock(tmp_path: Path, prefix: str) -> Round:
+    filelock = pytest.importorskip("filelock")
+    lock = filelock.FileLock(str(tmp_path / "peer.lock"))
+    return _pairs(lock.acquire, lock.release)
+
+
+def _peer_portalocker(tmp_path: Path, prefix: str) -> Round:
+    portalocker = pytest.importorskip("portalocker")
+    lock = portalocker.Lock(str(tmp_path / "peer.lock"), mode="a")
+    return _pairs(lock.acquire, lock.release)
+
+
+PEERS = [
+    pytest.param(_peer_filelock, id="peer-filelock"),
+    pytest.param(_peer_portalocker, id="peer-portalocker"),
+]
+
+
+@pytest.mark.parametrize(
+    "make_round",
+    [
+        pytest.param(_floor_sqlite3, id="floor-sqlite3"),
+        pytest.param(_kannuki("sqlite:///{tmp}/locks.db"), id="kannuki-sqlite"),
+        *PEERS,
+    ],
+)
+def test_sqlite_uncontended(benchmark, make_round, tmp_path: Path, key_prefix: str) -> None:
+    """OPS uncontended acquire+release pairs per round on the sqlite store vs its floor and peers."""
+    run = make_round(tmp_path, key_prefix)
+    benchmark.group = f"sqlite: uncontended acquire+release x{OPS}"
+    benchmark(run)
+
+
+@pytest.mark.parametrize(
+    "make_round",
+    [
+        pytest.param(_floor_flock, id="floor-fcntl.flock"),
+        pytest.param(_kannuki("file://{tmp}/locks"), id="kannuki-file"),
+        *PEERS,
+    ],
+)
+def test_file_uncontended(benchmark, make_round, tmp_path: Path, key_prefix: str) -> None:
+    """OPS uncontended acquire+release pairs per round on the file store vs its floor and peers."""
+    run = make_round(tmp_path, key_prefix)
+    benchmark.group = f"file: uncontended acquire+release x{OPS}"
+    benchmark(run)

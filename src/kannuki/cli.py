@@ -1,0 +1,314 @@
+"""The ``kannuki`` command line: run a command under a lock, and look at locks.
+
+Exit codes: 0 / the command's own status (``run``), 1 free (``held``),
+2 bad usage, URL or option, 69 the lock store failed (EX_UNAVAILABLE),
+75 the lock was not acquired (EX_TEMPFAIL), 126 / 127 the command could not
+be run / was not found, 128+N the command died of signal N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+import kannuki
+from kannuki.backends.base import Holder
+from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
+
+__all__ = ["EXIT_BACKEND", "EXIT_NOT_ACQUIRED", "EXIT_USAGE", "default_url", "main"]
+
+EXIT_FREE = 1
+EXIT_USAGE = 2
+EXIT_BACKEND = 69  # EX_UNAVAILABLE
+EXIT_NOT_ACQUIRED = 75  # EX_TEMPFAIL
+EXIT_CANNOT_RUN = 126
+EXIT_NOT_FOUND = 127
+
+# How long `run` waits quietly before telling a terminal what it waits for.
+PROGRESS_AFTER = 1.0
+FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+EPILOG = """\
+The store: --url, else the KANNUKI_URL environment variable, else the embedded
+SQLite file $XDG_STATE_HOME/kannuki/locks.sqlite3 (~/.local/state/kannuki/locks.sqlite3),
+which locks the processes of this machine with no server.
+URLs: sqlite:///rel.db  sqlite:////abs/locks.db  file:///abs/dir  redis://host:6379/0
+      postgresql://user@host/db  mysql://user@host/db
+
+Examples:
+  kannuki run nightly-report -- ./make-report.sh      # one at a time, waits for its turn
+  kannuki run --try backup -- rsync -a /data /backup  # skip (exit 75) if one is running
+  kannuki run --timeout 30 deploy -- ./deploy.sh      # give up after 30 seconds
+  kannuki held backup && echo "a backup is running"
+  kannuki list
+  kannuki id invoices/42 --prefix billing             # = SELECT hashtextextended('billing:invoices/42', 0)
+
+Exit codes: the command's status (run), 0 held / 1 free (held), 2 usage or bad URL,
+69 lock store unavailable, 75 lock not acquired, 126/127 command not runnable/found,
+128+N command killed by signal N.
+"""
+
+
+def default_url() -> str:
+    """The embedded SQLite store of this user: ``$XDG_STATE_HOME/kannuki/locks.sqlite3``."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return "sqlite:///" + os.path.join(os.path.abspath(state), "kannuki", "locks.sqlite3")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``kannuki`` (exposed for docs and tests)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="lock store URL (default: $KANNUKI_URL, else the per-user SQLite file)")
+    common.add_argument("--prefix", metavar="P", help="key prefix: the lock name is P:KEY (default: none)")
+
+    parser = argparse.ArgumentParser(
+        prog="kannuki",
+        description="Advisory locks from the shell: run a command while holding a lock, and inspect locks.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"kannuki {_version()}")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run a command while holding a lock; exit with its status (75 when not acquired)",
+        description="Take the lock KEY, run COMMAND, release the lock, exit with COMMAND's status. "
+        "SIGINT, SIGTERM and SIGHUP are forwarded to COMMAND.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    wait = run.add_mutually_exclusive_group()
+    wait.add_argument("--timeout", type=_seconds, metavar="S", help="wait at most S seconds (default: wait forever)")
+    wait.add_argument("--try", dest="try_once", action="store_true", help="do not wait: exit 75 at once if held")
+    run.add_argument("--shared", action="store_true", help="take a shared (reader) lock")
+    run.add_argument("--ttl", type=_seconds, metavar="S", help="lease length on lease stores (renewed every S/3)")
+    run.add_argument("key", metavar="KEY", help="the lock key")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...", help="the command to run")
+
+    ident = sub.add_parser("id", parents=[common], help="print the 64-bit lock ID of KEY (no store needed)")
+    ident.add_argument("key", metavar="KEY")
+
+    held = sub.add_parser("held", parents=[common], help="exit 0 when KEY is held by anyone, 1 when free")
+    held.add_argument("key", metavar="KEY")
+
+    listing = sub.add_parser("list", parents=[common], help="show the locks held in the store, with their holders")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("kannuki")
+    except Exception:
+        return "unknown"
+
+
+def _error(message: str) -> None:
+    print(f"kannuki: {message}", file=sys.stderr, flush=True)
+
+
+def _locker(args: argparse.Namespace, **options: Any) -> kannuki.Locker:
+    url = args.url or os.environ.get("KANNUKI_URL") or None
+    if url is None:
+        url = default_url()
+        os.makedirs(os.path.dirname(url[len("sqlite:///"):]), mode=0o700, exist_ok=True)
+    return kannuki.Locker(url, key_prefix=args.prefix, **options)
+
+
+def _who(holders: Sequence[Holder]) -> str:
+    return "; ".join(h.describe() for h in holders) if holders else "another holder"
+
+
+# -- verbs --------------------------------------------------------------------------
+
+
+def _cmd_id(args: argparse.Namespace) -> int:
+    print(kannuki.lock_id(args.key, args.prefix))
+    return 0
+
+
+def _cmd_held(args: argparse.Namespace) -> int:
+    with _locker(args) as locker:
+        return 0 if locker.held(args.key) else EXIT_FREE
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    with _locker(args) as locker:
+        holders = locker.backend.list_held()
+    if args.json:
+        for h in holders:
+            print(json.dumps({f: getattr(h, f) for f in h.__dataclass_fields__}))
+        return 0
+    if not holders:
+        print(f"no locks held in {locker.backend.describe()}")
+        return 0
+
+    def when(t: float | None) -> str:
+        return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+    rows = [("NAME", "LOCK ID", "TOKEN", "PID", "HOST", "SINCE", "EXPIRES")] + [
+        (h.name + (" [shared]" if h.shared else ""), str(h.lock_id), str(h.token or "-"), str(h.pid or "-"),
+         h.host or "-", when(h.since), when(h.expires_at))
+        for h in holders
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        _error("run: no COMMAND given: kannuki run KEY -- COMMAND [ARGS...]")
+        return EXIT_USAGE
+    timeout = 0.0 if args.try_once else args.timeout
+
+    def on_lost(lock: Any, reason: str) -> None:
+        _error(f"lost the lock {lock.key!r} while the command ran: {reason}")
+
+    with _locker(args, on_lost=on_lost) as locker:
+        lock = locker.lock(args.key, shared=args.shared, ttl=args.ttl)
+        with _signals_raise():
+            acquired = _acquire_telling(lock, timeout)
+        if not acquired:
+            holders = _holders_quietly(lock)
+            how = "at once" if timeout == 0 else f"within {timeout:g}s"
+            _error(
+                f"lock {args.key!r} is held by {_who(holders)} ({locker.backend.describe()}); not acquired {how}"
+            )
+            return EXIT_NOT_ACQUIRED
+        try:
+            status = _run_forwarding(command)
+        finally:
+            try:
+                lock.release()
+            except LockLostError as exc:
+                _error(str(exc))
+    return status
+
+
+def _holders_quietly(lock: Any) -> list[Holder]:
+    try:
+        return list(lock.holders())
+    except Exception:  # who holds it is a courtesy
+        return []
+
+
+def _acquire_telling(lock: Any, timeout: float | None) -> bool:
+    """Acquire; when the wait passes PROGRESS_AFTER and stderr is a terminal, say what we wait for."""
+    if timeout == 0:
+        return bool(lock.acquire(blocking=False))
+    if not sys.stderr.isatty() or (timeout is not None and timeout <= PROGRESS_AFTER):
+        return bool(lock.acquire(timeout=timeout) if timeout is not None else lock.acquire())
+    if lock.acquire(timeout=PROGRESS_AFTER):
+        return True
+    _error(f"waiting for the lock {lock.key!r}, held by {_who(_holders_quietly(lock))}")
+    if timeout is None:
+        return bool(lock.acquire())
+    return bool(lock.acquire(timeout=timeout - PROGRESS_AFTER))
+
+
+class _signals_raise:
+    """While waiting for the lock, SIGTERM / SIGHUP end kannuki cleanly (nothing left held)."""
+
+    def __enter__(self) -> None:
+        self._saved = {}
+        for name in ("SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)
+            if signum is not None:
+                self._saved[signum] = signal.signal(signum, self._raise)
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+
+
+def _run_forwarding(command: list[str]) -> int:
+    """Run ``command``, forwarding SIGINT/SIGTERM/SIGHUP to it; its exit status (128+N for signal N)."""
+    try:
+        child = subprocess.Popen(command)
+    except FileNotFoundError:
+        _error(f"command not found: {command[0]}")
+        return EXIT_NOT_FOUND
+    except OSError as exc:
+        _error(f"cannot run {command[0]}: {exc.strerror or exc}")
+        return EXIT_CANNOT_RUN
+
+    def forward(signum: int, frame: Any) -> None:
+        # Ctrl-C at a terminal already reached the child (same foreground process group): don't send it twice.
+        if signum == signal.SIGINT and _terminal_sent_it():
+            return
+        try:
+            child.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    saved = {}
+    for name in FORWARDED_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            saved[signum] = signal.signal(signum, forward)
+    try:
+        returncode = child.wait()
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _terminal_sent_it() -> bool:
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+VERBS = {"run": _cmd_run, "id": _cmd_id, "held": _cmd_held, "list": _cmd_list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``kannuki`` command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return VERBS[args.verb](args)
+    except (ConfigurationError, NotSupportedError, TypeError, ValueError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except BackendError as exc:
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None and str(exc.__cause__) not in str(exc) else ""
+        _error(f"the lock store failed: {exc}{cause}")
+        return EXIT_BACKEND
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

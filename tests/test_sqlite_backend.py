@@ -1,0 +1,180 @@
+"""The sqlite:/// lease store: URLs, leases, fencing tokens, processes contending on one file."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import kannuki
+from kannuki.backends.sqlite import SQLiteBackend, path_from_url
+from support import FakeClock, contend, start_holder, stop
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/locks.db"
+
+
+@pytest.fixture
+def locker(url: str):
+    locker = kannuki.Locker(url, key_prefix=f"t-{uuid.uuid4().hex[:8]}")
+    yield locker
+    locker.close()
+
+
+def test_url_paths_follow_sqlalchemy() -> None:
+    """Three slashes is a relative path, four an absolute one."""
+    assert path_from_url("sqlite:///rel/locks.db") == "rel/locks.db"
+    assert path_from_url("sqlite:////abs/locks.db") == "/abs/locks.db"
+
+
+@pytest.mark.parametrize("bad", ["sqlite://", "sqlite:///", "sqlite://host/x.db", "sqlite:///:memory:", "sqlite:///x?a=1"])
+def test_bad_urls_are_refused(bad: str) -> None:
+    """URLs without a file, with a host or query, and :memory: raise ConfigurationError naming the url."""
+    with pytest.raises(kannuki.ConfigurationError, match="url"):
+        kannuki.Locker(bad)
+
+
+def test_bad_options_are_refused(url: str) -> None:
+    """Unknown options and a bad ttl are named in the error."""
+    with pytest.raises(kannuki.ConfigurationError, match="pool_size"):
+        kannuki.Locker(url, pool_size=3)
+    with pytest.raises(kannuki.ConfigurationError, match="ttl"):
+        kannuki.Locker(url, ttl=0)
+    with pytest.raises(kannuki.ConfigurationError, match="busy_timeout"):
+        kannuki.Locker(url, busy_timeout=-1)
+
+
+def test_no_file_is_touched_before_first_use(tmp_path: Path) -> None:
+    """Making a Locker opens nothing: the database appears on the first acquire."""
+    db = tmp_path / "lazy.db"
+    locker = kannuki.Locker(f"sqlite:///{db}")
+    assert not db.exists()
+    with locker.lock("k"):
+        assert db.exists()
+    locker.close()
+
+
+def test_exclusive_lock_holders_and_tokens(locker: kannuki.Locker) -> None:
+    """A held key excludes a second Lock, names its holder, and tokens grow per acquisition."""
+    first = locker.lock("job")
+    assert first.acquire(timeout=0)
+    assert locker.held("job")
+    (holder,) = locker.holders("job")
+    assert (holder.pid, holder.token, holder.shared) == (os.getpid(), first.token, False)
+    assert holder.expires_at is not None and holder.expires_at > holder.since
+    assert not locker.lock("job").acquire(timeout=0.05)
+    token = first.token
+    first.release()
+    assert not locker.held("job")
+    again = locker.lock("job")
+    assert again.acquire(timeout=0)
+    assert again.token > token
+    assert [h.name for h in locker.backend.list_held()] == [again.name]
+    again.release()
+
+
+def test_shared_locks_coexist_and_exclude_writers(locker: kannuki.Locker) -> None:
+    """Two shared holders at once; an exclusive one waits for both."""
+    readers = [locker.lock("doc", shared=True) for _ in range(2)]
+    assert all(r.acquire(timeout=0) for r in readers)
+    assert len(locker.holders("doc")) == 2
+    writer = locker.lock("doc")
+    assert not writer.acquire(timeout=0)
+    for r in readers:
+        r.release()
+    assert writer.acquire(timeout=0)
+    assert not locker.lock("doc", shared=True).acquire(timeout=0)
+    writer.release()
+
+
+def test_expired_lease_is_free_and_stale_holder_cannot_touch_new_one(tmp_path: Path) -> None:
+    """After expiry a new holder gets a higher token; the stale one can neither renew nor release it."""
+    clock = FakeClock()
+    backend = SQLiteBackend(str(tmp_path / "c.db"), ttl=10, clock=clock)
+    locker = kannuki.Locker(backend, auto_renew=False)
+    stale = locker.lock("k")
+    assert stale.acquire(timeout=0)
+    assert not locker.lock("k").acquire(timeout=0)
+    clock.now += 10.5
+    assert not locker.held("k")
+    fresh = locker.lock("k")
+    assert fresh.acquire(timeout=0)
+    assert fresh.token > stale.token
+    assert not backend.renew(stale.name, stale.lock_id, stale.token, 10)
+    with pytest.raises(kannuki.LockLostError):
+        stale.release()
+    (holder,) = locker.holders("k")
+    assert holder.token == fresh.token
+    assert backend.renew(fresh.name, fresh.lock_id, fresh.token, 10)
+    fresh.release()
+    locker.close()
+
+
+def test_waiter_gets_the_lock_when_released(locker: kannuki.Locker) -> None:
+    """A blocking acquire polls until the holder (another thread) lets go."""
+    import threading
+
+    holder = locker.lock("w")
+    assert holder.acquire()
+    timer = threading.Timer(0.2, holder.release)
+    timer.start()
+    waiter = locker.lock("w")
+    try:
+        assert waiter.acquire(timeout=10)
+    finally:
+        timer.join(10)
+    waiter.release()
+
+
+def test_processes_contending_lose_no_update(url: str, tmp_path: Path) -> None:
+    """4 processes x 50 read-modify-writes: no lost update, tokens strictly increasing in lock order."""
+    tokens = contend(url, tmp_path)
+    assert tokens == sorted(set(tokens)) and len(tokens) == 200
+
+
+def test_sigkilled_holder_is_freed_when_its_lease_expires(url: str) -> None:
+    """A SIGKILLed holder keeps the lock until its lease runs out, then a waiter gets it."""
+    proc, token = start_holder(url, ttl=0.6)
+    try:
+        locker = kannuki.Locker(url)
+        (holder,) = locker.holders("victim")
+        assert holder.pid == proc.pid
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert not locker.lock("victim").acquire(timeout=0)  # the lease outlives the process
+        lock = locker.lock("victim")
+        assert lock.acquire(timeout=10)
+        assert lock.token > token
+        lock.release()
+        locker.close()
+    finally:
+        stop(proc)
+
+
+def test_fork_child_does_not_hold_parents_lock(locker: kannuki.Locker) -> None:
+    """In a forked child the parent's Lock is not held and the key stays busy for the child."""
+    lock = locker.lock("forked")
+    assert lock.acquire()
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=_child_checks, args=(locker, lock))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    lock.release()
+
+
+def _child_checks(locker: kannuki.Locker, lock: kannuki.Lock) -> None:
+    assert not lock.locked() and lock.token is None
+    assert not locker.lock("forked").acquire(timeout=0)
+    other = locker.lock("child-only")
+    assert other.acquire(timeout=0)
+    other.release()
+    locker.close()
