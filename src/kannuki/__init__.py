@@ -16,7 +16,7 @@ a ``NullHandler`` on the ``kannuki`` logger.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any as _Any
 
 from kannuki._core import MAX_NAME_BYTES, NATIVE, lock_id
 from kannuki.backends.base import Holder
@@ -48,16 +48,27 @@ from kannuki.locker import (
 
 logging.getLogger("kannuki").addHandler(logging.NullHandler())
 
-# Loaded on first use, so `import kannuki` stays small for the sync majority.
-_LAZY = {"AsyncLock": "kannuki.aio", "AsyncLocker": "kannuki.aio", "AsyncMultiLock": "kannuki.aio"}
+# Loaded on first use (asyncio and friends), so `import kannuki` stays small and quick.
+_LAZY = {
+    "AsyncLock": "kannuki.aio",
+    "AsyncLocker": "kannuki.aio",
+    "AsyncMultiLock": "kannuki.aio",
+    "RecordLock": "kannuki.records",
+    "locked": "kannuki.decorators",
+    "record_lock": "kannuki.records",
+    "scoped_lock": "kannuki.records",
+    "unique": "kannuki.decorators",
+}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
+    import importlib
+
+    if name == "testing":
+        return importlib.import_module("kannuki.testing")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'kannuki' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
@@ -87,13 +98,19 @@ __all__ = [
     "MultiLock",
     "NotHeldError",
     "NotSupportedError",
+    "RecordLock",
     "configure",
     "get_locker",
     "held",
     "lock",
     "lock_id",
     "lock_or_raise",
+    "locked",
+    "record_lock",
+    "scoped_lock",
     "subscribe",
+    "testing",
     "try_lock",
+    "unique",
     "with_lock",
 ]

@@ -1,0 +1,129 @@
+"""Test mode: every locker uses one in-process table, so tests need no database.
+
+::
+
+    import kannuki.testing
+
+    kannuki.testing.enable()
+    locker = kannuki.Locker("postgresql://db.invalid/app")   # no connection is ever made
+    kannuki.testing.simulate_lock_held("nightly-report")
+    assert locker.try_lock("nightly-report", print) is False
+    kannuki.testing.disable()
+
+While test mode is on, every locker, existing or new and whatever its URL,
+sends its locks to one private memory table, and the module-level verbs
+(``kannuki.with_lock`` ...) work without ``kannuki.configure()``. The table is
+keyed by full lock names: a locker with ``key_prefix="app"`` sees key ``"x"``
+as ``"app:x"``, so simulate its holds with ``simulate_lock_held("x", prefix="app")``.
+
+The pytest plugin (:mod:`kannuki.pytest_plugin`, loaded automatically when
+kannuki is installed) offers the fixture ``kannuki_test_mode``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import threading
+from types import ModuleType
+from typing import Iterator
+
+from kannuki import _core
+from kannuki.backends.memory import MemoryBackend
+from kannuki.locker import Locker
+
+# The module, not the ``kannuki.lock()`` function that shadows it on the package.
+_lock = importlib.import_module("kannuki.lock")
+
+__all__ = ["clear", "default_locker", "disable", "enable", "is_enabled", "simulate_lock_held", "test_mode"]
+
+_guard = threading.RLock()
+_default_locker: Locker | None = None
+
+
+def enable() -> None:
+    """Turn test mode on (a no-op when it is on): every locker now uses a fresh in-process table."""
+    with _guard:
+        if _lock.TEST_BACKEND is None:
+            _lock.TEST_BACKEND = MemoryBackend(_core.LockTable())
+
+
+def disable() -> None:
+    """Turn test mode off, dropping every lock and simulated hold of the test table.
+
+    Lockers go back to their own stores. A Lock still held from test mode
+    releases into the test table it came from (``release()`` then raises
+    LockLostError, as the table was cleared).
+    """
+    global _default_locker
+    with _guard:
+        backend, _lock.TEST_BACKEND = _lock.TEST_BACKEND, None
+        locker, _default_locker = _default_locker, None
+    if backend is not None:
+        backend.table.clear()
+    if locker is not None:
+        locker.close()
+
+
+def is_enabled() -> bool:
+    """True while test mode is on."""
+    return _lock.TEST_BACKEND is not None
+
+
+def clear() -> None:
+    """Drop every lock and simulated hold in the test table (waiters get the keys); test mode stays on."""
+    backend = _lock.TEST_BACKEND
+    if backend is not None:
+        backend.table.clear()
+
+
+def simulate_lock_held(key: str, shared: bool = False, *, prefix: str | None = None) -> None:
+    """Make every locker see ``key`` as held by someone else until :func:`clear` (or :func:`disable`).
+
+    ``prefix`` is the ``key_prefix`` of the lockers that should see it (None:
+    lockers without a prefix). ``shared=True`` simulates a shared holder, so
+    shared locks still succeed and exclusive ones do not.
+
+    Raises RuntimeError when test mode is off or the key is already held
+    incompatibly, TypeError / ValueError for a bad key.
+    """
+    if not isinstance(shared, bool):
+        raise TypeError(f"shared must be True or False, not {shared!r}")
+    name = _core.full_name(key, prefix)
+    backend = _lock.TEST_BACKEND
+    if backend is None:
+        raise RuntimeError("simulate_lock_held() needs test mode: call kannuki.testing.enable() first")
+    if not backend.table.acquire(name, shared, 0.0, None):
+        raise RuntimeError(f"cannot simulate a hold of {name!r}: it is already held in a conflicting mode")
+
+
+def default_locker() -> Locker:
+    """The locker behind the module-level verbs in test mode when ``kannuki.configure()`` was never called."""
+    global _default_locker
+    with _guard:
+        if _lock.TEST_BACKEND is None:
+            raise RuntimeError("default_locker() needs test mode: call kannuki.testing.enable() first")
+        if _default_locker is None:
+            _default_locker = Locker("memory://kannuki-test-mode")
+        return _default_locker
+
+
+@contextlib.contextmanager
+def test_mode() -> Iterator[ModuleType]:
+    """Test mode for the ``with`` block; yields this module (for ``simulate_lock_held`` ...).
+
+    When test mode was already on, it stays on (and keeps its locks) after
+    the block; otherwise it is cleared and turned off.
+    """
+    import kannuki.testing as this
+
+    was_enabled = is_enabled()
+    enable()
+    try:
+        yield this
+    finally:
+        if not was_enabled:
+            disable()
+
+
+test_mode.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name
