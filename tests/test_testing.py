@@ -212,21 +212,29 @@ def test_pytest_plugin_fixture_in_a_users_project(tmp_path: Path) -> None:
 
 
 def test_pytest_plugin_loads_through_its_entry_point(tmp_path: Path) -> None:
-    """Declared as pyproject's pytest11 entry point 'kannuki', the plugin loads unasked in a user's run."""
-    tomllib = pytest.importorskip("tomllib")
-    root = Path(kannuki.__file__).parent.parent.parent
-    if not (root / "pyproject.toml").exists():
-        pytest.skip("not running from a source checkout")
-    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["entry-points"]["pytest11"]
-    assert declared == {"kannuki": "kannuki.pytest_plugin"}
-    # What installing kannuki writes for that declaration: a dist-info with entry_points.txt.
-    site = tmp_path / "site"
-    dist_info = site / "kannuki_entry_point_check-0.dist-info"
-    dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: kannuki-entry-point-check\nVersion: 0\n")
-    (dist_info / "entry_points.txt").write_text("[pytest11]\nkannuki = kannuki.pytest_plugin\n")
+    """Declared as the pytest11 entry point 'kannuki', the plugin loads unasked in a user's run."""
+    import importlib.metadata
+
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "test_user.py").write_text(textwrap.dedent(PLUGIN_TESTS))
     src = str(Path(kannuki.__file__).parent.parent)
-    out = run_pytest(tmp_path / "project", pythonpath=os.pathsep.join([str(site), src]))
+    root = Path(src).parent
+    if (root / "pyproject.toml").exists() and Path(src).name == "src":
+        # A source checkout: write what installing kannuki writes for pyproject's declaration.
+        tomllib = pytest.importorskip("tomllib")
+        declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["entry-points"]["pytest11"]
+        site = tmp_path / "site"
+        dist_info = site / "kannuki_entry_point_check-0.dist-info"
+        dist_info.mkdir(parents=True)
+        (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: kannuki-entry-point-check\nVersion: 0\n")
+        lines = "".join(f"{name} = {target}\n" for name, target in declared.items())
+        (dist_info / "entry_points.txt").write_text("[pytest11]\n" + lines)
+        pythonpath = os.pathsep.join([str(site), src])
+    else:
+        # An installed kannuki (CI, a wheel): its own metadata must declare the plugin.
+        declared = {ep.name: ep.value for ep in importlib.metadata.distribution("kannuki").entry_points
+                    if ep.group == "pytest11"}
+        pythonpath = None
+    assert declared == {"kannuki": "kannuki.pytest_plugin"}
+    out = run_pytest(tmp_path / "project", pythonpath=pythonpath)
     assert "2 passed" in out
