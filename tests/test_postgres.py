@@ -232,6 +232,127 @@ def test_deadlock_is_its_own_error(pg_url: str, prefix: str) -> None:
             conn.close()
 
 
+# -- the one-round-trip wait (autocommit, outside a transaction) ---------------------
+
+
+def url_with_settings(pg_url: str, **settings: str) -> str:
+    """``pg_url`` whose connections start with these session settings (libpq ``options``)."""
+    options = "%20".join(f"-c%20{name}%3D{value}" for name, value in settings.items())
+    return f"{pg_url}{'&' if '?' in pg_url else '?'}options={options}"
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_timed_wait_statement_sets_lock_timeout_for_itself_only(
+    pg_url: str, pg_conn: Any, prefix: str, shared: bool
+) -> None:
+    """TIMED_WAIT_LOCK: its lock_timeout ends the wait with 55P03, then the session's own setting is back."""
+    lock_id = kannuki.lock_id("k", prefix=prefix)
+    conn = psycopg.connect(pg_url, autocommit=True)
+    try:
+        conn.execute("SET lock_timeout = '45s'")
+        pg_conn.execute("SELECT pg_advisory_lock(%s)", [lock_id])
+        for _ in range(7):  # past psycopg's prepare and the server's switch to a generic plan
+            started = time.monotonic()
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute(sql.TIMED_WAIT_LOCK[shared], sql.timed_params(0.1, [lock_id]), prepare=True)
+            assert sql.is_not_acquired(caught.value)
+            assert time.monotonic() - started < 30  # the statement's 100 ms, not the session's 45 s
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert conn.execute("SHOW lock_timeout").fetchone()[0] == "45s"
+        pg_conn.execute("SELECT pg_advisory_unlock(%s)", [lock_id])
+        row = conn.execute(sql.TIMED_WAIT_LOCK[shared], sql.timed_params(0.1, [lock_id]), prepare=True)
+        _, pid = row.fetchone()
+        assert pid == conn.info.backend_pid
+        assert conn.execute("SHOW lock_timeout").fetchone()[0] == "45s"
+        assert advisory_rows(pg_conn, lock_id, granted=True) == 1  # the session lock outlived its statement
+    finally:
+        conn.close()
+
+
+def test_timed_wait_many_statement_sets_lock_timeout_for_itself_only(
+    pg_url: str, pg_conn: Any, prefix: str
+) -> None:
+    """TIMED_WAIT_MANY: 55P03 on a held key under its own timeout, all keys once free; setting unchanged."""
+    ids = [kannuki.lock_id(k, prefix=prefix) for k in "ab"]
+    conn = psycopg.connect(pg_url, autocommit=True)
+    try:
+        conn.execute("SET lock_timeout = '45s'")
+        pg_conn.execute("SELECT pg_advisory_lock(%s)", [ids[1]])
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute(sql.TIMED_WAIT_MANY, sql.timed_params(0.1, sql.many_params(ids, [False, False])))
+        assert sql.is_not_acquired(caught.value)
+        assert conn.execute("SHOW lock_timeout").fetchone()[0] == "45s"
+        assert conn.execute(sql.UNDO_MANY, sql.many_params(ids, [False, False])).fetchone()[0] == 1  # key a
+        assert advisory_rows(pg_conn, ids[0]) == 0
+        pg_conn.execute("SELECT pg_advisory_unlock(%s)", [ids[1]])
+        params = sql.timed_params(0.1, sql.many_params(ids, [False, True]))
+        taken, _ = conn.execute(sql.TIMED_WAIT_MANY, params).fetchone()
+        assert taken == 2 and conn.execute("SHOW lock_timeout").fetchone()[0] == "45s"
+        conn.execute("SELECT pg_advisory_unlock_all()")
+    finally:
+        conn.close()
+
+
+def test_url_locker_waits_under_its_own_timeout_not_the_sessions(
+    pg_url: str, pg_conn: Any, prefix: str
+) -> None:
+    """Own connections with a lock_timeout default: timeout=0.1 and timeout=None both mean what they say."""
+    long_default = kannuki.Locker(url_with_settings(pg_url, lock_timeout="45s"), key_prefix=prefix)
+    short_default = kannuki.Locker(url_with_settings(pg_url, lock_timeout="100ms"), key_prefix=prefix)
+    try:
+        assert raw_try(pg_conn, f"{prefix}:k")
+        started = time.monotonic()
+        assert long_default.lock("k").acquire(timeout=0.1) is False
+        assert time.monotonic() - started < 30  # ended by the acquire's 100 ms, not the session's 45 s
+        timer = threading.Timer(0.5, raw_unlock, (pg_conn, f"{prefix}:k"))
+        timer.start()
+        try:
+            lock = short_default.lock("k")
+            assert lock.acquire(timeout=None)  # lock_timeout 0 in the statement outlasts the session's 100 ms
+            lock.release()
+        finally:
+            timer.join(10)
+        assert advisory_rows(pg_conn, lock.lock_id) == 0
+    finally:
+        long_default.close()
+        short_default.close()
+
+
+def test_waiting_event_fires_only_when_the_key_is_held(
+    locker: kannuki.Locker, pg_conn: Any, prefix: str
+) -> None:
+    """With a listener the acquire tries first: `waiting` for a held key, none for a free one."""
+    events: list[str] = []
+    unsubscribe = kannuki.subscribe(lambda event: events.append(event.name), events={"waiting", "acquired"})
+    try:
+        with locker.lock("free", timeout=5):
+            pass
+        assert events == ["acquired"]
+        events.clear()
+        assert raw_try(pg_conn, f"{prefix}:busy")
+        assert locker.lock("busy").acquire(timeout=0.1) is False
+        assert events == ["waiting"]
+    finally:
+        unsubscribe()
+        raw_unlock(pg_conn, f"{prefix}:busy")
+
+
+def test_other_errors_during_the_wait_are_backend_errors(pg_url: str, pg_conn: Any, prefix: str) -> None:
+    """statement_timeout (57014) ending a forever wait is BackendError, not "not acquired"; nothing left."""
+    locker = kannuki.Locker(url_with_settings(pg_url, statement_timeout="200ms"), key_prefix=prefix)
+    try:
+        assert raw_try(pg_conn, f"{prefix}:k")
+        lock = locker.lock("k")
+        with pytest.raises(BackendError, match="57014"):
+            lock.acquire(timeout=None)
+        assert advisory_rows(pg_conn, lock.lock_id) == 1  # the raw holder only, no waiter
+        raw_unlock(pg_conn, f"{prefix}:k")
+        assert lock.acquire(timeout=5)  # the locker recovers on a fresh connection
+        lock.release()
+    finally:
+        locker.close()
+
+
 # -- connections ------------------------------------------------------------------
 
 

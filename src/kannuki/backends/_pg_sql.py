@@ -28,6 +28,8 @@ __all__ = [
     "QUERY_CANCELED",
     "SET_LOCK_TIMEOUT",
     "SHOW_LOCK_TIMEOUT",
+    "TIMED_WAIT_LOCK",
+    "TIMED_WAIT_MANY",
     "TRY_LOCK",
     "TRY_LOCK_FENCED",
     "TRY_MANY",
@@ -48,6 +50,7 @@ __all__ = [
     "many_params",
     "split_lock_id",
     "sqlstate",
+    "timed_params",
     "translate_error",
 ]
 
@@ -107,6 +110,18 @@ WAIT_XACT_LOCK = (
 SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, true)"
 SHOW_LOCK_TIMEOUT = "SELECT current_setting('lock_timeout')"
 
+# The same wait in ONE round trip, for an autocommit connection outside any
+# transaction: the statement is its own implicit transaction, so the local
+# setting ends with it (on success, on 55P03, on any error). The MATERIALIZED
+# CTE runs set_config before the outer row, hence before the lock call, is
+# evaluated. Parameters: (lock_timeout setting, *the wait's own); see timed_params.
+_WITH_LOCK_TIMEOUT = "WITH setting AS MATERIALIZED (SELECT set_config('lock_timeout', %s, true))"
+
+TIMED_WAIT_LOCK = tuple(
+    f"{_WITH_LOCK_TIMEOUT} SELECT {fn}(%s), pg_backend_pid() FROM setting"
+    for fn in ("pg_advisory_lock", "pg_advisory_lock_shared")
+)
+
 # -- several keys, all or none, one statement -------------------------------
 # Parameters: (ids bigint[], shared bool[]) in the caller's (sorted) order.
 # Volatile expressions under ORDER BY are evaluated after the sort, so the
@@ -136,6 +151,17 @@ SELECT count(x.ok), pg_backend_pid() FROM (
     SELECT CASE WHEN r.shared THEN pg_advisory_lock_shared(r.id)::text
                 ELSE pg_advisory_lock(r.id)::text END AS ok
     FROM {_REQUESTS} ORDER BY r.ord
+) AS x
+""".strip()
+
+# WAIT_MANY in one round trip (see _WITH_LOCK_TIMEOUT): every row of the join
+# needs the setting's row, so the locks come after it.
+TIMED_WAIT_MANY = f"""
+{_WITH_LOCK_TIMEOUT}
+SELECT count(x.ok), pg_backend_pid() FROM (
+    SELECT CASE WHEN r.shared THEN pg_advisory_lock_shared(r.id)::text
+                ELSE pg_advisory_lock(r.id)::text END AS ok
+    FROM setting, {_REQUESTS} ORDER BY r.ord
 ) AS x
 """.strip()
 
@@ -210,6 +236,11 @@ def lock_timeout_setting(timeout: float | None) -> str:
     if timeout is None:
         return "0"
     return f"{max(1, math.ceil(timeout * 1000))}ms"
+
+
+def timed_params(timeout: float | None, params: Sequence[Any]) -> tuple[Any, ...]:
+    """The parameters of TIMED_WAIT_LOCK / TIMED_WAIT_MANY: the wait's ``params`` under a ``timeout``."""
+    return (lock_timeout_setting(timeout), *params)
 
 
 def split_lock_id(lock_id: int) -> tuple[int, int]:

@@ -14,8 +14,13 @@ key queue on an in-process lock table first, and only the head of that queue
 waits on the server.
 
 Waits happen on the server, under a ``lock_timeout`` set with
-``set_config(..., true)`` inside a transaction (or savepoint) that is always
-rolled back: session advisory locks survive the rollback, the setting does not.
+``set_config(..., true)``, so the setting never outlives the wait. On an
+autocommit connection outside a transaction (kannuki's own connections) the
+setting and the wait are one statement, its own implicit transaction: one round
+trip, like a bare ``pg_advisory_lock``. Inside the caller's transaction they run
+in a savepoint that is always rolled back: session advisory locks survive the
+rollback, the setting does not. A blocking acquire tries first only when someone
+listens for the ``waiting`` event (the try is what tells a wait is coming).
 Only SQLSTATE 55P03 means "not acquired"; 40P01 is DeadlockError; anything
 else is BackendError. Ctrl-C during a wait: psycopg cancels the query on the
 server, and the connection is discarded.
@@ -82,6 +87,11 @@ class _Session:
             return conn.execute(statement, params, prepare=True).fetchone()
         cursor.execute(statement, params, prepare=True)
         return cursor.fetchone()
+
+    def outside_transaction(self) -> bool:
+        """Autocommit with no transaction open: one statement is its own transaction."""
+        conn = self.conn
+        return bool(conn.autocommit) and conn.info.transaction_status == _IDLE
 
     def usable(self) -> bool:
         """Open, not broken, and not inside a transaction: fit to be reused."""
@@ -367,14 +377,17 @@ class PostgresBackend(Backend):
         try:
             if session.conn not in self._checked:
                 self._check_connection(session)
+            token = local_token
             if self.fencing:
                 taken, token, pid = self._try_fenced(session, lock_id, shared)
-            else:
+            elif self._try_first(session, timeout, on_wait):
                 taken, pid = session.run(sql.TRY_LOCK[shared], (lock_id,))
-                token = local_token
+            else:
+                taken = False
             if not taken and timeout != 0:
                 on_wait()
-                row = self._wait(session, sql.WAIT_LOCK[shared], (lock_id,), timeout)
+                waits = sql.WAIT_LOCK[shared], sql.TIMED_WAIT_LOCK[shared]
+                row = self._wait(session, *waits, (lock_id,), timeout)
                 if row is not None:
                     taken, pid = True, row[1]
                     if self.fencing:
@@ -392,10 +405,28 @@ class PostgresBackend(Backend):
         self._pins[lock_id, token] = _Pin(name, session, pid, local_token, shared)
         return int(token)
 
-    def _wait(self, session: _Session, statement: str, params: Any, timeout: float | None) -> Any:
-        """Wait on the server up to ``timeout``; the row of ``statement``, or None when 55P03 ended the wait."""
+    @staticmethod
+    def _try_first(session: _Session, timeout: float | None, on_wait: Callable[[], None]) -> bool:
+        """Whether a blocking acquire should try before it waits.
+
+        The try is what decides that a wait is coming, so it is needed when someone
+        listens (``on_wait``) or for a single try (timeout 0). Otherwise, where the
+        wait is one round trip (see _wait), it would only add a round trip: an
+        uncontended wait returns at once.
+        """
+        return timeout == 0 or on_wait is not NO_WAIT_CALLBACK or not session.outside_transaction()
+
+    def _wait(self, session: _Session, statement: str, timed: str, params: Any, timeout: float | None) -> Any:
+        """Wait on the server up to ``timeout``; the wait's row, or None when 55P03 ended the wait.
+
+        ``timed`` is ``statement`` with its lock_timeout in the same statement
+        (sql.TIMED_WAIT_*), used when the connection is outside any transaction.
+        """
         conn = session.conn
         try:
+            if session.outside_transaction():
+                # One round trip: the statement's implicit transaction takes the setting with it.
+                return session.run(timed, sql.timed_params(timeout, params))
             # Rolled back whatever happens: the lock_timeout goes with it, the session lock stays.
             with conn.transaction(force_rollback=True):
                 conn.execute(sql.SET_LOCK_TIMEOUT, (sql.lock_timeout_setting(timeout),), prepare=True)
@@ -591,10 +622,12 @@ class PostgresBackend(Backend):
             if session.conn not in self._checked:
                 self._check_connection(session)
             # The session holds nothing yet, so TRY_MANY may give back everything on failure.
-            taken, _, pid = session.run(sql.TRY_MANY, params)
+            taken = False
+            if self._try_first(session, timeout, on_wait):
+                taken, _, pid = session.run(sql.TRY_MANY, params)
             if not taken and timeout != 0:
                 on_wait()
-                row = self._wait(session, sql.WAIT_MANY, params, timeout)
+                row = self._wait(session, sql.WAIT_MANY, sql.TIMED_WAIT_MANY, params, timeout)
                 if row is None:
                     session.run(sql.UNDO_MANY, params)
                 else:
