@@ -43,6 +43,9 @@ cdef extern from "Python.h":
     bint PyFloat_Check(object o)
     bint PyBool_Check(object o)
     double PyFloat_AS_DOUBLE(object o)
+    unsigned long long PyLong_AsUnsignedLongLong(object o) noexcept  # errors checked by the caller
+    void* PyErr_Occurred() noexcept
+    void PyErr_Clear() noexcept
 
 MAX_NAME_BYTES = 65536
 cdef enum:
@@ -477,14 +480,21 @@ cdef class _Entry:
 
 cdef inline uint64_t _as_token(object token) except? 0:
     """A token as uint64; 0 (never issued) for ints out of range."""
+    cdef unsigned long long value
     if PyBool_Check(token) or not PyLong_Check(token):
         raise TypeError(f"token must be an int, not {type(token).__name__}")
-    try:
-        return token
-    except OverflowError:
+    # The C call and a manual check, not Cython's try/except: that saves the exception
+    # state on every call, and this is on every release.
+    value = PyLong_AsUnsignedLongLong(token)
+    if value == <unsigned long long>-1 and PyErr_Occurred() != NULL:
+        PyErr_Clear()  # negative or over 64 bits: an OverflowError, so never a token of ours
         return 0
+    return value
 
 
+# Plain method descriptors, not bound cyfunctions: CPython's specialised calls reach the
+# C function directly, which is most of the cost of an uncontended try_acquire / release.
+@cython.binding(False)
 @cython.final
 cdef class LockTable:
     """An in-process table of keys -> holders with fencing tokens.
@@ -499,6 +509,8 @@ cdef class LockTable:
     cdef uint64_t _next_token
     cdef object _clock
     cdef bint _realtime
+    cdef _Entry _parked         # the one idle entry kept for reuse (see _forget_if_idle), or None
+    cdef object _parked_key
 
     def __cinit__(self, clock=None):
         self._mutex = PyThread_allocate_lock()
@@ -514,7 +526,8 @@ cdef class LockTable:
             PyThread_free_lock(self._mutex)
 
     def __repr__(self):
-        return f"<LockTable keys={len(self._entries)} next_token={self._next_token}>"
+        in_use = sum([not (<_Entry>entry).idle() for entry in self._entries.values()])
+        return f"<LockTable keys={in_use} next_token={self._next_token}>"
 
     # -- internals ------------------------------------------------------------------
 
@@ -577,14 +590,32 @@ cdef class LockTable:
         return len(dead)
 
     cdef inline int _forget_if_idle(self, object key, _Entry entry) except -1:
-        if entry.idle():
-            del self._entries[key]
+        # An idle entry stays as the table's one parked entry, so a key taken and released
+        # over and over costs no allocation, no dict insert / delete and (see _entry) no
+        # lookup. The entry parked before it is dropped if still idle: one idle entry at most.
+        if entry is self._parked or not entry.idle():
+            return 0
+        return self._park(key, entry)
+
+    cdef int _park(self, object key, _Entry entry) except -1:
+        # Invariant: the parked entry is the table's entry for the parked key.
+        cdef _Entry parked = self._parked
+        if self._entries.get(key) is not entry:
+            return 0
+        if parked is not None and parked.idle():
+            del self._entries[self._parked_key]
+        self._parked = entry
+        self._parked_key = key
         return 0
 
     cdef _Entry _entry(self, object key):
-        cdef object found = self._entries.get(key)
-        # Common case first: no entry, or one without TTL holders.
+        cdef object found
         cdef _Entry entry
+        if key is self._parked_key and self._parked is not None:
+            found = self._parked  # the same key object as last time: its entry, without a lookup
+        else:
+            found = self._entries.get(key)
+        # Common case first: no entry, or one without TTL holders.
         if found is None:
             return None
         entry = <_Entry>found
@@ -616,19 +647,15 @@ cdef class LockTable:
         cdef double wait = _check_wait("timeout", timeout, False)
         cdef double lease = _check_wait("ttl", ttl, True)
         cdef bint is_shared = shared
+        cdef uint64_t token
         cdef _Entry entry
         cdef _Waiter waiter
         self._lock()
         try:
-            entry = self._entry(key)
-            if entry is None:
-                entry = _Entry.__new__(_Entry)
-                self._entries[key] = entry
-                return self._add(entry, is_shared, lease)
-            if not entry.has_waiters() and entry.grantable(is_shared):
-                return self._add(entry, is_shared, lease)
-            if wait == 0:
-                return 0
+            token = self._take_now(key, is_shared, lease)
+            if token or wait == 0:
+                return token
+            entry = <_Entry>self._entries[key]  # _take_now found it held or queued
             waiter = _Waiter.__new__(_Waiter)
             waiter.shared = is_shared
             waiter.ttl = lease
@@ -640,6 +667,28 @@ cdef class LockTable:
         finally:
             self._unlock()
         return self._wait(key, waiter, wait)
+
+    def try_acquire(self, key, bint shared):
+        """``acquire(key, shared, 0, None)`` for callers whose arguments are already valid: one try, no TTL.
+
+        The uncontended hot path: a token (> 0), or 0 when ``key`` is held or
+        has waiters (then call ``acquire`` to wait).
+        """
+        self._lock()
+        try:
+            return self._take_now(key, shared, INFINITY)
+        finally:
+            self._unlock()
+
+    cdef uint64_t _take_now(self, object key, bint shared, double lease) except? 0:
+        """With the mutex held: a new holder of ``key`` when it is free for ``shared`` and nobody queues; else 0."""
+        cdef _Entry entry = self._entry(key)
+        if entry is None:
+            entry = _Entry.__new__(_Entry)
+            self._entries[key] = entry
+        elif entry.has_waiters() or not entry.grantable(shared):
+            return 0
+        return self._add(entry, shared, lease)
 
     cdef object _wait(self, object key, _Waiter waiter, double wait):
         cdef double deadline = <double>_time.monotonic() + wait
@@ -821,6 +870,8 @@ cdef class LockTable:
         # The old mutex may be held by a thread that does not exist here: drop it unused.
         self._mutex = fresh
         self._entries = {}
+        self._parked = None
+        self._parked_key = None
 
     def __len__(self):
         """The number of keys held now."""
@@ -843,7 +894,32 @@ cdef class LockTable:
 
 _monotonic = _time.monotonic
 
+cdef extern from *:
+    """
+    /* time.monotonic() without a Python call where we know its clock: on Linux CPython
+       reads CLOCK_MONOTONIC and converts nanoseconds to seconds as below. Elsewhere
+       (macOS: mach_absolute_time, Windows: QueryPerformanceCounter) 0 is returned and
+       the caller asks time.monotonic(). */
+    #if defined(__linux__)
+    #include <time.h>
+    static double kannuki_monotonic(void) {
+        struct timespec ts;
+        if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) return 0.0;
+        return (double)((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec) / 1e9;
+    }
+    #else
+    static double kannuki_monotonic(void) { return 0.0; }
+    #endif
+    """
+    double kannuki_monotonic() nogil
 
+
+cdef inline double _now() except? -1.0:
+    cdef double now = kannuki_monotonic()
+    return now if now != 0.0 else <double>_monotonic()
+
+
+@cython.binding(False)  # as LockTable: the hot pair acquired() / released() is called per lock
 @cython.final
 cdef class Counters:
     """Counts of a locker's outcomes and its total hold time.
@@ -859,11 +935,11 @@ cdef class Counters:
     def acquired(self):
         """Count one acquisition; return ``time.monotonic()`` (the start of the hold)."""
         self._acquired += 1
-        return _monotonic()
+        return _now()
 
     def released(self, double since):
         """Count one release of a hold that began at ``since``; return the seconds held."""
-        cdef double held = <double>_monotonic() - since
+        cdef double held = _now() - since
         self._released += 1
         self._hold_time += held
         return held

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -10,6 +11,7 @@ import uuid
 import pytest
 
 import kannuki
+import kannuki.testing
 from kannuki import AlreadyHeldError, LockNotAcquiredError, NotHeldError
 
 JOIN = 10.0  # seconds: the most any helper thread may take in these tests
@@ -409,3 +411,88 @@ def test_ttl_expiry_follows_the_injected_clock() -> None:
         first.release()
     assert second.locked()
     second.release()
+
+
+def test_plain_path_keeps_stats_exact() -> None:
+    """Many uncontended acquire/release pairs count every acquisition, release and hold time."""
+    locker = unique_locker()
+    lock = locker.lock("stats")
+    for _ in range(50):
+        assert lock.acquire()
+        lock.release()
+    with locker.lock("stats"):
+        pass
+    stats = locker.stats()
+    assert stats.acquired == 51 and stats.released == 51 and stats.failed == 0
+    assert stats.hold_time > 0
+
+
+def test_plain_path_still_emits_and_logs_when_asked(caplog: pytest.LogCaptureFixture) -> None:
+    """A subscriber (even one added while held) gets the events; turning DEBUG on brings the log lines."""
+    locker = unique_locker()
+    lock = locker.lock("quiet")
+    lock.acquire()
+    seen: list[str] = []
+    unsubscribe = kannuki.subscribe(lambda event: seen.append(event.name))
+    try:
+        lock.release()
+        assert seen == ["released"]
+        with lock:
+            pass
+        assert seen == ["released", "acquired", "released"]
+    finally:
+        unsubscribe()
+    with lock:  # quiet again: fills the logger's level cache with "DEBUG is off"
+        pass
+    with caplog.at_level(logging.DEBUG, logger="kannuki"):  # a level change empties that cache
+        with lock:
+            pass
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("acquired 'quiet'") for m in messages)
+    assert any(m.startswith("released 'quiet'") for m in messages)
+
+
+def test_plain_lock_follows_test_mode() -> None:
+    """A lock made before test mode acquires in the test table while it is on, in its own store after."""
+    locker = unique_locker()
+    lock = locker.lock("swap")
+    with lock:
+        pass  # the plain path ran on the locker's own table
+    kannuki.testing.enable()
+    try:
+        with lock:
+            assert not locker.backend.table.held("swap")  # type: ignore[attr-defined]
+    finally:
+        kannuki.testing.disable()
+    with lock:
+        assert locker.backend.table.held("swap")  # type: ignore[attr-defined]
+
+
+def test_plain_lock_reports_a_loss_on_release() -> None:
+    """A plain hold whose table was cleared raises LockLostError at release and counts the loss."""
+    locker = unique_locker()
+    lock = locker.lock("gone")
+    assert lock.acquire()
+    locker.backend.table.clear()  # type: ignore[attr-defined]
+    with pytest.raises(kannuki.LockLostError, match="gone"):
+        lock.release()
+    assert not lock.locked() and locker.stats().lost == 1
+    with pytest.raises(NotHeldError):
+        lock.release()
+
+
+def test_lock_with_default_options_still_validates_the_key_and_given_options() -> None:
+    """locker.lock(key) checks the key; options given explicitly are checked even when falsy."""
+    locker = unique_locker(default_timeout=3, strategy="non_blocking", key_prefix="p")
+    lock = locker.lock("k")
+    assert (lock.timeout, lock.strategy, lock.shared, lock.ttl, lock.name) == (3, "non_blocking", False, None, "p:k")
+    with pytest.raises(TypeError, match="key"):
+        locker.lock(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="key"):
+        locker.lock("")
+    with pytest.raises(TypeError, match="shared"):
+        locker.lock("k", shared=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="strategy"):
+        locker.lock("k", strategy="sometimes")
+    with pytest.raises(ValueError, match="timeout"):
+        locker.lock("k", timeout=-1)

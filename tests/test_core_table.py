@@ -507,3 +507,60 @@ def test_reset_after_fork_in_a_real_child(core: ModuleType) -> None:
         os.close(read_end)
         os.waitpid(pid, 0)
     assert table.release("k", tok)
+
+
+def test_try_acquire_is_one_try_without_ttl(core: ModuleType) -> None:
+    """try_acquire takes a free key (no lease), shares with readers, and answers 0 when it would wait."""
+    table = core.LockTable()
+    first = table.try_acquire("k", False)
+    assert first > 0 and table.holders("k") == [(first, False, None)]
+    assert table.try_acquire("k", False) == 0 and table.try_acquire("k", True) == 0
+    assert table.release("k", first)
+    readers = [table.try_acquire("k", True), table.try_acquire("k", True)]
+    assert all(readers) and readers[1] > readers[0] > first  # one token sequence with acquire()
+    assert table.try_acquire("k", False) == 0
+    for token in readers:
+        assert table.release("k", token)
+    assert len(table) == 0
+
+
+def test_try_acquire_never_overtakes_a_waiter(core: ModuleType) -> None:
+    """With a waiter queued, try_acquire answers 0 even for a shared request that would fit."""
+    table = core.LockTable()
+    reader = table.acquire("k", shared=True)
+    got: list[int] = []
+    thread = _start(lambda: got.append(table.acquire("k", timeout=JOIN)))
+    _wait_for(lambda: table.waiters("k") == 1)
+    assert table.try_acquire("k", True) == 0
+    assert table.release("k", reader)
+    _join(thread)
+    assert got and got[0] > reader and table.holders("k") == [(got[0], False, None)]
+    assert table.release("k", got[0])
+
+
+def test_out_of_range_tokens_are_never_holders(core: ModuleType) -> None:
+    """release() of a negative or over-64-bit token is False, and the real holder keeps the key."""
+    table = core.LockTable()
+    token = table.acquire("k")
+    assert table.release("k", -1) is False
+    assert table.release("k", 2**64) is False
+    assert table.held("k") and table.release("k", token)
+
+
+def test_a_released_key_is_reused_with_full_semantics(core: ModuleType) -> None:
+    """A key taken and released over and over, and keys alternated, behave exactly as fresh keys."""
+    table = core.LockTable()
+    for _ in range(3):
+        for key in ("a", "b", "a", "a"):
+            token = table.try_acquire(key, False)
+            assert token and table.holders(key) == [(token, False, None)]
+            assert table.waiters(key) == 0 and table.keys() == [key]
+            assert table.release(key, token) and not table.held(key)
+            assert table.release(key, token) is False  # compare-and-delete: only once
+    assert table.holders("a") == [] and table.holders("b") == [] and table.keys() == []
+    held = table.acquire("a", shared=True)
+    table.clear()  # with one idle key kept inside: clear still frees every holder
+    assert not table.held("a") and table.release("a", held) is False
+    token = table.acquire("a")
+    table.reset_after_fork()
+    assert len(table) == 0 and table.try_acquire("a", False) > token

@@ -100,6 +100,12 @@ class LockTableProtocol(Protocol):
         propagates with nothing left held or queued.
         """
 
+    def try_acquire(self, key: Hashable, shared: bool) -> int:
+        """``acquire(key, shared, 0, None)`` without re-checking arguments: the uncontended hot path.
+
+        A token (> 0), or 0 when ``key`` is held or has waiters; never waits, never a TTL.
+        """
+
     def release(self, key: Hashable, token: int) -> bool:
         """Compare-and-delete: free the holder ``token`` of ``key``; False when it is not a holder."""
 

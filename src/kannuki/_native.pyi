@@ -56,6 +56,8 @@ class LockTable:
         ttl: Optional[float] = None,
     ) -> int:
         """Take ``key``; return a fencing token (> 0), or 0 when not acquired in ``timeout``."""
+    def try_acquire(self, key: Hashable, shared: bool) -> int:
+        """``acquire(key, shared, 0, None)`` without re-checking arguments: one try, no TTL."""
     def release(self, key: Hashable, token: int) -> bool:
         """Compare-and-delete: free the holder ``token`` of ``key``; False when it is not a holder."""
     def renew(self, key: Hashable, token: int, ttl: Optional[float]) -> bool:

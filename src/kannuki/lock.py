@@ -39,6 +39,17 @@ FORK_GENERATION = 0
 # Set by kannuki.testing: while not None every locker uses this backend instead of its own.
 TEST_BACKEND: Backend | None = None
 
+# "Is debug logging off?" on the hot path without ``log.isEnabledFor`` (two Python calls):
+# CPython's Logger (3.7 and later) caches that answer per level in ``_cache``, a dict that
+# ``Manager._clear_cache`` empties in place whenever a level changes. Only a cached False is
+# trusted; no answer sends the acquire down the general path, whose isEnabledFor call fills
+# the cache again. A logging module without that dict leaves this one empty: general path.
+_DEBUG = logging.DEBUG
+_log_levels_cache: dict[int, bool] = getattr(log, "_cache", None)
+if not isinstance(_log_levels_cache, dict):  # pragma: no cover - not CPython's logging
+    _log_levels_cache = {}
+_cached_log_level = _log_levels_cache.get  # bound once: the dict is only ever cleared in place
+
 
 def _forked() -> None:
     global FORK_GENERATION
@@ -99,7 +110,7 @@ class Lock:
 
     __slots__ = (
         "locker", "key", "name", "lock_id", "shared", "timeout", "strategy", "ttl", "transaction",
-        "_token", "_backend", "_acquired_at", "_generation", "_busy", "_lost", "_debug", "__weakref__",
+        "_token", "_backend", "_acquired_at", "_generation", "_busy", "_lost", "_debug", "_fast", "__weakref__",
     )
 
     def __init__(
@@ -108,13 +119,14 @@ class Lock:
         key: str,
         name: str,
         lock_id: int,
-        *,
         timeout: float | None,
         shared: bool,
         strategy: str,
         ttl: float | None = None,
         transaction: Any = None,
     ) -> None:
+        # Positional parameters: Locker.lock() passes them so, as a class call with keywords
+        # would build a dict on every ``with locker.lock(key):``.
         self.locker = locker
         self.key = key
         self.name = name  # the full name: prefix and key
@@ -131,6 +143,8 @@ class Lock:
         self._debug = False  # log this hold at debug level (decided at acquire: one logger check per hold)
         self._busy = False
         self._lost: str | None = None
+        # The store's uncontended entry when this lock is plain (no TTL, no transaction, no circuit).
+        self._fast = locker._fast_path if ttl is None and transaction is None else None
 
     def __repr__(self) -> str:
         state = "held" if self.locked() else "free"
@@ -174,7 +188,72 @@ class Lock:
             raise ValueError("timeout cannot be given for a non-blocking acquire (blocking=False)")
         else:
             timeout = check_seconds(timeout, "timeout")
-        return self._acquire(self.strategy if blocking else "non_blocking", timeout)
+        if self._token is not None and self._generation == FORK_GENERATION:
+            raise AlreadyHeldError(
+                f"this Lock object already holds {self.key!r}; kannuki locks are not reentrant", key=self.key
+            )
+        if self._busy:
+            raise AlreadyHeldError(f"another thread is acquiring {self.key!r} with this same Lock object", key=self.key)
+        locker = self.locker
+        token = 0
+        fast = self._fast
+        if fast is not None and TEST_BACKEND is None and not _events.SUBSCRIBERS and _cached_log_level(_DEBUG) is False:
+            # A plain lock and nothing to emit or log: the uncontended case is one C call. Its
+            # try is the first one of every strategy; on 0 the general path below does the rest.
+            token = fast.try_acquire(self.name, self.shared)
+        if token:
+            backend = locker._backend
+            instrumented = debug = False
+            start = 0.0
+        else:  # the general path: test mode, circuit, events, logs, waiting, retries
+            strategy = self.strategy if blocking else "non_blocking"
+            backend = TEST_BACKEND or locker._backend
+            circuit = locker._circuit
+            if circuit is not None:
+                circuit.check(self.key)
+            instrumented = locker._instrumented and bool(_events.SUBSCRIBERS)
+            debug = log.isEnabledFor(_DEBUG)
+            start = _monotonic() if instrumented or debug else 0.0  # only events and logs report the wait
+            self._busy = True
+            try:
+                if strategy == "retry":
+                    token = self._acquire_retry(backend, timeout, instrumented or debug)
+                else:
+                    token = backend.acquire(
+                        self.name,
+                        self.lock_id,
+                        shared=self.shared,
+                        timeout=0.0 if strategy == "non_blocking" else timeout,
+                        ttl=self.ttl,
+                        on_wait=self._emit_waiting if instrumented or debug else NO_WAIT_CALLBACK,
+                        transaction=self.transaction,
+                    )
+            except BackendError:
+                locker._count_failure()
+                raise
+            finally:
+                self._busy = False
+            if circuit is not None:
+                circuit.succeeded()
+            if not token:
+                timed_out = strategy == "blocking" and timeout != 0
+                locker._count_not_acquired(self, timed_out, _monotonic() - start if start else 0.0)
+                return False
+        self._token = token
+        self._backend = backend
+        self._acquired_at = now = locker._stats.acquired()
+        self._generation = FORK_GENERATION
+        self._lost = None
+        self._debug = debug
+        if locker._track_held:
+            locker._held_by_id[self.lock_id, token] = self
+            if locker._renewer is not None:
+                locker._renewer.add(self)
+        if instrumented:
+            _emit("acquired", self.key, self.lock_id, locker.scheme, now - start, token, self.shared)
+        if debug:
+            log.debug("acquired %r after %.6fs (token %s)", self.key, now - start, token)
+        return True
 
     def release(self) -> None:
         """Release the lock.
@@ -186,7 +265,6 @@ class Lock:
         if token is None or self._generation != FORK_GENERATION:
             raise NotHeldError(f"release() of the lock {self.key!r}, which this Lock object does not hold", key=self.key)
         backend = self._backend
-        assert backend is not None
         self._token = None
         self._backend = None
         locker = self.locker
@@ -194,89 +272,43 @@ class Lock:
             locker._held_by_id.pop((self.lock_id, token), None)
             if locker._renewer is not None:
                 locker._renewer.discard(self)
-        lost, self._lost = self._lost, None
-        try:
-            backend.release(self.name, self.lock_id, token)
-        except LockLostError as exc:
-            if lost is None:
-                locker._count_lost(self, token, _monotonic() - self._acquired_at, str(exc))
-            raise
-        except BackendError:
-            locker._count_failure()
-            raise
-        if lost is not None:
-            raise LockLostError(f"the lock {self.key!r} was lost while held: {lost}", key=self.key)
+        fast = self._fast
+        # The store's compare-and-delete in C when it is the store we took the lock from; the
+        # backend's release for everything else, including reporting a loss (fast says False).
+        if self._lost is not None or fast is None or backend is not locker._backend or not fast.release(self.name, token):
+            self._release_from(backend, token)
         held = locker._stats.released(self._acquired_at)
-        if locker._instrumented and _events.SUBSCRIBERS:
+        if _events.SUBSCRIBERS and locker._instrumented:
             _emit("released", self.key, self.lock_id, locker.scheme, held, token, self.shared)
         if self._debug:
             log.debug("released %r after %.6fs (token %s)", self.key, held, token)
 
     def __enter__(self) -> "Lock":
-        if not self._acquire(self.strategy, self.timeout):
+        if not self.acquire():
             raise self._not_acquired()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        # Three named parameters, not *exc_info: a call CPython specialises, no tuple built.
         self.release()
 
     # -- internals ------------------------------------------------------------
 
-    def _acquire(self, strategy: str, timeout: float | None) -> bool:
-        if self._token is not None and self._generation == FORK_GENERATION:
-            raise AlreadyHeldError(
-                f"this Lock object already holds {self.key!r}; kannuki locks are not reentrant", key=self.key
-            )
-        if self._busy:
-            raise AlreadyHeldError(f"another thread is acquiring {self.key!r} with this same Lock object", key=self.key)
-        locker = self.locker
-        backend = TEST_BACKEND or locker._backend
-        circuit = locker._circuit
-        if circuit is not None:
-            circuit.check(self.key)
-        instrumented = locker._instrumented and bool(_events.SUBSCRIBERS)
-        debug = log.isEnabledFor(logging.DEBUG)
-        start = _monotonic() if instrumented or debug else 0.0  # only events and logs report the wait
-        self._busy = True
+    def _release_from(self, backend: Backend | None, token: int) -> None:
+        """The backend's release of ``token``, counting a loss or a failure it reports."""
+        assert backend is not None  # set with the token
+        lost, self._lost = self._lost, None
         try:
-            if strategy == "retry":
-                token = self._acquire_retry(backend, timeout, instrumented or debug)
-            else:
-                token = backend.acquire(
-                    self.name,
-                    self.lock_id,
-                    shared=self.shared,
-                    timeout=0.0 if strategy == "non_blocking" else timeout,
-                    ttl=self.ttl,
-                    on_wait=self._emit_waiting if instrumented or debug else NO_WAIT_CALLBACK,
-                    transaction=self.transaction,
-                )
-        except BackendError:
-            locker._count_failure()
+            backend.release(self.name, self.lock_id, token)
+        except LockLostError as exc:
+            if lost is None:
+                self.locker._count_lost(self, token, _monotonic() - self._acquired_at, str(exc))
             raise
-        finally:
-            self._busy = False
-        if circuit is not None:
-            circuit.succeeded()
-        if token:
-            self._token = token
-            self._backend = backend
-            self._acquired_at = now = locker._stats.acquired()
-            self._generation = FORK_GENERATION
-            self._lost = None
-            self._debug = debug
-            if locker._track_held:
-                locker._held_by_id[self.lock_id, token] = self
-                if locker._renewer is not None:
-                    locker._renewer.add(self)
-            if instrumented:
-                _emit("acquired", self.key, self.lock_id, locker.scheme, now - start, token, self.shared)
-            if debug:
-                log.debug("acquired %r after %.6fs (token %s)", self.key, now - start, token)
-            return True
-        timed_out = strategy == "blocking" and timeout != 0
-        locker._count_not_acquired(self, timed_out, _monotonic() - start if start else 0.0)
-        return False
+        except BackendError:
+            self.locker._count_failure()
+            raise
+        if lost is not None:
+            raise LockLostError(f"the lock {self.key!r} was lost while held: {lost}", key=self.key)
 
     def _acquire_retry(self, backend: Backend, timeout: float | None, instrumented: bool) -> int:
         token: int = backend.acquire(

@@ -186,6 +186,8 @@ class Locker(LockerBookkeeping):
             from kannuki.renewal import Renewer
 
             self._renewer = Renewer(self)
+        # The store's uncontended entry for plain locks; an open circuit must be able to refuse, so none then.
+        self._fast_path = self._backend.fast_path() if self._circuit is None else None
         self._backend.set_listener(_Listener(self))
         _live_backends.add(self._backend)
 
@@ -217,13 +219,17 @@ class Locker(LockerBookkeeping):
         ``transaction`` for a transaction-level lock (PostgreSQL).
         Raises TypeError / ValueError naming the bad parameter.
         """
-        name, lock_id, timeout, strategy, ttl = lock_arguments(
-            self.options, _lock.current_backend(self), key, timeout, shared, strategy, ttl
-        )
-        return Lock(
-            self, key, name, lock_id,
-            timeout=timeout, shared=shared, strategy=strategy, ttl=ttl, transaction=transaction,
-        )
+        options = self.options
+        if timeout is DEFAULT and shared is False and strategy is None and ttl is None:
+            # Every lock option defaulted (the common ``with locker.lock(key):``): the locker's
+            # defaults were validated when it was made, so only the key needs checking.
+            name, lock_id = _core.name_and_id(key, options.key_prefix)
+            timeout, strategy = options.default_timeout, options.strategy
+        else:
+            name, lock_id, timeout, strategy, ttl = lock_arguments(
+                options, _lock.current_backend(self), key, timeout, shared, strategy, ttl
+            )
+        return Lock(self, key, name, lock_id, timeout, shared, strategy, ttl, transaction)
 
     def lock_many(self, keys: Iterable[str], *, timeout: float | None = DEFAULT, shared: bool = False) -> MultiLock:
         """A :class:`MultiLock` that takes every key or none, in a fixed (lock ID) order."""

@@ -83,9 +83,11 @@ class LockTable:
         self._mutex = threading.Lock()
         self._entries: dict[Hashable, _Entry] = {}
         self._next_token = 1
+        self._parked: tuple[Hashable, _Entry] | None = None  # the one idle entry kept (see _forget_if_idle)
 
     def __repr__(self) -> str:
-        return f"<LockTable keys={len(self._entries)} next_token={self._next_token}>"
+        in_use = sum(1 for entry in self._entries.values() if entry.holders or entry.waiters)
+        return f"<LockTable keys={in_use} next_token={self._next_token}>"
 
     # -- internals, all called with the mutex held ---------------------------------
 
@@ -146,8 +148,20 @@ class LockTable:
         return len(dead)
 
     def _forget_if_idle(self, key: Hashable, entry: _Entry) -> None:
-        if not entry.holders and not entry.waiters:
-            del self._entries[key]
+        # An idle entry stays as the table's one parked entry, so a key taken and released
+        # over and over costs no allocation and no dict insert / delete. The entry parked
+        # before it is dropped if it is still idle and still the table's: one idle entry at most.
+        # Invariant: the parked entry is the table's entry for the parked key.
+        parked = self._parked
+        if entry.holders or entry.waiters or (parked is not None and parked[1] is entry):
+            return
+        if self._entries.get(key) is not entry:
+            return
+        if parked is not None:
+            parked_key, parked_entry = parked
+            if not parked_entry.holders and not parked_entry.waiters:
+                del self._entries[parked_key]
+        self._parked = (key, entry)
 
     def _entry(self, key: Hashable) -> _Entry | None:
         entry = self._entries.get(key)
@@ -175,17 +189,30 @@ class LockTable:
         lease = _check_ttl(ttl)
         shared = bool(shared)
         with self._mutex:
-            entry = self._entry(key)
-            if entry is None:
-                entry = self._entries[key] = _Entry()
-                return self._add(entry, shared, lease)
-            if not entry.waiters and entry.grantable(shared):
-                return self._add(entry, shared, lease)
-            if wait == 0:
-                return 0
+            token = self._take_now(key, shared, lease)
+            if token or wait == 0:
+                return token
             waiter = _Waiter(shared, lease)
-            entry.waiters.append(waiter)
+            self._entries[key].waiters.append(waiter)  # _take_now found it held or queued
         return self._wait(key, waiter, wait)
+
+    def try_acquire(self, key: Hashable, shared: bool) -> int:
+        """``acquire(key, shared, 0, None)`` for callers whose arguments are already valid: one try, no TTL.
+
+        The uncontended hot path: a token (> 0), or 0 when ``key`` is held or
+        has waiters (then call ``acquire`` to wait).
+        """
+        with self._mutex:
+            return self._take_now(key, bool(shared), _INF)
+
+    def _take_now(self, key: Hashable, shared: bool, lease: float) -> int:
+        """With the mutex held: a new holder of ``key`` when it is free for ``shared`` and nobody queues; else 0."""
+        entry = self._entry(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry()
+        elif entry.waiters or not entry.grantable(shared):
+            return 0
+        return self._add(entry, shared, lease)
 
     def _wait(self, key: Hashable, waiter: _Waiter, wait: float) -> int:
         deadline = time.monotonic() + wait
@@ -330,6 +357,7 @@ class LockTable:
         """In a forked child: new internal mutex, no holders, no waiters; tokens go on increasing."""
         self._mutex = threading.Lock()
         self._entries = {}
+        self._parked = None
 
     def __len__(self) -> int:
         """The number of keys held now."""

@@ -14,11 +14,11 @@ to that many seconds. The API layer validates them before they get here.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 from kannuki.errors import ConfigurationError, NotSupportedError
 
-__all__ = ["Backend", "BackendListener", "Holder", "LockRequest", "NO_WAIT_CALLBACK"]
+__all__ = ["Backend", "BackendListener", "FastPath", "Holder", "LockRequest", "NO_WAIT_CALLBACK"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +82,16 @@ class BackendListener:
         """A renewal attempt failed; the lease may still be valid until it expires."""
 
 
+class FastPath(Protocol):
+    """A store's uncontended entry (see :meth:`Backend.fast_path`); arguments arrive already validated."""
+
+    def try_acquire(self, name: str, shared: bool, /) -> int:
+        """One try, never waiting: a token, or 0 (the caller then goes through ``Backend.acquire``)."""
+
+    def release(self, name: str, token: int, /) -> bool:
+        """Compare-and-delete: True when released; False sends the caller to ``Backend.release``."""
+
+
 def NO_WAIT_CALLBACK() -> None:
     """The default ``on_wait``: nobody to tell."""
 
@@ -120,6 +130,15 @@ class Backend:
 
     def set_listener(self, listener: BackendListener) -> None:
         self.listener = listener
+
+    def fast_path(self) -> FastPath | None:
+        """The store's own entry for plain locks (no TTL, no transaction), or None when it has none.
+
+        The API layer uses it for the uncontended case only and takes ``acquire`` /
+        ``release`` whenever it answers 0 / False, so those stay the one place that
+        waits, reports and raises. Stores whose hot path is a C call (memory) offer it.
+        """
+        return None
 
     # -- locking ------------------------------------------------------------
 

@@ -99,6 +99,10 @@ class MemoryBackend(Backend):
                 key=name,
             )
 
+    def fast_path(self) -> LockTable | None:
+        # The table's try_acquire / release, unless every acquisition here is a lease.
+        return self.table if self.ttl is None else None
+
     def renew(self, name: str, lock_id: int, token: int, ttl: float | None = None) -> bool:
         return bool(self.table.renew(name, token, self.ttl if ttl is None else ttl))
 
