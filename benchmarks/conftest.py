@@ -17,10 +17,10 @@ The convention (``scripts/bench_report.py`` relies on it to build the README rat
    if there are several) and / the fastest ``peer-`` entry's mean. Lower is better, so a
    throughput benchmark times a fixed amount of work per round
    (``benchmark.pedantic(run_round, rounds=R, iterations=1)``).
-5. Servers: the ``pg_url``, ``mysql_url`` and ``redis_url`` fixtures below skip when the server is
-   absent (fail under ``KANNUKI_REQUIRE_DBS=1``). ``key_prefix`` is a unique prefix per test for
-   every key and table name; clean up what you create. A missing peer library skips only its
-   entry: ``pytest.importorskip("pals")`` inside that contender's setup.
+5. Servers: the ``pg_url``, ``mysql_url`` and ``redis_url`` fixtures (from tests/servers.py) skip
+   when the server is absent (fail under ``KANNUKI_REQUIRE_DBS=1``). ``key_prefix`` is a unique
+   prefix per test for every key and table name; clean up what you create. A missing peer library
+   skips only its entry: ``pytest.importorskip("pals")`` inside that contender's setup.
 6. ``pytest benchmarks --benchmark-disable`` (CI) runs each benchmark once as a smoke test: keep
    each module to a couple of seconds that way. Never assert on timings; do assert cheap
    correctness (e.g. no lost update) after the benchmark call.
@@ -32,60 +32,31 @@ everything with the table: ``scripts/bench``.
 from __future__ import annotations
 
 import os
-import socket
+import sys
 import uuid
-from urllib.parse import urlsplit
+from pathlib import Path
 
 import pytest
 
 import kannuki
 
-REQUIRE_DBS = os.environ.get("KANNUKI_REQUIRE_DBS") == "1"
+# The server options and fixtures are the tests' own (tests/servers.py), and the benchmarks use
+# a few test helpers (tests/support.py): put that folder on the path when the benchmarks run alone.
+TESTS = str(Path(__file__).resolve().parent.parent / "tests")
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
 
-# The same defaults and variables as tests/conftest.py, which owns the --pg-url/--mysql-url/--redis-url
-# options: those options are honoured when that conftest is loaded too (``pytest tests benchmarks``).
-DEFAULT_URLS = {
-    "--pg-url": os.environ.get("KANNUKI_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"),
-    "--mysql-url": os.environ.get("KANNUKI_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
-    "--redis-url": os.environ.get("KANNUKI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
-}
+from servers import add_server_options, mysql_url, pg_url, redis_url  # noqa: E402,F401 (fixtures)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_server_options(parser)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     # Numbers without the implementation next to them are meaningless.
     impl = "native (Cython)" if kannuki.NATIVE else "PURE PYTHON"
     return [f"kannuki benchmarks: core {impl}, {os.cpu_count()} CPUs"]
-
-
-def _server_url(config: pytest.Config, option: str, what: str) -> str:
-    url = config.getoption(option, default=None) or DEFAULT_URLS[option]
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), timeout=2):
-            return url
-    except OSError:
-        message = f"{what} is not reachable at {url}"
-        if REQUIRE_DBS:
-            pytest.fail(message + " and KANNUKI_REQUIRE_DBS=1", pytrace=False)
-        pytest.skip(message)
-
-
-@pytest.fixture(scope="session")
-def pg_url(pytestconfig: pytest.Config) -> str:
-    """URL of the real PostgreSQL server (skip when absent, fail under KANNUKI_REQUIRE_DBS=1)."""
-    return _server_url(pytestconfig, "--pg-url", "PostgreSQL")
-
-
-@pytest.fixture(scope="session")
-def mysql_url(pytestconfig: pytest.Config) -> str:
-    """URL of the real MariaDB/MySQL server (skip when absent, fail under KANNUKI_REQUIRE_DBS=1)."""
-    return _server_url(pytestconfig, "--mysql-url", "MariaDB/MySQL")
-
-
-@pytest.fixture(scope="session")
-def redis_url(pytestconfig: pytest.Config) -> str:
-    """URL of the real Redis server (skip when absent, fail under KANNUKI_REQUIRE_DBS=1)."""
-    return _server_url(pytestconfig, "--redis-url", "Redis")
 
 
 @pytest.fixture

@@ -17,19 +17,9 @@ from typing import Callable
 import pytest
 
 import kannuki
+from bench_support import Round, pairs, peer_filelock, peer_portalocker
 
 OPS = 20
-
-Round = Callable[[], None]
-
-
-def _pairs(acquire: Callable[[], object], release: Callable[[], object]) -> Round:
-    def run() -> None:
-        for _ in range(OPS):
-            acquire()
-            release()
-
-    return run
 
 
 def _floor_sqlite3(tmp_path: Path, prefix: str) -> Round:
@@ -46,38 +36,27 @@ def _floor_sqlite3(tmp_path: Path, prefix: str) -> Round:
     def release() -> None:
         conn.execute("DELETE FROM leases WHERE name = ?", ("k",))
 
-    return _pairs(acquire, release)
+    return pairs(acquire, release, OPS)
 
 
 def _floor_flock(tmp_path: Path, prefix: str) -> Round:
     fd = os.open(str(tmp_path / "floor.lock"), os.O_RDWR | os.O_CREAT)
-    return _pairs(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB), lambda: fcntl.flock(fd, fcntl.LOCK_UN))
+    lock, unlock = fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_UN
+    return pairs(lambda: fcntl.flock(fd, lock), lambda: fcntl.flock(fd, unlock), OPS)
 
 
 def _kannuki(url: str) -> Callable[[Path, str], Round]:
     def make(tmp_path: Path, prefix: str) -> Round:
         locker = kannuki.Locker(url.format(tmp=tmp_path), key_prefix=prefix)
         lock = locker.lock("uncontended")
-        return _pairs(lambda: lock.acquire(blocking=False) or pytest.fail("not acquired"), lock.release)
+        return pairs(lambda: lock.acquire(blocking=False) or pytest.fail("not acquired"), lock.release, OPS)
 
     return make
 
 
-def _peer_filelock(tmp_path: Path, prefix: str) -> Round:
-    filelock = pytest.importorskip("filelock")
-    lock = filelock.FileLock(str(tmp_path / "peer.lock"))
-    return _pairs(lock.acquire, lock.release)
-
-
-def _peer_portalocker(tmp_path: Path, prefix: str) -> Round:
-    portalocker = pytest.importorskip("portalocker")
-    lock = portalocker.Lock(str(tmp_path / "peer.lock"), mode="a")
-    return _pairs(lock.acquire, lock.release)
-
-
 PEERS = [
-    pytest.param(_peer_filelock, id="peer-filelock"),
-    pytest.param(_peer_portalocker, id="peer-portalocker"),
+    pytest.param(lambda tmp, prefix: peer_filelock(tmp / "peer.lock", OPS), id="peer-filelock"),
+    pytest.param(lambda tmp, prefix: peer_portalocker(tmp / "peer.lock", OPS), id="peer-portalocker"),
 ]
 
 

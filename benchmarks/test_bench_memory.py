@@ -16,13 +16,11 @@ from typing import Callable, Iterator
 import pytest
 
 import kannuki
+from bench_support import Round, pairs, peer_filelock, peer_portalocker
 
 OPS = 100  # acquire+release pairs per round: amortises the harness's own call
 THREADS = 4
 INCREMENTS = 500  # per thread per round
-
-Round = Callable[[], None]
-
 
 @pytest.fixture
 def memory_locker(key_prefix: str) -> Iterator[kannuki.Locker]:
@@ -34,23 +32,14 @@ def memory_locker(key_prefix: str) -> Iterator[kannuki.Locker]:
         locker.close()
 
 
-def _pairs(acquire: Callable[[], object], release: Callable[[], object]) -> Round:
-    def run() -> None:
-        for _ in range(OPS):
-            acquire()
-            release()
-
-    return run
-
-
 def _floor_threading(locker: kannuki.Locker, path: Path) -> Round:
     lock = threading.Lock()
-    return _pairs(lock.acquire, lock.release)
+    return pairs(lock.acquire, lock.release, OPS)
 
 
 def _kannuki_acquire_release(locker: kannuki.Locker, path: Path) -> Round:
     lock = locker.lock("uncontended")
-    return _pairs(lock.acquire, lock.release)
+    return pairs(lock.acquire, lock.release, OPS)
 
 
 def _kannuki_with(locker: kannuki.Locker, path: Path) -> Round:
@@ -76,22 +65,10 @@ def _kannuki_table(locker: kannuki.Locker, path: Path) -> Round:
     return run
 
 
-def _peer_filelock(locker: kannuki.Locker, path: Path) -> Round:
-    filelock = pytest.importorskip("filelock")
-    lock = filelock.FileLock(str(path))
-    return _pairs(lock.acquire, lock.release)
-
-
 def _peer_fasteners(locker: kannuki.Locker, path: Path) -> Round:
     fasteners = pytest.importorskip("fasteners")
     lock = fasteners.InterProcessLock(str(path))
-    return _pairs(lock.acquire, lock.release)
-
-
-def _peer_portalocker(locker: kannuki.Locker, path: Path) -> Round:
-    portalocker = pytest.importorskip("portalocker")
-    lock = portalocker.Lock(str(path), mode="a")
-    return _pairs(lock.acquire, lock.release)
+    return pairs(lock.acquire, lock.release, OPS)
 
 
 @pytest.mark.parametrize(
@@ -101,9 +78,9 @@ def _peer_portalocker(locker: kannuki.Locker, path: Path) -> Round:
         pytest.param(_kannuki_acquire_release, id="kannuki-acquire+release"),
         pytest.param(_kannuki_with, id="kannuki-with"),
         pytest.param(_kannuki_table, id="kannuki-LockTable"),
-        pytest.param(_peer_filelock, id="peer-filelock"),
+        pytest.param(lambda locker, path: peer_filelock(path, OPS), id="peer-filelock"),
         pytest.param(_peer_fasteners, id="peer-fasteners"),
-        pytest.param(_peer_portalocker, id="peer-portalocker"),
+        pytest.param(lambda locker, path: peer_portalocker(path, OPS), id="peer-portalocker"),
     ],
 )
 def test_uncontended(benchmark, make_round, memory_locker: kannuki.Locker, tmp_path: Path) -> None:

@@ -11,44 +11,39 @@ throughput at least 90% of the floor. Run::
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import uuid
 from typing import Any, Callable, Iterator
-from urllib.parse import urlsplit
 
 import pytest
 
 import kannuki
+from bench_support import Round, kannuki_url_contender, time_contended, tooz_contender
 from kannuki.backends.mysql import mysql_lock_name
+from support import mysql_connect
 
 MySQLdb = pytest.importorskip("MySQLdb")
 
 # tooz calls PyMySQL's deprecated one-argument API; that is tooz's business, not this benchmark's.
 pytestmark = pytest.mark.filterwarnings("ignore:single argument is deprecated:DeprecationWarning")
 
-URL = os.environ.get("KANNUKI_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 
+def _query_lock(conn: Any, key: str, timeout: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    """GET_LOCK(name, timeout) and RELEASE_LOCK through MySQLdb's low-level ``query`` API on ``conn``."""
+    literal = conn.literal(mysql_lock_name("bench:" + key))
+    get, rel = b"SELECT GET_LOCK(%s, %d)" % (literal, timeout), b"SELECT RELEASE_LOCK(%s)" % literal
 
-def _connect(url: str) -> Any:
-    parts = urlsplit(url)
-    return MySQLdb.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username or "root",
-                           password=parts.password or "", database=parts.path.lstrip("/"), autocommit=True)
+    def acquire() -> None:
+        conn.query(get)
+        conn.store_result().fetch_row()
 
+    def release() -> None:
+        conn.query(rel)
+        conn.store_result().fetch_row()
 
-def _kannuki(url: str, key: str) -> tuple[Callable[[], None], Callable[[], None]]:
-    locker = kannuki.Locker(url, key_prefix="bench")
-    lock = locker.lock(key)
-
-    def once() -> None:
-        lock.acquire(blocking=False)
-        lock.release()
-
-    return once, locker.close
+    return acquire, release
 
 
 def _raw_cursor(url: str, key: str) -> tuple[Callable[[], None], Callable[[], None]]:
-    conn = _connect(url)
+    conn = mysql_connect(url)
     cur = conn.cursor()
     name = mysql_lock_name("bench:" + key)
 
@@ -62,51 +57,29 @@ def _raw_cursor(url: str, key: str) -> tuple[Callable[[], None], Callable[[], No
 
 
 def _raw_query(url: str, key: str) -> tuple[Callable[[], None], Callable[[], None]]:
-    conn = _connect(url)
-    literal = conn.literal(mysql_lock_name("bench:" + key))
-    get, release = b"SELECT GET_LOCK(%s, 0)" % literal, b"SELECT RELEASE_LOCK(%s)" % literal
+    conn = mysql_connect(url)
+    acquire, release = _query_lock(conn, key, 0)
 
     def once() -> None:
-        conn.query(get)
-        conn.store_result().fetch_row()
-        conn.query(release)
-        conn.store_result().fetch_row()
+        acquire()
+        release()
 
     return once, conn.close
 
 
 def _tooz(url: str, key: str) -> tuple[Callable[[], None], Callable[[], None]]:
     pytest.importorskip("pymysql")
-    coordination = pytest.importorskip("tooz.coordination")
-    coordinator = coordination.get_coordinator(url, b"bench-" + uuid.uuid4().hex[:6].encode())
-    coordinator.start()
-    lock = coordinator.get_lock(("bench:" + key).encode())
-
-    def once() -> None:
-        lock.acquire(blocking=False)
-        lock.release()
-
-    return once, coordinator.stop
+    return tooz_contender(url, key)
 
 
-CONTENDERS = {"kannuki": _kannuki, "raw-cursor": _raw_cursor, "raw-query": _raw_query, "tooz": _tooz}
-
-
-@pytest.fixture(scope="module")
-def url() -> str:
-    import socket
-
-    parts = urlsplit(URL)
-    try:
-        socket.create_connection((parts.hostname, parts.port or 3306), timeout=2).close()
-    except OSError:
-        pytest.skip(f"MariaDB/MySQL not reachable at {URL}")
-    return URL
+CONTENDERS = {
+    "kannuki-url": kannuki_url_contender, "floor-cursor": _raw_cursor, "floor-query": _raw_query, "peer-tooz": _tooz,
+}
 
 
 @pytest.fixture
-def contender(request: pytest.FixtureRequest, url: str) -> Iterator[Callable[[], None]]:
-    once, close = CONTENDERS[request.param](url, f"u-{uuid.uuid4().hex[:8]}")
+def contender(request: pytest.FixtureRequest, mysql_url: str, key_prefix: str) -> Iterator[Round]:
+    once, close = CONTENDERS[request.param](mysql_url, key_prefix)
     once()  # connect outside the measurement
     yield once
     close()
@@ -119,25 +92,15 @@ def test_uncontended_try_acquire_release(benchmark: Any, contender: Callable[[],
     benchmark(contender)
 
 
-def _worker(kind: str, url: str, key: str, table: str, rounds: int, ready: Any, start: Any) -> None:
-    conn = _connect(url)
+def _worker(kind: str, url: str, table: str, rounds: int, *, key: str, ready: Any, start: Any) -> None:
+    conn = mysql_connect(url)
     cur = conn.cursor()
-    if kind == "kannuki":
+    if kind == "kannuki-url":
         locker = kannuki.Locker(url, key_prefix="bench")
         lock = locker.lock(key, timeout=60)
         acquire, release = lock.acquire, lock.release
     else:
-        side = _connect(url)
-        literal = side.literal(mysql_lock_name("bench:" + key))
-        get, rel = b"SELECT GET_LOCK(%s, 60)" % literal, b"SELECT RELEASE_LOCK(%s)" % literal
-
-        def acquire() -> None:
-            side.query(get)
-            side.store_result().fetch_row()
-
-        def release() -> None:
-            side.query(rel)
-            side.store_result().fetch_row()
+        acquire, release = _query_lock(mysql_connect(url), key, 60)
 
     ready.wait(30)
     start.wait(30)
@@ -149,41 +112,17 @@ def _worker(kind: str, url: str, key: str, table: str, rounds: int, ready: Any, 
         release()
 
 
-@pytest.mark.parametrize("kind", ["kannuki", "raw-query"])
-def test_contended_four_processes(benchmark: Any, url: str, kind: str) -> None:
+@pytest.mark.parametrize("kind", ["kannuki-url", "floor-query"])
+def test_contended_four_processes(benchmark: Any, mysql_url: str, key_prefix: str, kind: str) -> None:
     """4 processes, one key, read-modify-write of one row under the lock; no lost update."""
     benchmark.group = "mysql contended 4 processes x 50 read-modify-writes"
-    conn = _connect(url)
-    table = f"bench_{uuid.uuid4().hex[:10]}"
+    conn = mysql_connect(mysql_url)
+    table = f"bench_{key_prefix.replace('-', '_')}"
     conn.cursor().execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, n INT NOT NULL) ENGINE=InnoDB")
     conn.cursor().execute(f"INSERT INTO {table} VALUES (1, 0)")
-    ctx = multiprocessing.get_context("fork")
     rounds = 50
-    runs = 0
-
-    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
-        # Untimed: the processes start and connect, then wait for the starting shot.
-        nonlocal runs
-        runs += 1
-        ready, start = ctx.Barrier(5), ctx.Event()
-        key = f"c-{uuid.uuid4().hex[:8]}"
-        processes = [ctx.Process(target=_worker, args=(kind, url, key, table, rounds, ready, start)) for _ in range(4)]
-        for process in processes:
-            process.start()
-        ready.wait(30)
-        return (processes, start), {}
-
-    def run(processes: list[Any], start: Any) -> None:
-        start.set()
-        for process in processes:
-            process.join(120)
-            if process.is_alive():
-                process.kill()
-                process.join(10)
-        assert [p.exitcode for p in processes] == [0] * 4
-
     try:
-        benchmark.pedantic(run, setup=setup, rounds=3, iterations=1)
+        runs = time_contended(benchmark, _worker, (kind, mysql_url, table, rounds), rounds=3)
         cur = conn.cursor()
         cur.execute(f"SELECT n FROM {table} WHERE id = 1")
         assert cur.fetchone()[0] == 4 * rounds * runs  # no lost update

@@ -22,27 +22,14 @@ throughput at least 90% of the floor. Run::
 
 from __future__ import annotations
 
-import multiprocessing
-import uuid
-import warnings
 from typing import Any, Callable, Iterator
 
 import pytest
 
 import kannuki
+from bench_support import kannuki_url_contender, time_contended, tooz_contender, try_and_release
 
 psycopg = pytest.importorskip("psycopg")
-
-
-def _kannuki(url: str, key: str) -> tuple[Callable[[], None], Callable[[], None]]:
-    locker = kannuki.Locker(url, key_prefix="bench")
-    lock = locker.lock(key)
-
-    def once() -> None:
-        lock.acquire(blocking=False)
-        lock.release()
-
-    return once, locker.close
 
 
 def _floor(url: str, key: str) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -62,32 +49,17 @@ def _floor(url: str, key: str) -> tuple[Callable[[], None], Callable[[], None]]:
 def _pals(url: str, key: str) -> tuple[Callable[[], None], Callable[[], None]]:
     pals = pytest.importorskip("pals")
     locker = pals.Locker("bench", url.replace("postgresql://", "postgresql+psycopg://", 1))
-    lock = locker.lock(key)
-
-    def once() -> None:
-        lock.acquire(blocking=False)
-        lock.release()
-
-    return once, locker.engine.dispose
+    return try_and_release(locker.lock(key)), locker.engine.dispose
 
 
 def _tooz(url: str, key: str) -> tuple[Callable[[], None], Callable[[], None]]:
     pytest.importorskip("psycopg2")
-    coordination = pytest.importorskip("tooz.coordination")
-    with warnings.catch_warnings():  # tooz 9 deprecates its postgresql driver; it is still the peer to beat
-        warnings.simplefilter("ignore", DeprecationWarning)
-        coordinator = coordination.get_coordinator(url, b"bench-" + uuid.uuid4().hex[:6].encode())
-    coordinator.start()
-    lock = coordinator.get_lock(("bench:" + key).encode())
-
-    def once() -> None:
-        lock.acquire(blocking=False)
-        lock.release()
-
-    return once, coordinator.stop
+    return tooz_contender(url, key)
 
 
-CONTENDERS = {"floor-psycopg": _floor, "kannuki-url": _kannuki, "peer-pals": _pals, "peer-tooz": _tooz}
+CONTENDERS = {
+    "floor-psycopg": _floor, "kannuki-url": kannuki_url_contender, "peer-pals": _pals, "peer-tooz": _tooz,
+}
 
 
 @pytest.fixture
@@ -106,7 +78,7 @@ def test_uncontended_try_acquire_release(benchmark: Any, contender: Callable[[],
     benchmark(contender)
 
 
-def _worker(kind: str, url: str, key: str, table: str, rounds: int, ready: Any, start: Any) -> None:
+def _worker(kind: str, url: str, table: str, rounds: int, *, key: str, ready: Any, start: Any) -> None:
     conn = psycopg.connect(url, autocommit=True)
     if kind.startswith("floor-psycopg"):
         params = (kannuki.lock_id(key, prefix="bench"),)
@@ -142,33 +114,9 @@ def test_contended_four_processes(benchmark: Any, pg_url: str, key_prefix: str, 
     conn = psycopg.connect(pg_url, autocommit=True)
     conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, n int NOT NULL)")
     conn.execute(f"INSERT INTO {table} VALUES (1, 0)")
-    ctx = multiprocessing.get_context("fork")
     rounds = 50
-    runs = 0
-
-    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
-        # Untimed: the processes start and connect, then wait for the starting shot.
-        nonlocal runs
-        runs += 1
-        ready, start = ctx.Barrier(5), ctx.Event()
-        key = f"c-{uuid.uuid4().hex[:8]}"
-        processes = [ctx.Process(target=_worker, args=(kind, pg_url, key, table, rounds, ready, start)) for _ in range(4)]
-        for process in processes:
-            process.start()
-        ready.wait(30)
-        return (processes, start), {}
-
-    def run(processes: list[Any], start: Any) -> None:
-        start.set()
-        for process in processes:
-            process.join(120)
-            if process.is_alive():
-                process.kill()
-                process.join(10)
-        assert [p.exitcode for p in processes] == [0] * 4
-
     try:
-        benchmark.pedantic(run, setup=setup, rounds=5, iterations=1)
+        runs = time_contended(benchmark, _worker, (kind, pg_url, table, rounds), rounds=5)
         assert conn.execute(f"SELECT n FROM {table}").fetchone()[0] == 4 * rounds * runs  # no lost update
     finally:
         conn.execute(f"DROP TABLE IF EXISTS {table}")

@@ -12,12 +12,9 @@ Run: ``PYTHONPATH=src .venv/bin/python -m pytest benchmarks/test_bench_redis.py 
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -26,21 +23,10 @@ from kannuki import _pure
 
 redis = pytest.importorskip("redis")
 
-REDIS_URL = os.environ.get("KANNUKI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
 COMPARE_AND_DELETE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-def _reachable(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def floor(client: Any, key: str) -> Callable[[], None]:
@@ -54,8 +40,8 @@ def floor(client: Any, key: str) -> Callable[[], None]:
     return cycle
 
 
-def kannuki_lock(namespace: str, key: str, *, pure_table: bool = False) -> Callable[[], None]:
-    locker = kannuki.Locker(REDIS_URL, namespace=namespace)
+def kannuki_lock(url: str, namespace: str, key: str, *, pure_table: bool = False) -> Callable[[], None]:
+    locker = kannuki.Locker(url, namespace=namespace)
     if pure_table:
         locker.backend._table = _pure.LockTable()  # type: ignore[attr-defined]
     lock = locker.lock(key)
@@ -91,31 +77,30 @@ def pottery_redlock(client: Any, key: str) -> Callable[[], None]:
 
 
 @pytest.fixture
-def namespace() -> Iterator[str]:
+def namespace(redis_url: str, key_prefix: str) -> Iterator[str]:
     """A fresh key namespace, removed afterwards."""
-    if not _reachable(REDIS_URL):
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
-    name = f"bench-{uuid.uuid4().hex[:8]}"
-    yield name
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"*{name}*", count=500))
+    yield key_prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"*{key_prefix}*", count=500))
     if keys:
         client.delete(*keys)
     client.close()
 
 
-@pytest.mark.parametrize("impl", ["floor", "kannuki", "kannuki-pure-table", "python-redis-lock", "pottery"])
-def test_uncontended_acquire_release(benchmark: Any, namespace: str, impl: str) -> None:
+@pytest.mark.parametrize(
+    "impl", ["floor-script", "kannuki-url", "kannuki-pure-table", "peer-python-redis-lock", "peer-pottery"]
+)
+def test_uncontended_acquire_release(benchmark: Any, redis_url: str, namespace: str, impl: str) -> None:
     """One try-acquire and one release of a free key, per implementation."""
     benchmark.group = "redis uncontended acquire+release"
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(redis_url)
     key = f"{namespace}:key"
     cycles = {
-        "floor": lambda: floor(client, key),
-        "kannuki": lambda: kannuki_lock(namespace, "key"),
-        "kannuki-pure-table": lambda: kannuki_lock(namespace, "key", pure_table=True),
-        "python-redis-lock": lambda: python_redis_lock(client, key),
-        "pottery": lambda: pottery_redlock(client, key),
+        "floor-script": lambda: floor(client, key),
+        "kannuki-url": lambda: kannuki_lock(redis_url, namespace, "key"),
+        "kannuki-pure-table": lambda: kannuki_lock(redis_url, namespace, "key", pure_table=True),
+        "peer-python-redis-lock": lambda: python_redis_lock(client, key),
+        "peer-pottery": lambda: pottery_redlock(client, key),
     }
     cycle = cycles[impl]()
     cycle()  # warm up: connect, load scripts

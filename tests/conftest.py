@@ -1,37 +1,23 @@
 """Shared fixtures: the core twins and the real servers on 127.0.0.1.
 
-Server fixtures skip when the server is unreachable, unless
-``KANNUKI_REQUIRE_DBS=1`` (CI sets it): then a missing server fails the test.
-URLs come from ``--pg-url`` / ``--mysql-url`` / ``--redis-url`` or the
-``KANNUKI_TEST_*_URL`` environment variables.
+The server fixtures (``pg_url``, ``mysql_url``, ``redis_url``) and their URL options live in
+``servers.py``, shared with ``benchmarks/conftest.py``.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-from typing import Iterator
-from urllib.parse import urlsplit
+from typing import Any, Callable, Iterator
 
 import pytest
 
 import kannuki
 from kannuki import _pure
-
-REQUIRE_DBS = os.environ.get("KANNUKI_REQUIRE_DBS") == "1"
-
-DEFAULT_URLS = {
-    "pg": os.environ.get("KANNUKI_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"),
-    "mysql": os.environ.get("KANNUKI_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
-    "redis": os.environ.get("KANNUKI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
-}
+from servers import REQUIRE_DBS, add_server_options, mysql_url, pg_url, redis_url  # noqa: F401 (fixtures)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    add_server_options(parser)
     group = parser.getgroup("kannuki")
-    group.addoption("--pg-url", default=DEFAULT_URLS["pg"], help="PostgreSQL URL for the tests")
-    group.addoption("--mysql-url", default=DEFAULT_URLS["mysql"], help="MariaDB/MySQL URL for the tests")
-    group.addoption("--redis-url", default=DEFAULT_URLS["redis"], help="Redis URL for the tests")
     group.addoption(
         "--no-native", action="store_true", help="run the core tests against the pure-Python twin only"
     )
@@ -64,43 +50,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("core", _core_params(metafunc.config), scope="session")
 
 
-def _reachable(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-def _server_url(config: pytest.Config, option: str, what: str) -> str:
-    url = config.getoption(option)
-    if not _reachable(url):
-        message = f"{what} is not reachable at {url}"
-        if REQUIRE_DBS:
-            pytest.fail(message + " and KANNUKI_REQUIRE_DBS=1", pytrace=False)
-        pytest.skip(message)
-    return url
-
-
-@pytest.fixture(scope="session")
-def pg_url(pytestconfig: pytest.Config) -> str:
-    """URL of the real PostgreSQL server (skip, or fail under KANNUKI_REQUIRE_DBS=1)."""
-    return _server_url(pytestconfig, "--pg-url", "PostgreSQL")
-
-
-@pytest.fixture(scope="session")
-def mysql_url(pytestconfig: pytest.Config) -> str:
-    """URL of the real MariaDB/MySQL server."""
-    return _server_url(pytestconfig, "--mysql-url", "MariaDB/MySQL")
-
-
-@pytest.fixture(scope="session")
-def redis_url(pytestconfig: pytest.Config) -> str:
-    """URL of the real Redis server."""
-    return _server_url(pytestconfig, "--redis-url", "Redis")
-
-
 @pytest.fixture
 def pg_conn(pg_url: str) -> Iterator[object]:
     """A raw psycopg connection in autocommit mode, closed after the test."""
@@ -119,4 +68,19 @@ def memory_locker() -> Iterator[kannuki.Locker]:
     try:
         yield locker
     finally:
+        locker.close()
+
+
+@pytest.fixture
+def make_lockers() -> Iterator[Callable[..., kannuki.Locker]]:
+    """Builds ``kannuki.Locker(target, **options)`` on demand; closes every one after the test."""
+    made: list[kannuki.Locker] = []
+
+    def make(target: Any, **options: Any) -> kannuki.Locker:
+        locker = kannuki.Locker(target, **options)
+        made.append(locker)
+        return locker
+
+    yield make
+    for locker in made:
         locker.close()

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+from urllib.parse import urlsplit
 
 import kannuki
 
@@ -21,6 +26,39 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, **extra)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (KANNUKI_PATH, env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def wait_until(predicate: Callable[[], object], seconds: float = 10.0) -> bool:
+    """Poll ``predicate`` every 20 ms for at most ``seconds``; whether it came true."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
+
+
+def join_all(processes: Sequence[Any], seconds: float) -> list[int | None]:
+    """Join ``processes`` within ``seconds`` in all, kill what is still alive; return the exit codes."""
+    deadline = time.monotonic() + seconds
+    for process in processes:
+        process.join(max(0.1, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+    return [process.exitcode for process in processes]
+
+
+def mysql_connect(url: str) -> Any:
+    """A raw autocommit MySQLdb connection to the server of a ``mysql://`` URL."""
+    import MySQLdb
+
+    parts = urlsplit(url)
+    return MySQLdb.connect(
+        host=parts.hostname, port=parts.port or 3306, user=parts.username or "root",
+        password=parts.password or "", database=parts.path.lstrip("/"), autocommit=True,
+    )
 
 
 class FakeClock:
@@ -45,8 +83,11 @@ def _increment(url: str, prefix: str, counter: str, rounds: int) -> None:
     locker.close()
 
 
-def contend(url: str, tmp_path: Path, processes: int = 4, rounds: int = 50) -> list[int]:
-    """Run ``processes`` spawned workers incrementing one file under the lock; return the tokens in order."""
+def contend(url: str, tmp_path: Path, processes: int = 4, rounds: int = 50) -> None:
+    """Run ``processes`` spawned workers incrementing one file under the lock.
+
+    Asserts no lost update and fencing tokens strictly increasing in lock order.
+    """
     counter = tmp_path / "counter.txt"
     counter.write_text("0")
     prefix = f"t-{uuid.uuid4().hex[:8]}"
@@ -54,14 +95,10 @@ def contend(url: str, tmp_path: Path, processes: int = 4, rounds: int = 50) -> l
     workers = [ctx.Process(target=_increment, args=(url, prefix, str(counter), rounds)) for _ in range(processes)]
     for w in workers:
         w.start()
-    for w in workers:
-        w.join(90)
-    for w in workers:
-        if w.is_alive():
-            w.kill()
-    assert [w.exitcode for w in workers] == [0] * processes
+    assert join_all(workers, 90) == [0] * processes
     assert int(counter.read_text()) == processes * rounds
-    return [int(line) for line in (tmp_path / "counter.txt.tokens").read_text().split()]
+    tokens = [int(line) for line in (tmp_path / "counter.txt.tokens").read_text().split()]
+    assert tokens == sorted(set(tokens)) and len(tokens) == processes * rounds
 
 
 HOLDER = """
@@ -74,19 +111,30 @@ time.sleep(60)
 """
 
 
-def start_holder(url: str, ttl: float) -> tuple[subprocess.Popen[str], int]:
-    """A subprocess that takes 'victim' and sleeps; returns it and its token."""
-    env = subprocess_env()
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, url, str(ttl)], stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.strip(), "the holder process did not acquire"
-    return proc, int(line)
+@contextmanager
+def killed_holder(url: str, ttl: float) -> Iterator[tuple[kannuki.Locker, int]]:
+    """A subprocess takes 'victim' (with ``ttl``), is seen holding it, and is SIGKILLed.
 
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    """Kill a holder subprocess and close its pipe."""
-    proc.kill()
-    proc.wait(10)
-    if proc.stdout is not None:
-        proc.stdout.close()
+    Yields a locker on ``url`` and the dead holder's token; closes both afterwards.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, url, str(ttl)], stdout=subprocess.PIPE, text=True, env=subprocess_env()
+    )
+    locker = None
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip(), "the holder process did not acquire"
+        locker = kannuki.Locker(url)
+        (holder,) = locker.holders("victim")
+        assert holder.pid == proc.pid
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        yield locker, int(line)
+    finally:
+        if locker is not None:
+            locker.close()
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import time
 import uuid
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 
 import kannuki
 from kannuki.backends.file import FileBackend, file_name
-from support import FakeClock, contend, start_holder, stop
+from support import FakeClock, contend, killed_holder
 
 
 @pytest.fixture
@@ -70,26 +69,16 @@ def test_lock_file_record_holders_and_tokens(locker: kannuki.Locker, tmp_path: P
 
 def test_processes_contending_lose_no_update(url: str, tmp_path: Path) -> None:
     """4 processes x 50 read-modify-writes: no lost update, tokens strictly increasing in lock order."""
-    tokens = contend(url, tmp_path)
-    assert tokens == sorted(set(tokens)) and len(tokens) == 200
+    contend(url, tmp_path)
 
 
 def test_sigkilled_holder_is_freed_at_once(url: str) -> None:
     """The OS drops a killed holder's flock: the lock is free at once, the next token is higher."""
-    proc, token = start_holder(url, ttl=30)
-    try:
-        locker = kannuki.Locker(url)
-        (holder,) = locker.holders("victim")
-        assert holder.pid == proc.pid
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+    with killed_holder(url, ttl=30) as (locker, token):
         lock = locker.lock("victim")
         assert lock.acquire(timeout=5)
         assert lock.token == token + 1
         lock.release()
-        locker.close()
-    finally:
-        stop(proc)
 
 
 def test_live_holder_with_expired_lease_still_excludes(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 import kannuki
 from kannuki.backends.mysql import MySQLBackend, cluster_refusal, mysql_lock_name
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
-from support import subprocess_env
+from support import join_all, mysql_connect, subprocess_env, wait_until
 
 MySQLdb = pytest.importorskip("MySQLdb")
 
@@ -35,31 +35,15 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def make_locker(mysql_url: str, prefix: str) -> Iterator[Any]:
+def make_locker(make_lockers: Any, mysql_url: str, prefix: str) -> Any:
     """Builds lockers on the test server with this test's prefix; closes them after the test."""
-    made: list[kannuki.Locker] = []
-
-    def make(**options: Any) -> kannuki.Locker:
-        options.setdefault("key_prefix", prefix)
-        locker = kannuki.Locker(mysql_url, **options)
-        made.append(locker)
-        return locker
-
-    yield make
-    for locker in made:
-        locker.close()
+    return lambda **options: make_lockers(mysql_url, **{"key_prefix": prefix, **options})
 
 
 @pytest.fixture
 def raw(mysql_url: str) -> Iterator[Any]:
     """A raw autocommit MySQLdb connection to the test server."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(mysql_url)
-    conn = MySQLdb.connect(
-        host=parts.hostname, port=parts.port or 3306, user=parts.username or "root",
-        password=parts.password or "", database=parts.path.lstrip("/"), autocommit=True,
-    )
+    conn = mysql_connect(mysql_url)
     yield conn
     conn.close()
 
@@ -70,15 +54,6 @@ def _scalar(conn: Any, sql: str, *args: Any) -> Any:
     row = cur.fetchone()
     cur.close()
     return row[0]
-
-
-def _wait_until(predicate: Any, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 # -- names ---------------------------------------------------------------------
@@ -274,7 +249,7 @@ def test_killed_connection_turns_into_lock_lost(make_locker: Any, raw: Any) -> N
         assert lock.acquire(timeout=0)
         conn_id = locker.holders("victim")[0].pid
         raw.cursor().execute(f"KILL {int(conn_id)}")
-        assert _wait_until(lambda: not locker.held("victim"))
+        assert wait_until(lambda: not locker.held("victim"))
         with pytest.raises(LockLostError):
             lock.release()
         assert locker.stats().lost == 1 and "lost" in events
@@ -312,13 +287,7 @@ def test_sigkilled_holder_frees_the_lock(mysql_url: str, make_locker: Any, prefi
 
 def _increment(url: str, prefix: str, table: str, rounds: int) -> None:
     locker = kannuki.Locker(url, key_prefix=prefix)
-    import MySQLdb as driver
-
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    conn = driver.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username or "root",
-                          database=parts.path.lstrip("/"), autocommit=True)
+    conn = mysql_connect(url)
     cur = conn.cursor()
     for _ in range(rounds):
         with locker.lock("counter", timeout=60):
@@ -340,14 +309,9 @@ def test_four_processes_read_modify_write_lose_no_update(mysql_url: str, raw: An
         processes = [ctx.Process(target=_increment, args=(mysql_url, prefix, table, 50)) for _ in range(4)]
         for process in processes:
             process.start()
-        for process in processes:
-            process.join(90)
-        assert [p.exitcode for p in processes] == [0, 0, 0, 0]
+        assert join_all(processes, 90) == [0, 0, 0, 0]
         assert _scalar(raw, f"SELECT n FROM {table} WHERE id = 1") == 200
     finally:
-        for process in processes:
-            if process.is_alive():
-                process.kill()
         raw.cursor().execute(f"DROP TABLE IF EXISTS {table}")
 
 
@@ -440,11 +404,11 @@ def test_ctrl_c_during_a_wait_ends_it_on_the_server(mysql_url: str, make_locker:
         name = mysql_lock_name(lock.name)
         pattern = f"%GET_LOCK('{name}'%"
         count = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE %s"
-        assert _wait_until(lambda: _scalar(raw, count, pattern) == 1)
+        assert wait_until(lambda: _scalar(raw, count, pattern) == 1)
         child.send_signal(signal.SIGINT)
         out, _ = child.communicate(timeout=20)
         assert "interrupted" in out
-        assert _wait_until(lambda: _scalar(raw, count, pattern) == 0)
+        assert wait_until(lambda: _scalar(raw, count, pattern) == 0)
         lock.release()
         assert not holder.held("ctrl-c")
     finally:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import kannuki
+from support import join_all
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -38,16 +39,6 @@ def hold_forever(url: str, prefix: str, ready: Any) -> None:
     time.sleep(600)
 
 
-def _join_all(processes: list[Any], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    for process in processes:
-        process.join(max(0.1, deadline - time.monotonic()))
-    for process in processes:
-        if process.is_alive():
-            process.kill()
-            process.join(5)
-
-
 def test_four_processes_lose_no_update(pg_url: str, pg_conn: Any) -> None:
     """4 spawned processes x 50 read-modify-writes under one lock: the row ends at exactly 200."""
     table = f"t_pg_counter_{uuid.uuid4().hex[:8]}"
@@ -58,8 +49,7 @@ def test_four_processes_lose_no_update(pg_url: str, pg_conn: Any) -> None:
         workers = [SPAWN.Process(target=increment_under_lock, args=(pg_url, prefix, table, INCREMENTS)) for _ in range(4)]
         for worker in workers:
             worker.start()
-        _join_all(workers, 100)
-        assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+        assert join_all(workers, 100) == [0, 0, 0, 0]
         assert pg_conn.execute(f"SELECT n FROM {table}").fetchone()[0] == 4 * INCREMENTS
     finally:
         pg_conn.execute(f"DROP TABLE {table}")

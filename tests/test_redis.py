@@ -10,11 +10,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import kannuki
 from kannuki.backends.redis import RedisBackend
+from support import join_all
 
 redis = pytest.importorskip("redis")
 
@@ -38,19 +40,9 @@ def namespace(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def make_locker(redis_url: str, namespace: str) -> Iterator[object]:
+def make_locker(make_lockers: Any, redis_url: str, namespace: str) -> Any:
     """Factory of lockers on the test namespace, all closed afterwards."""
-    lockers: list[kannuki.Locker] = []
-
-    def make(**options: object) -> kannuki.Locker:
-        options.setdefault("namespace", namespace)
-        locker = kannuki.Locker(redis_url, **options)
-        lockers.append(locker)
-        return locker
-
-    yield make
-    for locker in lockers:
-        locker.close()
+    return lambda **options: make_lockers(redis_url, **{"namespace": namespace, **options})
 
 
 def free_port() -> int:
@@ -157,12 +149,7 @@ def test_contended_read_modify_write_loses_no_update(redis_url: str, namespace: 
     for worker in workers:
         worker.start()
     go.set()
-    for worker in workers:
-        worker.join(90)
-    for worker in workers:
-        if worker.is_alive():
-            worker.kill()
-    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+    assert join_all(workers, 90) == [0, 0, 0, 0]
     client = redis.Redis.from_url(redis_url)
     assert int(client.get(counter_key)) == 200
     client.close()

@@ -6,7 +6,6 @@ import multiprocessing
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -15,21 +14,11 @@ import kannuki
 from kannuki.backends.sqlite import SQLiteBackend
 from kannuki.errors import BackendError
 from kannuki.renewal import Renewer
-from support import FakeClock, subprocess_env
+from support import FakeClock, subprocess_env, wait_until
 
 
 def renewer_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "kannuki-renewer"]
-
-
-def wait_until(predicate, seconds: float = 10.0) -> bool:
-    """Poll ``predicate`` for at most ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 class FlakyBackend(SQLiteBackend):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 import uuid
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 import kannuki
 from kannuki.backends.sqlite import SQLiteBackend, path_from_url
-from support import FakeClock, contend, start_holder, stop
+from support import FakeClock, contend, killed_holder
 
 @pytest.fixture
 def url(tmp_path: Path) -> str:
@@ -133,27 +132,17 @@ def test_waiter_gets_the_lock_when_released(locker: kannuki.Locker) -> None:
 
 def test_processes_contending_lose_no_update(url: str, tmp_path: Path) -> None:
     """4 processes x 50 read-modify-writes: no lost update, tokens strictly increasing in lock order."""
-    tokens = contend(url, tmp_path)
-    assert tokens == sorted(set(tokens)) and len(tokens) == 200
+    contend(url, tmp_path)
 
 
 def test_sigkilled_holder_is_freed_when_its_lease_expires(url: str) -> None:
     """A SIGKILLed holder keeps the lock until its lease runs out, then a waiter gets it."""
-    proc, token = start_holder(url, ttl=0.6)
-    try:
-        locker = kannuki.Locker(url)
-        (holder,) = locker.holders("victim")
-        assert holder.pid == proc.pid
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+    with killed_holder(url, ttl=0.6) as (locker, token):
         assert not locker.lock("victim").acquire(timeout=0)  # the lease outlives the process
         lock = locker.lock("victim")
         assert lock.acquire(timeout=10)
         assert lock.token > token
         lock.release()
-        locker.close()
-    finally:
-        stop(proc)
 
 
 def test_fork_child_does_not_hold_parents_lock(locker: kannuki.Locker) -> None:
