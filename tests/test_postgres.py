@@ -655,3 +655,31 @@ def test_no_connection_until_first_use(prefix: str) -> None:
     assert locker._backend.open_connections() == 0  # type: ignore[attr-defined]
     assert "password" not in repr(locker)
     locker.close()
+
+
+def test_two_lockers_on_one_connection_exclude_each_other(pg_url: str, prefix: str) -> None:
+    """PostgreSQL session locks are re-entrant per session: two lockers wrapping one connection still exclude."""
+    conn = psycopg.connect(pg_url, autocommit=True)
+    first, second = kannuki.Locker(conn, key_prefix=prefix), kannuki.Locker(conn, key_prefix=prefix)
+    try:
+        with first.lock("shared-conn"):
+            assert second.lock("shared-conn").acquire(blocking=False) is False
+            assert second.lock("shared-conn").acquire(timeout=0.1) is False
+        assert second.lock("shared-conn").acquire(blocking=False)
+    finally:
+        conn.close()
+
+
+def test_url_lockers_of_one_process_queue_on_one_table(pg_url: str, prefix: str) -> None:
+    """Two URL lockers for one server share the in-process queue: tokens rise across both."""
+    a, b = kannuki.Locker(pg_url, key_prefix=prefix), kannuki.Locker(pg_url, key_prefix=prefix)
+    try:
+        tokens = []
+        for locker in (a, b, a, b):
+            with locker.lock("k") as lock:
+                tokens.append(lock.token)
+                assert not (b if locker is a else a).lock("k").acquire(blocking=False)
+        assert tokens == sorted(set(tokens))
+    finally:
+        a.close()
+        b.close()

@@ -17,9 +17,9 @@ import asyncio
 import collections
 import contextlib
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, ClassVar, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
-from kannuki.backends.base import NO_WAIT_CALLBACK, BackendListener, Holder, LockRequest
+from kannuki.backends.base import NO_WAIT_CALLBACK, Holder, LockRequest, StoreTraits
 from kannuki.errors import ConfigurationError, NotSupportedError
 
 __all__ = ["ASYNC_SCHEMES", "AsyncBackend", "KeyQueue", "async_backend_for", "run_to_completion"]
@@ -36,16 +36,8 @@ ASYNC_SCHEMES: dict[str, tuple[str, str]] = {
 ASYNC_CONNECTION_BACKENDS = ("postgresql",)
 
 
-class AsyncBackend:
-    """Base class of the async stores; class flags mean what they mean on ``Backend``."""
-
-    scheme: ClassVar[str] = ""
-    supports_shared: ClassVar[bool] = False
-    supports_transaction: ClassVar[bool] = False
-    supports_ttl: ClassVar[bool] = False
-    reports_loss: ClassVar[bool] = False
-
-    listener: BackendListener = BackendListener()
+class AsyncBackend(StoreTraits):
+    """Base class of the async stores; class flags mean what they mean on ``Backend`` (see ``StoreTraits``)."""
 
     # -- construction -------------------------------------------------------
 
@@ -55,16 +47,8 @@ class AsyncBackend:
         raise NotImplementedError
 
     @classmethod
-    def wraps(cls, obj: Any) -> bool:
-        """True when ``obj`` is an async connection or pool this backend can drive (checked without importing drivers)."""
-        return False
-
-    @classmethod
     def from_connection(cls, obj: Any, **options: Any) -> "AsyncBackend":
         raise NotImplementedError
-
-    def set_listener(self, listener: BackendListener) -> None:
-        self.listener = listener
 
     # -- locking ------------------------------------------------------------
 
@@ -141,12 +125,6 @@ class AsyncBackend:
 
     async def aclose(self) -> None:
         """Close what the backend opened. Held locks are lost."""
-
-    def after_fork_in_child(self) -> None:
-        """In a forked child: forget the parent's connections and acquisitions."""
-
-    def describe(self) -> str:
-        return f"{self.scheme}://"
 
 
 def async_backend_class(scheme: str) -> type[AsyncBackend]:

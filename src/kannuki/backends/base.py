@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 from kannuki.errors import ConfigurationError, NotSupportedError
 
-__all__ = ["Backend", "BackendListener", "FastPath", "Holder", "LockRequest", "NO_WAIT_CALLBACK"]
+__all__ = ["Backend", "BackendListener", "FastPath", "Holder", "LockRequest", "NO_WAIT_CALLBACK", "StoreTraits"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +96,8 @@ def NO_WAIT_CALLBACK() -> None:
     """The default ``on_wait``: nobody to tell."""
 
 
-class Backend:
-    """Base class of the stores. Subclasses override what they support.
+class StoreTraits:
+    """What a sync store (:class:`Backend`) and an async one (``AsyncBackend``) declare alike.
 
     Class attributes say what the store can do, so the API can refuse early
     with ``NotSupportedError`` rather than half-acquire.
@@ -112,6 +112,25 @@ class Backend:
 
     listener: BackendListener = BackendListener()
 
+    @classmethod
+    def wraps(cls, obj: Any) -> bool:
+        """True when ``obj`` is a connection or pool this backend can drive (checked without importing drivers)."""
+        return False
+
+    def set_listener(self, listener: BackendListener) -> None:
+        self.listener = listener
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: forget the parent's connections and acquisitions."""
+
+    def describe(self) -> str:
+        """The store in one line for messages, without secrets (no password)."""
+        return f"{self.scheme}://"
+
+
+class Backend(StoreTraits):
+    """Base class of the stores. Subclasses override what they support (see :class:`StoreTraits`)."""
+
     # -- construction -------------------------------------------------------
 
     @classmethod
@@ -120,16 +139,8 @@ class Backend:
         raise NotImplementedError
 
     @classmethod
-    def wraps(cls, obj: Any) -> bool:
-        """True when ``obj`` is a connection or pool this backend can drive (checked without importing drivers)."""
-        return False
-
-    @classmethod
     def from_connection(cls, obj: Any, **options: Any) -> "Backend":
         raise NotImplementedError
-
-    def set_listener(self, listener: BackendListener) -> None:
-        self.listener = listener
 
     def fast_path(self) -> FastPath | None:
         """The store's own entry for plain locks (no TTL, no transaction), or None when it has none.
@@ -226,13 +237,6 @@ class Backend:
 
     def close(self) -> None:
         """Release what the backend opened (connections, threads). Held locks are lost."""
-
-    def after_fork_in_child(self) -> None:
-        """In a forked child: forget the parent's connections and acquisitions."""
-
-    def describe(self) -> str:
-        """The store in one line for messages, without secrets (no password)."""
-        return f"{self.scheme}://"
 
 
 def reject_unknown_options(scheme: str, options: dict[str, Any]) -> None:

@@ -9,39 +9,20 @@ expires unless renewed.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from kannuki._core import LockTable
+from kannuki.backends._tables import process_table
 from kannuki.backends.base import NO_WAIT_CALLBACK, Backend, Holder, reject_unknown_options
 from kannuki.errors import ConfigurationError, LockLostError
 
 __all__ = ["MemoryBackend", "shared_table"]
 
-_tables: dict[str, LockTable] = {}
-_tables_guard = threading.Lock()
-
 
 def shared_table(name: str = "") -> LockTable:
-    """The process-wide table called ``name`` (created on first use)."""
-    table = _tables.get(name)
-    if table is None:
-        with _tables_guard:
-            table = _tables.setdefault(name, LockTable())
-    return table
-
-
-def _reset_tables_in_child() -> None:
-    # The child has none of the parent's threads: their holds and waits are void.
-    global _tables_guard
-    _tables_guard = threading.Lock()
-    for table in _tables.values():
-        table.reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_tables_in_child)
+    """The process-wide table called ``name`` (created on first use; emptied in a forked child)."""
+    return process_table(("memory", name))
 
 
 class MemoryBackend(Backend):

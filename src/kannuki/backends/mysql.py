@@ -25,9 +25,9 @@ import time
 from typing import Any, Callable, Sequence
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from kannuki._core import LockTable
 from kannuki._core import lock_id as compute_lock_id
 from kannuki.backends._mysql_names import NAMESPACE, mysql_lock_name
+from kannuki.backends._tables import object_table, process_table
 from kannuki.backends.base import NO_WAIT_CALLBACK, Backend, Holder, LockRequest, reject_unknown_options
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
 
@@ -46,29 +46,6 @@ ANSWER_GRACE = 30.0
 STALE_AFTER = 30.0
 
 _IDENTIFIER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-
-# In-process queues, one table per server (or per wrapped connection), shared by every locker on it.
-_tables: dict[Any, LockTable] = {}
-_tables_guard = threading.Lock()
-
-
-def _table_for(identity: Any) -> LockTable:
-    table = _tables.get(identity)
-    if table is None:
-        with _tables_guard:
-            table = _tables.setdefault(identity, LockTable())
-    return table
-
-
-def _reset_tables_in_child() -> None:
-    global _tables_guard
-    _tables_guard = threading.Lock()
-    for table in _tables.values():
-        table.reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_tables_in_child)
 
 
 def cluster_refusal(wsrep_on: str | None, allow_cluster: bool) -> str | None:
@@ -206,11 +183,12 @@ class MySQLBackend(Backend):
         self._wrapped: _Session | None = None
         self._wrapped_obj = connection
         self._checked_wrapped = False
+        # In-process queues, one per server (or per wrapped connection), shared by every locker on it.
         if connection is not None:
-            self._table = _table_for(("connection", id(connection)))
+            self._table = object_table("mysql", connection)
         else:
             where = self._params.get("unix_socket") or f"{self._params.get('host')}:{self._params.get('port')}"
-            self._table = _table_for(("server", where))
+            self._table = process_table(("mysql", "server", where))
         self._wait_slice = WRAPPED_SLICE if connection is not None else FOREVER_SLICE
 
     # -- construction -------------------------------------------------------
@@ -428,15 +406,10 @@ class MySQLBackend(Backend):
                 try:
                     got = _scalar(db, b"SELECT GET_LOCK(%s, 0)" % literal)
                 except BaseException as exc:
-                    self._abandon(session, literal, exc)
-                    if isinstance(exc, Exception):
-                        raise self._failure(session, "GET_LOCK failed", exc) from exc
+                    self._give_up(session, literal, exc, "GET_LOCK failed")
                     raise
-            if got == 1:
-                session.locks += 1
+            if self._granted(session, got):
                 return 1
-            if got is None:
-                raise self._failure(session, "GET_LOCK returned NULL", RuntimeError("server error"))
             if timeout == 0:
                 return 0
             on_wait()
@@ -456,17 +429,30 @@ class MySQLBackend(Backend):
                     db.read_query_result()
                     got = db.store_result().fetch_row()[0][0]
                 except BaseException as exc:  # Ctrl-C included: end the wait on the server first
-                    self._abandon(session, literal, exc, waiting=True)
-                    if isinstance(exc, Exception):
-                        raise self._failure(session, "GET_LOCK failed", exc) from exc
+                    self._give_up(session, literal, exc, "GET_LOCK failed", waiting=True)
                     raise
-                if got == 1:
-                    session.locks += 1
+                if self._granted(session, got):
                     return 1
-                if got is None:
-                    raise self._failure(session, "GET_LOCK returned NULL", RuntimeError("server error"))
                 if remaining is not None and wait >= remaining:
                     return 0
+
+    def _granted(self, session: _Session, got: Any) -> bool:
+        """GET_LOCK's answer: True when taken (counted on ``session``), False when its timeout ran out."""
+        if got == 1:
+            session.locks += 1
+            return True
+        if got is None:
+            raise self._failure(session, "GET_LOCK returned NULL", RuntimeError("server error"))
+        return False
+
+    def _give_up(self, session: _Session, literal: bytes, exc: BaseException, what: str, waiting: bool = False) -> None:
+        """Undo an acquisition that ``exc`` interrupted; an Exception becomes BackendError(``what``).
+
+        The caller re-raises anything else (Ctrl-C) as it is.
+        """
+        self._abandon(session, literal, exc, waiting)
+        if isinstance(exc, Exception):
+            raise self._failure(session, what, exc) from exc
 
     def _abandon(self, session: _Session, literal: bytes, exc: BaseException, waiting: bool = False) -> None:
         """An acquisition on ``session`` failed or was interrupted: make sure it holds nothing new."""
@@ -512,9 +498,7 @@ class MySQLBackend(Backend):
             db.query(self._fencing_sql % literal)
             return int(db.insert_id())
         except BaseException as exc:
-            self._abandon(session, literal, exc)
-            if isinstance(exc, Exception):
-                raise self._failure(session, "the fencing counter failed", exc) from exc
+            self._give_up(session, literal, exc, "the fencing counter failed")
             raise
 
     def release(self, name: str, lock_id: int, token: int) -> None:

@@ -29,37 +29,23 @@ server, and the connection is discarded.
 from __future__ import annotations
 
 import itertools
-import math
 import time
 import weakref
 from typing import Any, Callable, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 from kannuki._core import LockTable
+from kannuki.backends import _pg_common as pg
 from kannuki.backends import _pg_sql as sql
+from kannuki.backends._tables import object_table, process_table
 from kannuki.backends.base import NO_WAIT_CALLBACK, Backend, Holder, LockRequest, reject_unknown_options
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
 
 __all__ = ["PostgresBackend"]
 
-# psycopg's libpq states (psycopg.pq.TransactionStatus), by value, so this module
-# needs no driver import until it connects.
-_IDLE, _ACTIVE, _INTRANS, _INERROR = 0, 1, 2, 3
-
 # Connections a forked child inherited. Kept referenced forever: letting them be
 # collected is harmless to the parent (psycopg's PGconn skips PQfinish in another
 # process), but holding them avoids ResourceWarnings from their finalizers.
 _ORPHANED_IN_CHILD: list[Any] = []
-
-
-def _psycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - depends on the install
-        raise ConfigurationError(
-            "the postgresql backend needs psycopg 3: install kannuki[postgres]"
-        ) from None
-    return psycopg
 
 
 class _Session:
@@ -78,7 +64,7 @@ class _Session:
     def run(self, statement: str, params: Any = None) -> Any:
         """Execute one statement (prepared on the server after a few uses) and return its row."""
         conn = self.conn
-        if not conn.autocommit and conn.info.transaction_status == _IDLE:
+        if not conn.autocommit and conn.info.transaction_status == pg.IDLE:
             # A non-autocommit connection of the user: don't leave it idle in transaction.
             with conn.transaction():
                 return conn.execute(statement, params, prepare=True).fetchone()
@@ -91,12 +77,12 @@ class _Session:
     def outside_transaction(self) -> bool:
         """Autocommit with no transaction open: one statement is its own transaction."""
         conn = self.conn
-        return bool(conn.autocommit) and conn.info.transaction_status == _IDLE
+        return bool(conn.autocommit) and conn.info.transaction_status == pg.IDLE
 
     def usable(self) -> bool:
         """Open, not broken, and not inside a transaction: fit to be reused."""
         conn = self.conn
-        return not conn.closed and not conn.broken and conn.info.transaction_status == _IDLE
+        return not conn.closed and not conn.broken and conn.info.transaction_status == pg.IDLE
 
 
 class _OwnConnections:
@@ -112,6 +98,10 @@ class _OwnConnections:
         self.idle: list[_Session] = []
         self.opened = 0  # connections opened so far (for tests and stats)
 
+    def local_table(self) -> LockTable:
+        """The in-process queue of every locker of this process on this URL."""
+        return process_table(("postgresql", "url", self.url))
+
     def get(self) -> _Session:
         idle = self.idle
         while idle:
@@ -125,14 +115,12 @@ class _OwnConnections:
         return self._connect()
 
     def _connect(self) -> _Session:
-        psycopg = _psycopg()
-        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": max(1, math.ceil(self.connect_timeout))}
-        if "application_name" not in psycopg.conninfo.conninfo_to_dict(self.url):
-            kwargs["application_name"] = self.application_name
+        psycopg = pg.psycopg()
+        kwargs = pg.connect_kwargs(psycopg, self.url, self.connect_timeout, self.application_name)
         try:
             conn = psycopg.connect(self.url, **kwargs)
         except psycopg.Error as exc:
-            raise BackendError(f"could not connect to PostgreSQL at {_safe_url(self.url)}: {exc}") from exc
+            raise BackendError(f"could not connect to PostgreSQL at {pg.safe_url(self.url)}: {exc}") from exc
         self.opened += 1
         return _Session(conn, private=True)
 
@@ -166,6 +154,10 @@ class _PoolConnections:
     def __init__(self, pool: Any) -> None:
         self.pool = pool
         self.sessions: "weakref.WeakKeyDictionary[Any, _Session]" = weakref.WeakKeyDictionary()
+
+    def local_table(self) -> LockTable:
+        """The in-process queue of every locker of this process on this pool."""
+        return object_table("postgresql", self.pool)
 
     def get(self) -> _Session:
         try:
@@ -202,6 +194,10 @@ class _OneConnection:
     def __init__(self, conn: Any) -> None:
         self.session = _Session(conn, private=False)
 
+    def local_table(self) -> LockTable:
+        """The in-process queue of every locker on this connection (one server session: it cannot tell them apart)."""
+        return object_table("postgresql", self.session.conn)
+
     def get(self) -> _Session:
         return self.session
 
@@ -231,23 +227,6 @@ class _Pin:
         self.shared = shared
 
 
-def _safe_url(url: str) -> str:
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.username:
-        netloc = f"{parts.username}@{netloc}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def _check_number(name: str, value: Any, *, minimum: float, integer: bool = False) -> None:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not (minimum <= value < math.inf):
-        kind = "an integer" if integer else "a number"
-        raise ConfigurationError(f"{name} must be {kind} >= {minimum:g}, not {value!r}")
-
-
 class PostgresBackend(Backend):
     """Advisory locks in PostgreSQL through psycopg 3.
 
@@ -274,7 +253,8 @@ class PostgresBackend(Backend):
         self._where = where
         self.allow_replica = allow_replica
         self.fencing = fencing
-        self._local = LockTable()
+        # Waiters of this process queue here first, so one connection per key waits on the server.
+        self._local = source.local_table()
         self._pins: dict[tuple[int, int], _Pin] = {}
         self._xact_tokens = itertools.count(1)
         self._checked: "weakref.WeakSet[Any]" = weakref.WeakSet()  # connections that passed the replica check
@@ -284,36 +264,19 @@ class PostgresBackend(Backend):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> "PostgresBackend":
-        pool_size = options.pop("pool_size", 4)
-        connect_timeout = options.pop("connect_timeout", 5.0)
-        application_name = options.pop("application_name", "kannuki")
+        connect = pg.pop_connect_options(options)
         common = cls._common_options(options)
-        _check_number("pool_size", pool_size, minimum=0, integer=True)
-        _check_number("connect_timeout", connect_timeout, minimum=0.001)
-        if not isinstance(application_name, str):
-            raise ConfigurationError(f"application_name must be a str, not {application_name!r}")
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in ("postgresql", "postgres"):
-            raise ConfigurationError(f"url must start with postgresql:// or postgres://, not {url!r}")
-        if parts.scheme != "postgresql":  # libpq knows both; normalise for the messages
-            url = "postgresql" + url[len(parts.scheme) :]
-        source = _OwnConnections(
-            url, pool_size=pool_size, connect_timeout=connect_timeout, application_name=application_name
-        )
-        return cls(source, where=_safe_url(url), **common)
+        url = pg.checked_url(url, connect)
+        return cls(_OwnConnections(url, **connect), where=pg.safe_url(url), **common)
 
     @classmethod
     def wraps(cls, obj: Any) -> bool:
-        return any(
-            (klass.__module__.split(".")[0] == "psycopg" and klass.__name__ == "Connection")
-            or (klass.__module__.split(".")[0] == "psycopg_pool" and klass.__name__ == "ConnectionPool")
-            for klass in type(obj).__mro__
-        )
+        return pg.has_class(obj, "psycopg", "Connection") or pg.has_class(obj, "psycopg_pool", "ConnectionPool")
 
     @classmethod
     def from_connection(cls, obj: Any, **options: Any) -> "PostgresBackend":
         common = cls._common_options(options)
-        if any(klass.__name__ == "ConnectionPool" for klass in type(obj).__mro__):
+        if pg.has_class(obj, "psycopg_pool", "ConnectionPool"):
             return cls(_PoolConnections(obj), where=f"psycopg_pool {obj.name!r}", **common)
         return cls(_OneConnection(obj), where="a psycopg connection", **common)
 
@@ -394,7 +357,7 @@ class PostgresBackend(Backend):
                         token = session.run(sql.FENCING_NEXT, (lock_id,))[0]
         except BaseException as exc:
             self._abandon(session, lock_id, shared)
-            if isinstance(exc, Exception) and _is_driver_error(exc):
+            if isinstance(exc, Exception) and pg.is_driver_error(exc):
                 raise sql.translate_error(exc, f"acquiring the lock {name!r}", key=name) from exc
             raise
         if not taken:
@@ -493,7 +456,7 @@ class PostgresBackend(Backend):
             try:
                 released, pid = session.run(sql.UNLOCK_CHECKED[pin.shared], (pin.pid, lock_id))
             except Exception as exc:
-                if not _is_driver_error(exc):
+                if not pg.is_driver_error(exc):
                     raise
                 session.holds -= 1
                 source.discard(session)
@@ -540,7 +503,7 @@ class PostgresBackend(Backend):
                     if not sql.is_not_acquired(exc):
                         raise
         except Exception as exc:
-            if _is_driver_error(exc):
+            if pg.is_driver_error(exc):
                 raise sql.translate_error(exc, f"acquiring the transaction lock {name!r}", key=name) from exc
             raise
         # Negative tokens mark transaction-level locks: release() has nothing to do for them.
@@ -554,24 +517,15 @@ class PostgresBackend(Backend):
                     "(Locker(conn)); otherwise pass the connection itself: transaction=conn"
                 )
             conn = self._source.session.conn
-        elif self.wraps(transaction) and not any(k.__name__ == "ConnectionPool" for k in type(transaction).__mro__):
+        elif pg.has_class(transaction, "psycopg", "Connection"):
             conn = transaction
         else:
             raise ConfigurationError(
                 f"transaction must be True or a psycopg Connection inside a transaction, not {type(transaction).__qualname__}"
             )
-        status = conn.info.transaction_status
-        if conn.closed:
-            raise ConfigurationError("transaction= is a closed connection")
-        if status == _INERROR:
-            raise ConfigurationError("the transaction given as transaction= has failed: roll it back first")
-        if status == _ACTIVE:
+        pg.check_transaction_status(conn, "with conn.transaction():")
+        if conn.info.transaction_status == pg.ACTIVE:
             raise ConfigurationError("the connection given as transaction= is busy running another query")
-        if status == _IDLE and conn.autocommit:
-            raise ConfigurationError(
-                "transaction-level locks need an open transaction, and this autocommit connection has none: "
-                "take the lock inside `with conn.transaction():`"
-            )
         return conn
 
     # -- several keys -------------------------------------------------------
@@ -634,7 +588,7 @@ class PostgresBackend(Backend):
                     taken, pid = True, row[1]
         except BaseException as exc:
             self._source.discard(session)
-            if isinstance(exc, Exception) and _is_driver_error(exc):
+            if isinstance(exc, Exception) and pg.is_driver_error(exc):
                 raise sql.translate_error(exc, f"acquiring {len(requests)} locks") from exc
             raise
         if not taken:
@@ -653,7 +607,7 @@ class PostgresBackend(Backend):
             rows = session.conn.execute(statement, params).fetchall()
         except Exception as exc:
             self._source.discard(session)
-            if _is_driver_error(exc):
+            if pg.is_driver_error(exc):
                 raise sql.translate_error(exc, "reading pg_locks") from exc
             raise
         if session.holds == 0:
@@ -697,15 +651,10 @@ class PostgresBackend(Backend):
         # The parent's connections are the parent's: drop them without a word on their sockets.
         _ORPHANED_IN_CHILD.extend(pin.session.conn for pin in self._pins.values())
         self._pins = {}
-        self._source.forget()
-        self._local.reset_after_fork()
+        self._source.forget()  # the local table is emptied by kannuki.backends._tables
 
     def describe(self) -> str:
         return self._where
-
-
-def _is_driver_error(exc: BaseException) -> bool:
-    return type(exc).__module__.split(".")[0] in ("psycopg", "psycopg_pool")
 
 
 _monotonic = time.monotonic

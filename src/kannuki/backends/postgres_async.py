@@ -36,17 +36,15 @@ import weakref
 from typing import Any, Callable
 
 from kannuki._core import Backoff, LockTable
+from kannuki.backends import _pg_common as pg
 from kannuki.backends import _pg_sql as sql
 from kannuki.backends.async_base import AsyncBackend, KeyQueue, run_to_completion
 from kannuki.backends.base import NO_WAIT_CALLBACK, Holder, reject_unknown_options
 from kannuki.backends.memory import MemoryBackend
 from kannuki.backends.memory_async import AsyncMemoryBackend
-from kannuki.backends.postgres import _check_number, _is_driver_error, _psycopg, _safe_url
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
 
 __all__ = ["AsyncPostgresBackend"]
-
-_IDLE, _ACTIVE, _INTRANS, _INERROR = 0, 1, 2, 3  # psycopg.pq.TransactionStatus, without importing it
 
 # Polling schedule of the one-shared-connection mode: from 5 ms, doubling, at most 200 ms.
 POLL_INTERVAL = 0.005
@@ -55,7 +53,7 @@ POLL_CAP = 0.2
 
 async def _run(conn: Any, statement: str, params: Any = None) -> Any:
     """Execute one statement and return its row; a user's non-autocommit connection is not left in a transaction."""
-    if not conn.autocommit and conn.info.transaction_status == _IDLE:
+    if not conn.autocommit and conn.info.transaction_status == pg.IDLE:
         async with conn.transaction():
             return await (await conn.execute(statement, params)).fetchone()
     return await (await conn.execute(statement, params)).fetchone()
@@ -85,19 +83,17 @@ class _OwnConnections:
             conn = self._idle.pop()
             if not conn.closed:
                 return conn
-        psycopg = _psycopg()
-        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": max(1, int(self.connect_timeout + 0.999))}
-        if "application_name" not in psycopg.conninfo.conninfo_to_dict(self.url):
-            kwargs["application_name"] = self.application_name
+        psycopg = pg.psycopg()
+        kwargs = pg.connect_kwargs(psycopg, self.url, self.connect_timeout, self.application_name)
         try:
             return await asyncio.wait_for(
                 psycopg.AsyncConnection.connect(self.url, **kwargs), self.connect_timeout + 1.0
             )
         except (psycopg.Error, OSError, asyncio.TimeoutError) as exc:
-            raise BackendError(f"could not connect to PostgreSQL at {_safe_url(self.url)}: {exc}") from exc
+            raise BackendError(f"could not connect to PostgreSQL at {pg.safe_url(self.url)}: {exc}") from exc
 
     async def put(self, conn: Any, *, broken: bool = False) -> None:
-        if broken or conn.closed or conn.info.transaction_status != _IDLE or len(self._idle) >= self.pool_size:
+        if broken or conn.closed or conn.info.transaction_status != pg.IDLE or len(self._idle) >= self.pool_size:
             await _close_quietly(conn)
         else:
             self._idle.append(conn)
@@ -120,7 +116,7 @@ class _PoolConnections:
         try:
             return await self.pool.getconn()
         except Exception as exc:
-            if _is_driver_error(exc):
+            if pg.is_driver_error(exc):
                 raise BackendError(f"could not get a connection from psycopg_pool {self.pool.name!r}: {exc}") from exc
             raise
 
@@ -162,17 +158,11 @@ class _Pin:
 
 
 def _is_async_pool(obj: Any) -> bool:
-    return any(
-        klass.__module__.split(".")[0] == "psycopg_pool" and klass.__name__ == "AsyncConnectionPool"
-        for klass in type(obj).__mro__
-    )
+    return pg.has_class(obj, "psycopg_pool", "AsyncConnectionPool")
 
 
 def _is_async_connection(obj: Any) -> bool:
-    return any(
-        klass.__module__.split(".")[0] == "psycopg" and klass.__name__ == "AsyncConnection"
-        for klass in type(obj).__mro__
-    )
+    return pg.has_class(obj, "psycopg", "AsyncConnection")
 
 
 class AsyncPostgresBackend(AsyncBackend):
@@ -204,22 +194,10 @@ class AsyncPostgresBackend(AsyncBackend):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> "AsyncPostgresBackend":
-        pool_size = options.pop("pool_size", 4)
-        connect_timeout = options.pop("connect_timeout", 5.0)
-        application_name = options.pop("application_name", "kannuki")
+        connect = pg.pop_connect_options(options)
         allow_replica = cls._common_options(options)
-        _check_number("pool_size", pool_size, minimum=0, integer=True)
-        _check_number("connect_timeout", connect_timeout, minimum=0.001)
-        if not isinstance(application_name, str):
-            raise ConfigurationError(f"application_name must be a str, not {application_name!r}")
-        scheme = url.split("://", 1)[0]
-        if scheme.lower() not in ("postgresql", "postgres"):
-            raise ConfigurationError(f"url must start with postgresql:// or postgres://, not {url!r}")
-        url = "postgresql" + url[len(scheme):]
-        source = _OwnConnections(
-            url, pool_size=pool_size, connect_timeout=float(connect_timeout), application_name=application_name
-        )
-        return cls(source, where=_safe_url(url), allow_replica=allow_replica)
+        url = pg.checked_url(url, connect)
+        return cls(_OwnConnections(url, **connect), where=pg.safe_url(url), allow_replica=allow_replica)
 
     @classmethod
     def wraps(cls, obj: Any) -> bool:
@@ -264,7 +242,7 @@ class AsyncPostgresBackend(AsyncBackend):
                 return await self._acquire_on_shared_connection(name, lock_id, shared, timeout, on_wait)
             return await self._acquire_pinned(name, lock_id, shared, timeout, on_wait)
         except Exception as exc:
-            if _is_driver_error(exc):
+            if pg.is_driver_error(exc):
                 raise sql.translate_error(exc, f"acquiring the lock {name!r}", key=name) from exc
             raise
 
@@ -308,7 +286,7 @@ class AsyncPostgresBackend(AsyncBackend):
         # The acquire failed or was cancelled, maybe after the server granted it: this connection
         # holds nothing else, so unlock everything; a connection we cannot clean is closed instead.
         try:
-            if not conn.closed and conn.info.transaction_status in (_IDLE, _INTRANS):
+            if not conn.closed and conn.info.transaction_status in (pg.IDLE, pg.INTRANS):
                 await _run(conn, sql.UNLOCK_ALL)
                 await self._source.put(conn)
                 return
@@ -384,7 +362,7 @@ class AsyncPostgresBackend(AsyncBackend):
             try:
                 released, pid = await _run(conn, sql.UNLOCK[pin.shared], (lock_id,))
             except Exception as exc:
-                if not _is_driver_error(exc):
+                if not pg.is_driver_error(exc):
                     raise
                 await source.put(conn, broken=True)
                 if conn.closed or conn.broken:
@@ -447,16 +425,7 @@ class AsyncPostgresBackend(AsyncBackend):
                 "transaction must be True or a psycopg AsyncConnection inside a transaction, "
                 f"not {type(transaction).__qualname__}"
             )
-        status = conn.info.transaction_status
-        if conn.closed:
-            raise ConfigurationError("transaction= is a closed connection")
-        if status == _INERROR:
-            raise ConfigurationError("the transaction given as transaction= has failed: roll it back first")
-        if status == _IDLE and conn.autocommit:
-            raise ConfigurationError(
-                "transaction-level locks need an open transaction, and this autocommit connection has none: "
-                "take the lock inside `async with aconn.transaction():`"
-            )
+        pg.check_transaction_status(conn, "async with aconn.transaction():")
         return conn
 
     # -- inspection ---------------------------------------------------------
@@ -467,7 +436,7 @@ class AsyncPostgresBackend(AsyncBackend):
         broken = False
         try:
             cursor = conn.cursor()
-            if not conn.autocommit and conn.info.transaction_status == _IDLE:
+            if not conn.autocommit and conn.info.transaction_status == pg.IDLE:
                 async with conn.transaction():
                     await cursor.execute(statement, params)
                     return await (cursor.fetchall() if many else cursor.fetchone())
@@ -475,7 +444,7 @@ class AsyncPostgresBackend(AsyncBackend):
             return await (cursor.fetchall() if many else cursor.fetchone())
         except Exception as exc:
             broken = True
-            if _is_driver_error(exc):
+            if pg.is_driver_error(exc):
                 raise sql.translate_error(exc, what) from exc
             raise
         except BaseException:
