@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import pytest
 
 import kannuki
+from support import wait_until
 from kannuki.backends import _pg_sql as sql
 from kannuki.backends.pool_hooks import release_postgres_locks
 from kannuki.errors import (
@@ -67,6 +68,14 @@ def advisory_rows(conn: Any, lock_id: int, granted: bool | None = None) -> int:
 
 
 # -- interop with plain SQL -----------------------------------------------------
+
+
+def unlock_soon(conn: Any, name: str, delay: float = 0.2) -> threading.Timer:
+    """Unlock ``name`` on ``conn`` from a timer thread; join it before using ``conn`` again
+    (a psycopg connection must not run two statements from two threads at once)."""
+    timer = threading.Timer(delay, raw_unlock, (conn, name))
+    timer.start()
+    return timer
 
 
 def test_plain_sql_holder_blocks_kannuki(locker: kannuki.Locker, pg_conn: Any, prefix: str) -> None:
@@ -164,9 +173,10 @@ def test_lock_timeout_never_leaks_into_a_user_connection(
         assert raw_try(pg_conn, f"{prefix}:k")
         assert locker.lock("k").acquire(timeout=0.2) is False
         assert conn.execute("SHOW lock_timeout").fetchone()[0] == "7s"
-        threading.Timer(0.2, raw_unlock, (pg_conn, f"{prefix}:k")).start()
+        unlocker = unlock_soon(pg_conn, f"{prefix}:k")
         lock = locker.lock("k")
         assert lock.acquire(timeout=30)
+        unlocker.join(10)
         assert conn.execute("SHOW lock_timeout").fetchone()[0] == "7s"
         lock.release()
         if not autocommit:
@@ -184,9 +194,10 @@ def test_session_lock_survives_the_users_rollback(pg_url: str, pg_conn: Any, pre
     try:
         conn.execute("SELECT 1")  # the user's transaction is open
         assert raw_try(pg_conn, f"{prefix}:k")
-        threading.Timer(0.2, raw_unlock, (pg_conn, f"{prefix}:k")).start()
+        unlocker = unlock_soon(pg_conn, f"{prefix}:k")
         lock = locker.lock("k")
         assert lock.acquire(timeout=30)
+        unlocker.join(10)
         conn.rollback()
         assert not raw_try(pg_conn, f"{prefix}:k")
         lock.release()
@@ -426,7 +437,8 @@ def test_pooler_moving_the_session_is_lock_lost(locker: kannuki.Locker, pg_url: 
         assert locker.held("moved")  # still held on the original backend: nothing was unlocked elsewhere
     finally:
         original.close()
-    assert not locker.held("moved")
+    # The server ends the closed session (and its locks) asynchronously: wait for it, bounded.
+    assert wait_until(lambda: not locker.held("moved"))
 
 
 def test_unreachable_server_is_backend_error_quickly(prefix: str) -> None:
@@ -548,9 +560,10 @@ def test_lock_many_is_all_or_none(locker: kannuki.Locker, pg_conn: Any, prefix: 
 def test_lock_many_waits_on_the_server(locker: kannuki.Locker, pg_conn: Any, prefix: str) -> None:
     """A blocking lock_many waits for a held key and then holds all of them."""
     assert raw_try(pg_conn, f"{prefix}:b")
-    threading.Timer(0.2, raw_unlock, (pg_conn, f"{prefix}:b")).start()
+    unlocker = unlock_soon(pg_conn, f"{prefix}:b")
     multi = locker.lock_many(["a", "b", "c"], timeout=30)
     with multi:
+        unlocker.join(10)
         assert all(locker.held(k) for k in "abc")
     assert not any(locker.held(k) for k in "abc")
 
@@ -568,9 +581,10 @@ def test_fencing_tokens_increase_across_lockers(pg_url: str, pg_conn: Any, prefi
             with locker.lock("fenced") as lock:
                 tokens.append(lock.token)
         assert raw_try(pg_conn, f"{prefix}:fenced")
-        threading.Timer(0.2, raw_unlock, (pg_conn, f"{prefix}:fenced")).start()
+        unlocker = unlock_soon(pg_conn, f"{prefix}:fenced")
         with b.lock("fenced", timeout=30) as lock:  # the wait path
             tokens.append(lock.token)
+        unlocker.join(10)
         assert tokens == sorted(set(tokens)) and len(tokens) == 5
     finally:
         pg_conn.execute(f"DELETE FROM {sql.FENCING_TABLE} WHERE lock_id = %s", [a.lock("fenced").lock_id])
