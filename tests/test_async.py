@@ -308,3 +308,21 @@ def test_test_mode_replaces_the_async_store(pg_url: str) -> None:
         run(main)
     finally:
         module.TEST_BACKEND = previous
+
+
+def test_async_lock_many_takes_all_or_none() -> None:
+    """AsyncLocker.lock_many holds every key or none, and a held key makes the whole try fail."""
+
+    async def main() -> None:
+        async with AsyncLocker(f"memory://{uuid.uuid4().hex}") as locker:
+            multi = locker.lock_many(["a", "b", "c"], timeout=0)
+            assert [lk.lock_id for lk in multi.locks] == sorted(kannuki.lock_id(k) for k in "abc")
+            async with multi:
+                assert all([await locker.held(k) for k in "abc"])
+                assert multi.tokens is not None and len(multi.tokens) == 3
+            assert not any([await locker.held(k) for k in "abc"])
+            async with locker.lock("b"):
+                assert await locker.lock_many(["a", "b", "c"], timeout=0).acquire() is False
+                assert not await locker.held("a") and not await locker.held("c")
+
+    run(main)

@@ -30,7 +30,7 @@ from kannuki.errors import (
     NotHeldError,
 )
 from kannuki.events import LockerStats
-from kannuki.lock import not_acquired_error, retry_pauses
+from kannuki.lock import MultiLockBase, not_acquired_error, retry_pauses
 from kannuki.locker import LockerBookkeeping, lock_arguments
 from kannuki.options import DEFAULT, LockerOptions, check_seconds
 
@@ -271,33 +271,13 @@ class AsyncLock:
         return not_acquired_error(self, holders)
 
 
-class AsyncMultiLock:
+class AsyncMultiLock(MultiLockBase):
     """Several keys taken all or none, in lock-ID order; the async :class:`~kannuki.MultiLock`.
 
     Made by :meth:`AsyncLocker.lock_many`; used like an AsyncLock.
     """
 
-    __slots__ = ("locker", "keys", "locks", "timeout", "_tokens", "_backend", "_acquired_at")
-
-    def __init__(self, locker: "AsyncLocker", locks: Sequence[AsyncLock], timeout: float | None) -> None:
-        self.locker = locker
-        unique = {lock.lock_id: lock for lock in locks}
-        self.locks = [unique[lock_id] for lock_id in sorted(unique)]
-        self.keys = [lock.key for lock in self.locks]
-        self.timeout = timeout
-        self._tokens: list[int] | None = None
-        self._backend: AsyncBackend | None = None
-        self._acquired_at = 0.0
-
-    def __repr__(self) -> str:
-        return f"<kannuki.AsyncMultiLock {self.keys!r} {'held' if self.locked() else 'free'}>"
-
-    def locked(self) -> bool:
-        return self._tokens is not None
-
-    @property
-    def tokens(self) -> list[int] | None:
-        return list(self._tokens) if self._tokens is not None else None
+    __slots__ = ()
 
     async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Take every key or none; True when all are held."""

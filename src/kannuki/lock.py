@@ -27,7 +27,7 @@ from kannuki.options import LockerOptions, check_seconds
 if TYPE_CHECKING:
     from kannuki.locker import Locker
 
-__all__ = ["Lock", "MultiLock"]
+__all__ = ["Lock", "MultiLock", "MultiLockBase"]
 
 log = logging.getLogger("kannuki")
 _monotonic = time.monotonic
@@ -351,15 +351,15 @@ class Lock:
         return not_acquired_error(self, holders)
 
 
-class MultiLock:
-    """Several keys taken all or none, in lock-ID order so two callers never deadlock.
+class MultiLockBase:
+    """The state of several keys taken all or none, in lock-ID order so two callers never deadlock.
 
-    Made by :meth:`kannuki.Locker.lock_many`; used like a Lock.
+    Shared by :class:`MultiLock` and ``kannuki.aio.AsyncMultiLock``, which add acquire / release.
     """
 
     __slots__ = ("locker", "keys", "locks", "timeout", "_tokens", "_backend", "_acquired_at")
 
-    def __init__(self, locker: "Locker", locks: Sequence[Lock], timeout: float | None) -> None:
+    def __init__(self, locker: Any, locks: Sequence[Any], timeout: float | None) -> None:
         self.locker = locker
         # One lock per ID, ascending: every caller takes them in the same order.
         unique = {lock.lock_id: lock for lock in locks}
@@ -367,11 +367,11 @@ class MultiLock:
         self.keys = [lock.key for lock in self.locks]
         self.timeout = timeout
         self._tokens: list[int] | None = None
-        self._backend: Backend | None = None
+        self._backend: Any = None
         self._acquired_at = 0.0
 
     def __repr__(self) -> str:
-        return f"<kannuki.MultiLock {self.keys!r} {'held' if self.locked() else 'free'}>"
+        return f"<kannuki.{type(self).__name__} {self.keys!r} {'held' if self.locked() else 'free'}>"
 
     def locked(self) -> bool:
         return self._tokens is not None
@@ -379,6 +379,15 @@ class MultiLock:
     @property
     def tokens(self) -> list[int] | None:
         return list(self._tokens) if self._tokens is not None else None
+
+
+class MultiLock(MultiLockBase):
+    """Several keys taken all or none, in lock-ID order so two callers never deadlock.
+
+    Made by :meth:`kannuki.Locker.lock_many`; used like a Lock.
+    """
+
+    __slots__ = ()
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Take every key or none; True when all are held."""
