@@ -200,3 +200,61 @@ def test_unreachable_server_is_backend_error() -> None:
             await locker.lock("k").acquire()
 
     run(main)
+
+
+def url_with_settings(pg_url: str, **settings: str) -> str:
+    """``pg_url`` whose connections start with these session settings (libpq ``options``)."""
+    options = "%20".join(f"-c%20{name}%3D{value}" for name, value in settings.items())
+    return f"{pg_url}{'&' if '?' in pg_url else '?'}options={options}"
+
+
+async def idle_lock_timeout(locker: AsyncLocker) -> str:
+    """SHOW lock_timeout on the locker's one idle connection (after a wait on it)."""
+    (conn,) = locker.backend._source._idle  # the locker's own connection, back from the wait
+    (setting,) = await (await conn.execute("SHOW lock_timeout")).fetchone()
+    return str(setting)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_own_connection_waits_under_its_own_timeout_not_the_sessions(
+    pg_url: str, pg_conn: Any, shared: bool
+) -> None:
+    """Own connections with a lock_timeout default: the timed wait honours its own timeout and leaves the session's."""
+
+    async def main() -> None:
+        prefix = f"t-{uuid.uuid4().hex[:8]}"
+        long_default = AsyncLocker(url_with_settings(pg_url, lock_timeout="45s"), key_prefix=prefix)
+        short_default = AsyncLocker(url_with_settings(pg_url, lock_timeout="100ms"), key_prefix=prefix)
+        lock_id = long_default.lock_id("k")
+        pg_conn.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
+        try:
+            started = asyncio.get_running_loop().time()
+            assert await long_default.lock("k", shared=shared).acquire(timeout=0.1) is False
+            assert asyncio.get_running_loop().time() - started < 30  # the acquire's 100 ms, not the session's 45 s
+            assert await idle_lock_timeout(long_default) == "45s"
+
+            async def unlock_once_waited_on() -> str:
+                for _ in range(200):  # until the server shows the wait
+                    waiting = [pid for pid, granted in advisory_rows(pg_conn, lock_id) if not granted]
+                    if waiting:
+                        break
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(0.3)  # past the session's 100 ms
+                (query,) = pg_conn.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", waiting).fetchone()
+                pg_conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
+                return str(query)
+
+            unlocker = asyncio.ensure_future(unlock_once_waited_on())
+            lock = short_default.lock("k", shared=shared)
+            assert await lock.acquire(timeout=None)  # lock_timeout 0 in the statement outlasts the session's 100 ms
+            waiting_query = await asyncio.wait_for(unlocker, WAIT)
+            assert "set_config('lock_timeout'" in waiting_query  # setting and wait: one statement
+            await lock.release()
+            assert await idle_lock_timeout(short_default) == "100ms"
+        finally:
+            pg_conn.execute("SELECT pg_advisory_unlock_all()")
+            await long_default.aclose()
+            await short_default.aclose()
+        assert advisory_rows(pg_conn, lock_id) == []
+
+    run(main)

@@ -11,6 +11,7 @@ import math
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from kannuki.backends.base import NO_WAIT_CALLBACK
 from kannuki.errors import ConfigurationError
 
 __all__ = [
@@ -24,9 +25,11 @@ __all__ = [
     "connect_kwargs",
     "has_class",
     "is_driver_error",
+    "outside_transaction",
     "pop_connect_options",
     "psycopg",
     "safe_url",
+    "try_first",
 ]
 
 # psycopg's libpq states (psycopg.pq.TransactionStatus), by value, so no driver import is needed.
@@ -119,3 +122,19 @@ def check_transaction_status(conn: Any, how_to_open: str) -> None:
             "transaction-level locks need an open transaction, and this autocommit connection has none: "
             f"take the lock inside `{how_to_open}`"
         )
+
+
+def outside_transaction(conn: Any) -> bool:
+    """Autocommit with no transaction open: one statement is its own transaction."""
+    return bool(conn.autocommit) and conn.info.transaction_status == IDLE
+
+
+def try_first(conn: Any, timeout: float | None, on_wait: Any) -> bool:
+    """Whether a blocking acquire should try before it waits on ``conn``.
+
+    The try is what decides that a wait is coming, so it is needed when someone
+    listens (``on_wait``) or for a single try (timeout 0). Otherwise, where the
+    wait is one statement (``outside_transaction``), it would only add a round
+    trip: an uncontended wait returns at once.
+    """
+    return timeout == 0 or on_wait is not NO_WAIT_CALLBACK or not outside_transaction(conn)

@@ -76,8 +76,7 @@ class _Session:
 
     def outside_transaction(self) -> bool:
         """Autocommit with no transaction open: one statement is its own transaction."""
-        conn = self.conn
-        return bool(conn.autocommit) and conn.info.transaction_status == pg.IDLE
+        return pg.outside_transaction(self.conn)
 
     def usable(self) -> bool:
         """Open, not broken, and not inside a transaction: fit to be reused."""
@@ -343,7 +342,7 @@ class PostgresBackend(Backend):
             token = local_token
             if self.fencing:
                 taken, token, pid = self._try_fenced(session, lock_id, shared)
-            elif self._try_first(session, timeout, on_wait):
+            elif pg.try_first(session.conn, timeout, on_wait):
                 taken, pid = session.run(sql.TRY_LOCK[shared], (lock_id,))
             else:
                 taken = False
@@ -367,17 +366,6 @@ class PostgresBackend(Backend):
         session.holds += 1
         self._pins[lock_id, token] = _Pin(name, session, pid, local_token, shared)
         return int(token)
-
-    @staticmethod
-    def _try_first(session: _Session, timeout: float | None, on_wait: Callable[[], None]) -> bool:
-        """Whether a blocking acquire should try before it waits.
-
-        The try is what decides that a wait is coming, so it is needed when someone
-        listens (``on_wait``) or for a single try (timeout 0). Otherwise, where the
-        wait is one round trip (see _wait), it would only add a round trip: an
-        uncontended wait returns at once.
-        """
-        return timeout == 0 or on_wait is not NO_WAIT_CALLBACK or not session.outside_transaction()
 
     def _wait(self, session: _Session, statement: str, timed: str, params: Any, timeout: float | None) -> Any:
         """Wait on the server up to ``timeout``; the wait's row, or None when 55P03 ended the wait.
@@ -577,7 +565,7 @@ class PostgresBackend(Backend):
                 self._check_connection(session)
             # The session holds nothing yet, so TRY_MANY may give back everything on failure.
             taken = False
-            if self._try_first(session, timeout, on_wait):
+            if pg.try_first(session.conn, timeout, on_wait):
                 taken, _, pid = session.run(sql.TRY_MANY, params)
             if not taken and timeout != 0:
                 on_wait()

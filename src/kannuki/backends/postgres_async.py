@@ -5,8 +5,13 @@ the same rules: a held session lock pins one connection until release and
 that connection never goes back to a pool while it holds a lock; the server
 PID is recorded at acquire and checked at release (a mismatch, or a broken
 connection, is LockLostError); waits happen on the server under a
-``lock_timeout`` set inside a transaction that is always rolled back; 55P03 is
-"not acquired", 40P01 DeadlockError, anything else BackendError.
+``lock_timeout`` that never outlives the wait: on an autocommit connection
+outside a transaction (kannuki's own connections) the setting and the wait are
+one statement, its own implicit transaction; otherwise they run in a
+transaction that is always rolled back. A blocking acquire tries first only
+when someone listens for the ``waiting`` event or where the wait is not one
+round trip. 55P03 is "not acquired", 40P01 DeadlockError, anything else
+BackendError.
 
 Within one process, tasks waiting for the same key line up on an asyncio
 queue (:class:`~kannuki.backends.async_base.KeyQueue`), so only one
@@ -253,7 +258,9 @@ class AsyncPostgresBackend(AsyncBackend):
         conn = await source.get()
         try:
             await self._check_replica(conn)
-            taken, pid = await _run(conn, sql.TRY_LOCK[shared], (lock_id,))
+            taken, pid = False, None
+            if pg.try_first(conn, timeout, on_wait):
+                taken, pid = await _run(conn, sql.TRY_LOCK[shared], (lock_id,))
             if not taken and timeout != 0:
                 on_wait()
                 deadline = None if timeout is None else time.monotonic() + timeout
@@ -273,9 +280,14 @@ class AsyncPostgresBackend(AsyncBackend):
     async def _wait_on_server(self, conn: Any, lock_id: int, shared: bool, deadline: float | None) -> tuple[bool, Any]:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            async with conn.transaction(force_rollback=True):  # the lock_timeout dies with it; the lock does not
-                await conn.execute(sql.SET_LOCK_TIMEOUT, (sql.lock_timeout_setting(remaining),))
-                _, pid = await (await conn.execute(sql.WAIT_LOCK[shared], (lock_id,))).fetchone()
+            if pg.outside_transaction(conn):
+                # One round trip: the statement's implicit transaction takes the lock_timeout with it.
+                params = sql.timed_params(remaining, (lock_id,))
+                _, pid = await (await conn.execute(sql.TIMED_WAIT_LOCK[shared], params)).fetchone()
+            else:
+                async with conn.transaction(force_rollback=True):  # the lock_timeout dies with it; the lock does not
+                    await conn.execute(sql.SET_LOCK_TIMEOUT, (sql.lock_timeout_setting(remaining),))
+                    _, pid = await (await conn.execute(sql.WAIT_LOCK[shared], (lock_id,))).fetchone()
         except Exception as exc:
             if sql.is_not_acquired(exc):
                 return False, None
