@@ -23,6 +23,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# Test modules importorskip these; under KANNUKI_REQUIRE_DBS=1 a missing one must fail the run,
+# not quietly skip every test that talks to a server.
+SERVER_DRIVERS = ("psycopg", "psycopg_pool", "MySQLdb", "redis")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if REQUIRE_DBS:
+        import importlib
+
+        for driver in SERVER_DRIVERS:
+            try:
+                importlib.import_module(driver)
+            except ImportError as exc:
+                raise pytest.UsageError(f"KANNUKI_REQUIRE_DBS=1 but the driver {driver} does not import: {exc}")
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     impl = "native (Cython)" if kannuki.NATIVE else "pure Python"
     reason = getattr(kannuki._core, "FALLBACK_REASON", None)
