@@ -41,8 +41,9 @@ def peer_portalocker(path: Path, ops: int) -> Round:
     return pairs(lock.acquire, lock.release, ops)
 
 
-def time_contended(benchmark: Any, worker: Callable[..., None], args: tuple[Any, ...], *, rounds: int,
-                   processes: int = 4) -> int:
+def time_contended(
+    benchmark: Any, worker: Callable[..., None], args: tuple[Any, ...], *, rounds: int, processes: int = 4
+) -> int:
     """Time ``processes`` forked ``worker(*args, key=, ready=, start=)`` from a starting shot until all exit.
 
     Untimed, per round: the processes start on a fresh key, connect, reach the ``ready`` barrier and

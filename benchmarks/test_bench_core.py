@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import random
 import zlib
-from typing import Callable, List
+from typing import Callable
 
 import pytest
 
 from kannuki import _pure
 
-Hasher = Callable[[List[str]], int]
+Hasher = Callable[[list[str]], int]
 
 
 def _mixed_keys(count: int = 1000) -> list[str]:
@@ -90,7 +90,7 @@ def _peer_with_advisory_lock() -> Hasher:
 
 
 CONTENDERS = [
-    pytest.param(lambda: _floor_crc32(), id="floor-zlib.crc32"),
+    pytest.param(_floor_crc32, id="floor-zlib.crc32"),
     pytest.param(lambda: _kannuki("native"), id="kannuki-native"),
     pytest.param(lambda: _kannuki("pure"), id="kannuki-pure"),
     pytest.param(_peer_pals, id="peer-pals.sha1"),

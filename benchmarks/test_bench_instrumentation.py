@@ -20,7 +20,9 @@ CASES = ["instrumentation_off", "nobody_subscribed", "one_subscriber"]
 def test_memory_acquire_release(benchmark, case: str) -> None:  # type: ignore[no-untyped-def]
     """One uncontended memory acquire+release per round."""
     benchmark.group = "instrumentation: memory acquire+release"
-    locker = kannuki.Locker(f"memory://bench-{uuid.uuid4().hex[:8]}", instrumentation=case != "instrumentation_off")
+    locker = kannuki.Locker(
+        f"memory://bench-{uuid.uuid4().hex[:8]}", instrumentation=case != "instrumentation_off"
+    )
     unsubscribe = kannuki.subscribe(lambda event: None) if case == "one_subscriber" else None
     lock = locker.lock("bench/instrumentation")
     acquire, release = lock.acquire, lock.release

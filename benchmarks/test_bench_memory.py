@@ -10,8 +10,9 @@ and fasteners.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 
@@ -21,6 +22,7 @@ from bench_support import Round, pairs, peer_filelock, peer_portalocker
 OPS = 100  # acquire+release pairs per round: amortises the harness's own call
 THREADS = 4
 INCREMENTS = 500  # per thread per round
+
 
 @pytest.fixture
 def memory_locker(key_prefix: str) -> Iterator[kannuki.Locker]:

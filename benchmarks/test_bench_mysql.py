@@ -11,7 +11,8 @@ throughput at least 90% of the floor. Run::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -73,7 +74,10 @@ def _tooz(url: str, key: str) -> tuple[Callable[[], None], Callable[[], None]]:
 
 
 CONTENDERS = {
-    "kannuki-url": kannuki_url_contender, "floor-cursor": _raw_cursor, "floor-query": _raw_query, "peer-tooz": _tooz,
+    "kannuki-url": kannuki_url_contender,
+    "floor-cursor": _raw_cursor,
+    "floor-query": _raw_query,
+    "peer-tooz": _tooz,
 }
 
 

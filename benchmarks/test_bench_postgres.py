@@ -22,7 +22,8 @@ throughput at least 90% of the floor. Run::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -58,7 +59,10 @@ def _tooz(url: str, key: str) -> tuple[Callable[[], None], Callable[[], None]]:
 
 
 CONTENDERS = {
-    "floor-psycopg": _floor, "kannuki-url": kannuki_url_contender, "peer-pals": _pals, "peer-tooz": _tooz,
+    "floor-psycopg": _floor,
+    "kannuki-url": kannuki_url_contender,
+    "peer-pals": _pals,
+    "peer-tooz": _tooz,
 }
 
 

@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 import kannuki
+import kannuki._default
 import kannuki.testing
 from kannuki import AlreadyHeldError, LockNotAcquiredError, NotHeldError
 
@@ -221,7 +222,7 @@ def test_tokens_strictly_increase_for_a_key() -> None:
 
 def test_stale_release_cannot_free_a_newer_holder() -> None:
     """After a lease expires and another holder takes the key, the old release raises LockLostError."""
-    locker = unique_locker(ttl=0.05)
+    locker = unique_locker(ttl=0.05, auto_renew=False)  # nobody renews: the lease runs out
     old = locker.lock("k")
     old.acquire()
     time.sleep(0.1)
@@ -336,9 +337,9 @@ def test_lock_many_in_opposite_orders_does_not_deadlock() -> None:
 
 def test_module_level_verbs_use_the_configured_locker() -> None:
     """kannuki.configure sets the default locker behind kannuki.lock / with_lock / try_lock / held."""
-    previous = kannuki.locker._default
+    previous = kannuki._default._default
     try:
-        kannuki.locker._default = None
+        kannuki._default._default = None
         with pytest.raises(kannuki.ConfigurationError, match="configure"):
             kannuki.held("k")
         locker = kannuki.configure(f"memory://{uuid.uuid4().hex}", key_prefix="app")
@@ -350,7 +351,7 @@ def test_module_level_verbs_use_the_configured_locker() -> None:
         assert kannuki.lock_or_raise("k", lambda: 8) == 8
         assert locker.held("k") is False
     finally:
-        kannuki.locker._default = previous
+        kannuki._default._default = previous
 
 
 def test_acquire_rejects_timeout_for_non_blocking() -> None:
@@ -455,17 +456,19 @@ def test_plain_path_still_emits_and_logs_when_asked(caplog: pytest.LogCaptureFix
 def test_plain_lock_follows_test_mode() -> None:
     """A lock made before test mode acquires in the test table while it is on, in its own store after."""
     locker = unique_locker()
+    own_table = locker.backend.table  # type: ignore[attr-defined]
     lock = locker.lock("swap")
     with lock:
         pass  # the plain path ran on the locker's own table
     kannuki.testing.enable()
     try:
         with lock:
-            assert not locker.backend.table.held("swap")  # type: ignore[attr-defined]
+            assert not own_table.held("swap")
+            assert locker.backend.table.held("swap")  # type: ignore[attr-defined]  # the test table
     finally:
         kannuki.testing.disable()
     with lock:
-        assert locker.backend.table.held("swap")  # type: ignore[attr-defined]
+        assert own_table.held("swap")
 
 
 def test_plain_lock_reports_a_loss_on_release() -> None:

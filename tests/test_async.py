@@ -200,7 +200,7 @@ def test_bad_input_names_the_parameter(url: str) -> None:
     with pytest.raises(kannuki.ConfigurationError, match="bogus"):
         AsyncLocker(url, bogus=1)
     with pytest.raises(kannuki.ConfigurationError, match="scheme"):
-        AsyncLocker("mysql://root@127.0.0.1/test")
+        AsyncLocker("gopher://127.0.0.1/test")
 
     async def main() -> None:
         async with AsyncLocker(url, key_prefix=prefix()) as locker:
@@ -287,27 +287,23 @@ def test_cancelled_waiter_on_memory_leaves_nothing() -> None:
 
 
 def test_test_mode_replaces_the_async_store(pg_url: str) -> None:
-    """With kannuki.lock.TEST_BACKEND set, an AsyncLocker uses that in-memory table, never its server."""
-    import sys
+    """In test mode an AsyncLocker uses test mode's in-memory table, never its server."""
+    from kannuki import _override, testing
 
-    module = sys.modules["kannuki.lock"]  # the module, not the kannuki.lock verb
-    from kannuki.backends.memory import MemoryBackend
-    from kannuki._core import LockTable
-
-    table_backend = MemoryBackend(LockTable())
-    previous, module.TEST_BACKEND = module.TEST_BACKEND, table_backend
+    testing.enable()
     try:
+        table = _override.TABLE
 
         async def main() -> None:
             locker = AsyncLocker("postgresql://nobody@127.0.0.1:1/none", key_prefix="tm")
             async with locker.lock("k"):
-                assert table_backend.held("tm:k", 0)
+                assert table.held("tm:k")
                 assert await locker.held("k")
-            assert not table_backend.held("tm:k", 0)
+            assert not table.held("tm:k")
 
         run(main)
     finally:
-        module.TEST_BACKEND = previous
+        testing.disable()
 
 
 def test_async_lock_many_takes_all_or_none() -> None:

@@ -210,7 +210,8 @@ def url_with_settings(pg_url: str, **settings: str) -> str:
 
 async def idle_lock_timeout(locker: AsyncLocker) -> str:
     """SHOW lock_timeout on the locker's one idle connection (after a wait on it)."""
-    (conn,) = locker.backend._source._idle  # the locker's own connection, back from the wait
+    (session,) = locker.backend._source.idle  # the locker's own connection, back from the wait
+    conn = session.conn
     (setting,) = await (await conn.execute("SHOW lock_timeout")).fetchone()
     return str(setting)
 

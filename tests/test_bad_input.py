@@ -33,7 +33,9 @@ def assert_nothing_held(locker: kannuki.Locker) -> None:
     ],
     ids=["empty", "none", "int", "bytes", "list", "surrogate", "one-mebibyte"],
 )
-def test_bad_keys_are_refused_everywhere(locker: kannuki.Locker, key: object, error: type, pattern: str) -> None:
+def test_bad_keys_are_refused_everywhere(
+    locker: kannuki.Locker, key: object, error: type, pattern: str
+) -> None:
     """Empty, wrongly typed, unencodable and oversized keys raise, naming `key`, in every entry point."""
     for call in (
         lambda: locker.lock(key),  # type: ignore[arg-type]
@@ -104,7 +106,11 @@ def test_bad_locker_options_name_the_option(options: dict[str, object], name: st
 
 @pytest.mark.parametrize(
     ("options", "name"),
-    [({"retry_attempts": 1.5}, "retry_attempts"), ({"instrumentation": "yes"}, "instrumentation"), ({"key_prefix": 3}, "key_prefix")],
+    [
+        ({"retry_attempts": 1.5}, "retry_attempts"),
+        ({"instrumentation": "yes"}, "instrumentation"),
+        ({"key_prefix": 3}, "key_prefix"),
+    ],
 )
 def test_locker_options_of_the_wrong_type(options: dict[str, object], name: str) -> None:
     """Options of the wrong type raise TypeError naming the option."""

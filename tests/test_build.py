@@ -17,7 +17,7 @@ import sys
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 import pytest
 
@@ -36,7 +36,9 @@ needs_compiled_build = pytest.mark.skipif(
 DIST_CHECK_MARKS = (
     pytest.mark.slow,
     pytest.mark.timeout(900),
-    pytest.mark.skipif(os.environ.get("KANNUKI_CHECK_DIST") != "1", reason="set KANNUKI_CHECK_DIST=1 (scripts/check_dist)"),
+    pytest.mark.skipif(
+        os.environ.get("KANNUKI_CHECK_DIST") != "1", reason="set KANNUKI_CHECK_DIST=1 (scripts/check_dist)"
+    ),
     needs_compiled_build,
 )
 
@@ -46,10 +48,25 @@ def dist_check(test: F) -> F:
     for mark in DIST_CHECK_MARKS:
         test = mark(test)
     return test
+
+
 # What must never reach the sdist's build: generated and compiled files, caches, the venv.
 NOT_SOURCES = shutil.ignore_patterns(
-    ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".benchmarks", ".hypothesis",
-    ".pytest_cache", ".mypy_cache", ".ruff_cache", "*.so", "*.pyd", "*.c", "*.html",
+    ".venv",
+    ".git",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".benchmarks",
+    ".hypothesis",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    "*.so",
+    "*.pyd",
+    "*.c",
+    "*.html",
 )
 BUILD_TIMEOUT = 600  # seconds; a cold Cython build on 2 busy cores takes about one minute
 
@@ -78,7 +95,11 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 def _run(*args: str | Path, cwd: Path, **env: str) -> str:
     result = subprocess.run(
-        [str(a) for a in args], cwd=cwd, env=_clean_env(**env), capture_output=True, text=True,
+        [str(a) for a in args],
+        cwd=cwd,
+        env=_clean_env(**env),
+        capture_output=True,
+        text=True,
         timeout=BUILD_TIMEOUT,
     )
     output = result.stdout + result.stderr
@@ -90,8 +111,19 @@ def _fresh_venv(path: Path, wheel: Path) -> Path:
     """A new venv without pip or system site-packages, with ``wheel`` installed (offline)."""
     _run(sys.executable, "-m", "venv", "--without-pip", path, cwd=path.parent)
     python = path / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    _run(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-index", "--no-deps", wheel,
-         cwd=path.parent)
+    _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        python,
+        "install",
+        "-q",
+        "--no-index",
+        "--no-deps",
+        wheel,
+        cwd=path.parent,
+    )
     return python
 
 
@@ -108,18 +140,27 @@ def _probe(python: Path, cwd: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def dists(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+def dists(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(sdist, wheel) from ``python -m build`` on a clean copy of the tree: the wheel is built from the sdist."""
     pytest.importorskip("build")
     work = tmp_path_factory.mktemp("dist")
     source = work / "source"
     shutil.copytree(ROOT, source, ignore=NOT_SOURCES)
     # --no-isolation: use this venv's setuptools and Cython, no network.
-    _run(sys.executable, "-m", "build", "--no-isolation", "--outdir", work / "out", source, cwd=work,
-         KANNUKI_REQUIRE_EXTENSIONS="1")
+    _run(
+        sys.executable,
+        "-m",
+        "build",
+        "--no-isolation",
+        "--outdir",
+        work / "out",
+        source,
+        cwd=work,
+        KANNUKI_REQUIRE_EXTENSIONS="1",
+    )
     (sdist,) = (work / "out").glob("*.tar.gz")
     (wheel,) = (work / "out").glob("*.whl")
-    yield sdist, wheel
+    return sdist, wheel
 
 
 @dist_check
@@ -128,8 +169,14 @@ def test_sdist_carries_the_sources_and_tests(dists: tuple[Path, Path]) -> None:
     sdist, _ = dists
     with tarfile.open(sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    for required in ("ext/_native.pyx", "setup.py", "pyproject.toml", "src/kannuki/_native.pyi",
-                     "src/kannuki/py.typed", "tests/test_core_hashing.py"):
+    for required in (
+        "ext/_native.pyx",
+        "setup.py",
+        "pyproject.toml",
+        "src/kannuki/_native.pyi",
+        "src/kannuki/py.typed",
+        "tests/test_core_hashing.py",
+    ):
         assert required in names, f"{required} missing from {sdist.name}"
     assert not [n for n in names if n.endswith((".c", ".so", ".pyd"))]
 
@@ -159,8 +206,21 @@ def test_sdist_installs_pure_python_without_a_compiler(dists: tuple[Path, Path],
     sdist, _ = dists
     built = tmp_path / "wheels"
     output = _run(
-        sys.executable, "-m", "pip", "wheel", "-v", "--no-index", "--no-deps", "--no-build-isolation",
-        "--wheel-dir", built, sdist, cwd=tmp_path, CC="/bin/false", CXX="/bin/false", LDSHARED="/bin/false",
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-v",
+        "--no-index",
+        "--no-deps",
+        "--no-build-isolation",
+        "--wheel-dir",
+        built,
+        sdist,
+        cwd=tmp_path,
+        CC="/bin/false",
+        CXX="/bin/false",
+        LDSHARED="/bin/false",
     )
     assert "could not be compiled" in output, output[-3000:]
     (wheel,) = built.glob("*.whl")

@@ -34,7 +34,9 @@ def start_holding(env: dict[str, str], tmp_path: Path, key: str, *extra: str) ->
     """``kannuki run KEY -- <wait for a stop file>`` in the background; returns once the lock is held."""
     ready, stop = tmp_path / f"{key}.ready", tmp_path / f"{key}.stop"
     script = f"touch {ready}; while [ ! -e {stop} ]; do sleep 0.05; done"
-    proc = subprocess.Popen([sys.executable, "-m", "kannuki", "run", *extra, key, "--", "sh", "-c", script], env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kannuki", "run", *extra, key, "--", "sh", "-c", script], env=env
+    )
     deadline = time.monotonic() + 30
     while not ready.exists():
         assert proc.poll() is None and time.monotonic() < deadline, "the holder never got the lock"
@@ -87,7 +89,9 @@ def test_busy_message_names_the_holder_pid(env: dict[str, str], tmp_path: Path) 
 def test_waiting_run_gets_the_lock_after_the_holder(env: dict[str, str], tmp_path: Path) -> None:
     """A blocking run waits for the holder, then runs."""
     holder = start_holding(env, tmp_path, "q")
-    waiter = subprocess.Popen([sys.executable, "-m", "kannuki", "run", "--timeout", "30", "q", "--", "true"], env=env)
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "kannuki", "run", "--timeout", "30", "q", "--", "true"], env=env
+    )
     time.sleep(0.3)
     assert waiter.poll() is None
     finish(holder, tmp_path, "q")
@@ -145,7 +149,9 @@ def test_url_option_and_environment(env: dict[str, str], tmp_path: Path) -> None
         (("run", "k", "--", "/nonexistent/command"), 127, "command not found"),
     ],
 )
-def test_errors_have_documented_exit_codes(env: dict[str, str], args: tuple[str, ...], code: int, text: str) -> None:
+def test_errors_have_documented_exit_codes(
+    env: dict[str, str], args: tuple[str, ...], code: int, text: str
+) -> None:
     """Bad usage and URLs exit 2, a failing store 69, a missing command 127, each with a clear message."""
     result = kannuki_cli(env, *args)
     assert result.returncode == code
@@ -167,7 +173,9 @@ def test_long_wait_on_a_terminal_says_who_holds_it(env: dict[str, str], tmp_path
     try:
         waiter = subprocess.Popen(
             [sys.executable, "-m", "kannuki", "run", "--timeout", "2", "tty", "--", "true"],
-            env=env, stderr=terminal, stdout=subprocess.DEVNULL,
+            env=env,
+            stderr=terminal,
+            stdout=subprocess.DEVNULL,
         )
         assert waiter.wait(30) == 75
         output = os.read(controller, 4096).decode()

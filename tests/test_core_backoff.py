@@ -95,7 +95,13 @@ def test_full_jitter_draws_below_value(core: ModuleType) -> None:
     remaining=st.none() | seconds,
 )
 def test_bounds_property(
-    core: ModuleType, kind: str, jitter: str, interval: float, extra: float, seed: int, remaining: float | None
+    core: ModuleType,
+    kind: str,
+    jitter: str,
+    interval: float,
+    extra: float,
+    seed: int,
+    remaining: float | None,
 ) -> None:
     """0 <= delay <= cap, and <= remaining when given, for any parameters."""
     cap = interval + extra
@@ -109,7 +115,9 @@ def test_bounds_property(
 
 @settings(max_examples=200, deadline=None)
 @given(kind=st.sampled_from(KINDS), interval=seconds, extra=seconds)
-def test_unjittered_schedules_are_monotone(core: ModuleType, kind: str, interval: float, extra: float) -> None:
+def test_unjittered_schedules_are_monotone(
+    core: ModuleType, kind: str, interval: float, extra: float
+) -> None:
     """Without jitter the delays never shrink and end at cap at most."""
     b = core.Backoff(kind, interval=interval, cap=interval + extra, jitter="none")
     delays = [b.next_delay() for _ in range(60)]
@@ -117,20 +125,25 @@ def test_unjittered_schedules_are_monotone(core: ModuleType, kind: str, interval
     assert delays[0] == min(interval, interval + extra)
 
 
-@pytest.mark.parametrize(("kwargs", "error", "name"), [
-    ({"kind": "fibonacci"}, ValueError, "kind"),
-    ({"jitter": "some"}, ValueError, "jitter"),
-    ({"interval": -0.1}, ValueError, "interval"),
-    ({"interval": math.nan}, ValueError, "interval"),
-    ({"interval": math.inf}, ValueError, "interval"),
-    ({"interval": "1"}, TypeError, "interval"),
-    ({"cap": -1.0}, ValueError, "cap"),
-    ({"cap": math.nan}, ValueError, "cap"),
-    ({"cap": math.inf}, ValueError, "cap"),
-    ({"interval": 1.0, "cap": 0.5}, ValueError, "cap"),
-    ({"seed": 1.5}, TypeError, "seed"),
-])
-def test_bad_construction(core: ModuleType, kwargs: dict[str, object], error: type[Exception], name: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"kind": "fibonacci"}, ValueError, "kind"),
+        ({"jitter": "some"}, ValueError, "jitter"),
+        ({"interval": -0.1}, ValueError, "interval"),
+        ({"interval": math.nan}, ValueError, "interval"),
+        ({"interval": math.inf}, ValueError, "interval"),
+        ({"interval": "1"}, TypeError, "interval"),
+        ({"cap": -1.0}, ValueError, "cap"),
+        ({"cap": math.nan}, ValueError, "cap"),
+        ({"cap": math.inf}, ValueError, "cap"),
+        ({"interval": 1.0, "cap": 0.5}, ValueError, "cap"),
+        ({"seed": 1.5}, TypeError, "seed"),
+    ],
+)
+def test_bad_construction(
+    core: ModuleType, kwargs: dict[str, object], error: type[Exception], name: str
+) -> None:
     """Each bad argument gets an error naming it."""
     with pytest.raises(error, match=name):
         core.Backoff(**kwargs)
@@ -144,7 +157,9 @@ def test_bad_kind_lists_the_allowed_names(core: ModuleType) -> None:
         core.Backoff(jitter="x")
 
 
-@pytest.mark.parametrize(("remaining", "error"), [(-1.0, ValueError), (math.nan, ValueError), ("1", TypeError)])
+@pytest.mark.parametrize(
+    ("remaining", "error"), [(-1.0, ValueError), (math.nan, ValueError), ("1", TypeError)]
+)
 def test_bad_remaining(core: ModuleType, remaining: object, error: type[Exception]) -> None:
     """A negative / NaN / non-number remaining is refused, naming 'remaining', without counting an attempt."""
     b = core.Backoff()

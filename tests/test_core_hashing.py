@@ -22,54 +22,54 @@ needs_native = pytest.mark.skipif(_native is None, reason="kannuki._native is no
 # Covers lookup3's 12-byte block edges (11/12/13, 23/24/25 bytes), multi-byte
 # UTF-8, keys over 1000 bytes and prefixes.
 NAME_VECTORS = [
-    ('a', None, 3591986179850072241),
-    ('hello', None, 3449563369152288809),
-    ('job:nightly-report', None, -8494718321730975779),
-    ('k', 'p', 2446044529698618630),
-    ('orders:42', None, 583608349125624798),
-    ('x', None, -474845166489675639),
-    ('ab', None, 2833316173711343549),
-    ('abc', None, -6747756470228489321),
-    ('abcd', None, -1038429303365892052),
-    ('abcde', None, 3076356108696143428),
-    ('abcdefghijk', None, 3112909444737856467),
-    ('abcdefghijkl', None, -7556637188122330412),
-    ('abcdefghijklm', None, 8871624171452417744),
-    ('abcdefghijklmnopqrstuvw', None, -1198571854151947912),
-    ('abcdefghijklmnopqrstuvwx', None, -1933194731779935345),
-    ('abcdefghijklmnopqrstuvwxy', None, 5649064133428767341),
-    ('日本語', None, 2870829529307104068),
-    ('ロック', 'app', -25974321065570710),
-    ('鍵', None, -4243287469645697475),
-    ('🔒', None, 6537472898664833438),
-    ('🔒🗝️ emoji key', None, -7192925460940606380),
-    ('café', None, 2866814374384725210),
-    ('naïve-résumé', None, 7144216500587265082),
-    ('Ωμέγα', 'greek', 770131597913631973),
-    ('ключ', None, 2835016810653770112),
+    ("a", None, 3591986179850072241),
+    ("hello", None, 3449563369152288809),
+    ("job:nightly-report", None, -8494718321730975779),
+    ("k", "p", 2446044529698618630),
+    ("orders:42", None, 583608349125624798),
+    ("x", None, -474845166489675639),
+    ("ab", None, 2833316173711343549),
+    ("abc", None, -6747756470228489321),
+    ("abcd", None, -1038429303365892052),
+    ("abcde", None, 3076356108696143428),
+    ("abcdefghijk", None, 3112909444737856467),
+    ("abcdefghijkl", None, -7556637188122330412),
+    ("abcdefghijklm", None, 8871624171452417744),
+    ("abcdefghijklmnopqrstuvw", None, -1198571854151947912),
+    ("abcdefghijklmnopqrstuvwx", None, -1933194731779935345),
+    ("abcdefghijklmnopqrstuvwxy", None, 5649064133428767341),
+    ("日本語", None, 2870829529307104068),
+    ("ロック", "app", -25974321065570710),
+    ("鍵", None, -4243287469645697475),
+    ("🔒", None, 6537472898664833438),
+    ("🔒🗝️ emoji key", None, -7192925460940606380),
+    ("café", None, 2866814374384725210),
+    ("naïve-résumé", None, 7144216500587265082),
+    ("Ωμέγα", "greek", 770131597913631973),
+    ("ключ", None, 2835016810653770112),
     ("a" * 1000, None, 1150305137314684656),
     ("xyz" * 500, None, -607419447186121649),
     ("日本" * 400, None, 3275603974673705782),
-    ("1234567890" * 120, 'bulk', -1171414285029195526),
-    ('user:17', 'tenant-a', 2771085822215020415),
-    ('user:17', 'tenant-b', -5803059024833908761),
-    ('report', 'cron', -1367929711220637725),
-    (' ', None, 6600704740418937010),
-    ('\t\n', None, -683612815804649995),
-    ('0', None, 2234665679637250028),
-    ('-1', None, -1944483416295135017),
-    ('NULL', None, 5850377020046908422),
+    ("1234567890" * 120, "bulk", -1171414285029195526),
+    ("user:17", "tenant-a", 2771085822215020415),
+    ("user:17", "tenant-b", -5803059024833908761),
+    ("report", "cron", -1367929711220637725),
+    (" ", None, 6600704740418937010),
+    ("\t\n", None, -683612815804649995),
+    ("0", None, 2234665679637250028),
+    ("-1", None, -1944483416295135017),
+    ("NULL", None, 5850377020046908422),
     ("'; DROP TABLE x; --", None, 2916278641755848337),
-    ('a\xa0b', None, 7953342936994311991),
+    ("a\xa0b", None, 7953342936994311991),
 ]
 
 # (data, seed, SELECT hashtextextended(data, seed)): the seed perturbation.
 SEEDED_VECTORS = [
-    (b'', 0, -6939563903564495251),
-    (b'', 1, -150071773020461347),
-    (b'abc', 42, 4423357919252764502),
-    (b'abcdefghijkl', -1, -3669402583748189229),
-    (b'lookup3', 9223372036854775807, 8757541615099909276),
+    (b"", 0, -6939563903564495251),
+    (b"", 1, -150071773020461347),
+    (b"abc", 42, 4423357919252764502),
+    (b"abcdefghijkl", -1, -3669402583748189229),
+    (b"lookup3", 9223372036854775807, 8757541615099909276),
     (b"x" * 100, 123456789012345, -2212175400597377938),
 ]
 
@@ -126,11 +126,11 @@ def test_max_name_bytes(core: ModuleType) -> None:
     assert core.MAX_NAME_BYTES == 65536
     assert isinstance(core.lock_id("a" * 65536), int)
     assert isinstance(core.lock_id("a" * 65532, "pfx"), int)
-    with pytest.raises(ValueError, match="key.*65536"):
+    with pytest.raises(ValueError, match=r"key.*65536"):
         core.lock_id("a" * 65537)
-    with pytest.raises(ValueError, match="key.*65536"):
+    with pytest.raises(ValueError, match=r"key.*65536"):
         core.lock_id("a" * 65533, "pfx")
-    with pytest.raises(ValueError, match="key.*65536"):
+    with pytest.raises(ValueError, match=r"key.*65536"):
         core.full_name("é" * 40000)  # 80000 bytes of UTF-8 although 40000 characters
     with pytest.raises(ValueError, match="key"):
         core.name_and_id("x" * (1 << 20))
@@ -162,14 +162,19 @@ def test_bad_prefix(core: ModuleType, func: str, prefix: object, error: type[Exc
         getattr(core, func)("k", prefix)
 
 
-@pytest.mark.parametrize(("data", "seed", "error", "name"), [
-    ("text", 0, TypeError, "data"),
-    (b"x", 1.5, TypeError, "seed"),
-    (b"x", "1", TypeError, "seed"),
-    (b"x", 2**64, ValueError, "seed"),
-    (b"x", -(2**63) - 1, ValueError, "seed"),
-])
-def test_bad_hash_input(core: ModuleType, data: object, seed: object, error: type[Exception], name: str) -> None:
+@pytest.mark.parametrize(
+    ("data", "seed", "error", "name"),
+    [
+        ("text", 0, TypeError, "data"),
+        (b"x", 1.5, TypeError, "seed"),
+        (b"x", "1", TypeError, "seed"),
+        (b"x", 2**64, ValueError, "seed"),
+        (b"x", -(2**63) - 1, ValueError, "seed"),
+    ],
+)
+def test_bad_hash_input(
+    core: ModuleType, data: object, seed: object, error: type[Exception], name: str
+) -> None:
     """hash_text_extended refuses str data and seeds that are not 64-bit ints."""
     with pytest.raises(error, match=name):
         core.hash_text_extended(data, seed)
@@ -186,7 +191,9 @@ def test_twins_agree_on_text(key: str, prefix: str | None) -> None:
     results = []
     for mod in (_native, _pure):
         try:
-            results.append(("ok", mod.name_and_id(key, prefix), mod.lock_id(key, prefix), mod.full_name(key, prefix)))
+            results.append(
+                ("ok", mod.name_and_id(key, prefix), mod.lock_id(key, prefix), mod.full_name(key, prefix))
+            )
         except (TypeError, ValueError) as exc:
             results.append(("error", type(exc), str(exc)))
     assert results[0] == results[1]

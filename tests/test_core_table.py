@@ -121,16 +121,21 @@ def test_bad_token_type(core: ModuleType) -> None:
         table.renew("k", 1.0, 1.0)
 
 
-@pytest.mark.parametrize(("kwargs", "error", "name"), [
-    ({"timeout": -1}, ValueError, "timeout"),
-    ({"timeout": float("nan")}, ValueError, "timeout"),
-    ({"timeout": "1"}, TypeError, "timeout"),
-    ({"ttl": 0}, ValueError, "ttl"),
-    ({"ttl": -1.0}, ValueError, "ttl"),
-    ({"ttl": float("nan")}, ValueError, "ttl"),
-    ({"ttl": "1"}, TypeError, "ttl"),
-])
-def test_bad_acquire_arguments(core: ModuleType, kwargs: dict[str, object], error: type[Exception], name: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"timeout": -1}, ValueError, "timeout"),
+        ({"timeout": float("nan")}, ValueError, "timeout"),
+        ({"timeout": "1"}, TypeError, "timeout"),
+        ({"ttl": 0}, ValueError, "ttl"),
+        ({"ttl": -1.0}, ValueError, "ttl"),
+        ({"ttl": float("nan")}, ValueError, "ttl"),
+        ({"ttl": "1"}, TypeError, "ttl"),
+    ],
+)
+def test_bad_acquire_arguments(
+    core: ModuleType, kwargs: dict[str, object], error: type[Exception], name: str
+) -> None:
     """Bad timeout / ttl are refused by name and nothing is held afterwards."""
     table = core.LockTable()
     with pytest.raises(error, match=name):

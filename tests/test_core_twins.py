@@ -45,7 +45,7 @@ def test_native_exports_exactly_core_names() -> None:
 def test_dispatcher_reexports_the_chosen_implementation() -> None:
     """kannuki._core publishes NATIVE / IMPLEMENTATION and the core names from that module."""
     core = kannuki._core
-    assert core.NATIVE == (core.IMPLEMENTATION is _native and _native is not None)
+    assert (core.IMPLEMENTATION is _native and _native is not None) == core.NATIVE
     assert (core.FALLBACK_REASON is None) == core.NATIVE
     for name in _coreapi.CORE_NAMES:
         assert getattr(core, name) is getattr(core.IMPLEMENTATION, name)
@@ -103,7 +103,9 @@ def _scenario(core: ModuleType, seed: int) -> list[object]:
         else:
             text = "".join(chr(rng.randrange(1, 0x3000)) for _ in range(rng.randrange(1, 40)))
             out.append(("hash", core.name_and_id(text, rng.choice([None, "", "p"]))))
-            out.append(("bytes", core.hash_text_extended(text.encode("utf-8", "replace"), rng.getrandbits(64))))
+            out.append(
+                ("bytes", core.hash_text_extended(text.encode("utf-8", "replace"), rng.getrandbits(64)))
+            )
     return out
 
 

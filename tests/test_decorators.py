@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime
 import decimal
 import enum
 import functools
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -19,8 +21,8 @@ from typing import Iterator
 import pytest
 
 import kannuki
+from kannuki import _default as default_module
 from kannuki import decorators
-from kannuki import locker as locker_module
 
 
 @pytest.fixture
@@ -206,7 +208,7 @@ def test_shared_decorated_calls_share(locker: kannuki.Locker) -> None:
 
 def test_module_level_decorators_find_the_default_locker_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """kannuki's module-level locked/unique use the default locker configured after decoration."""
-    monkeypatch.setattr(locker_module, "_default", None)
+    monkeypatch.setattr(default_module, "_default", None)
     run = decorators.locked("late/{n}")(lambda n: kannuki.held(f"late/{n}"))
     once = decorators.unique()(lambda n: n)
     with pytest.raises(kannuki.ConfigurationError):
@@ -420,3 +422,131 @@ def test_unique_needs_a_named_function(locker: kannuki.Locker) -> None:
 
     with pytest.raises(TypeError, match="qualified name"):
         locker.unique()(functools.partial(add, 1))
+
+
+# -- AsyncLocker ----------------------------------------------------------------------
+
+
+class NoThreadsExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A default executor that refuses work: any use of a worker thread fails the test."""
+
+    def submit(self, *args: object, **kwargs: object) -> concurrent.futures.Future:  # type: ignore[override]
+        raise AssertionError("a worker thread was asked for")
+
+
+def test_async_locker_waits_on_the_event_loop_without_a_thread() -> None:
+    """AsyncLocker + async def: the wait is on the loop (no worker thread), satisfied by an async release."""
+    order = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_default_executor(NoThreadsExecutor())
+        async with kannuki.AsyncLocker(f"memory://dec-{uuid.uuid4().hex[:8]}") as alocker:
+
+            @alocker.locked("job/{n}", timeout=10)
+            async def job(n: int) -> str:
+                order.append(("job", await alocker.held(f"job/{n}")))
+                return f"ran {n}"
+
+            holder = alocker.lock("job/1")
+            assert await holder.acquire()
+            threads = threading.active_count()
+            waiter = asyncio.ensure_future(job(1))
+            await asyncio.sleep(0.05)
+            assert not waiter.done()  # waiting on the loop for the holder
+            assert threading.active_count() == threads
+            order.append(("release", True))
+            await holder.release()
+            assert await asyncio.wait_for(waiter, 10) == "ran 1"
+            assert threading.active_count() == threads
+            assert not await alocker.held("job/1")
+            assert alocker.stats().acquired == alocker.stats().released == 2
+
+    asyncio.run(main())
+    assert order == [("release", True), ("job", True)]
+
+
+def test_async_locker_skip_raise_timeout_and_exception() -> None:
+    """AsyncLocker: skip returns None, raise and a timed-out wait raise (naming the key), an exception releases."""
+
+    async def main() -> None:
+        async with kannuki.AsyncLocker(f"memory://dec-{uuid.uuid4().hex[:8]}") as alocker:
+
+            @alocker.locked("a", on_conflict="skip")
+            async def skipper() -> str:
+                return "ran"
+
+            @alocker.locked("a", on_conflict="raise")
+            async def raiser() -> str:
+                return "ran"
+
+            @decorators.locked("a", timeout=0.05, locker=alocker)
+            async def waiter() -> str:
+                return "ran"
+
+            @alocker.unique(on_conflict="wait")
+            async def boom(n: int) -> None:
+                raise KeyError(n)
+
+            @alocker.unique()
+            async def once(n: int) -> bool:
+                return await alocker.held(f"{__name__}.{once.__qualname__}" + json.dumps({"n": n}, separators=(",", ":")).join("()"))
+
+            async with alocker.lock("a"):
+                assert await skipper() is None
+                with pytest.raises(kannuki.LockNotAcquiredError, match="'a'"):
+                    await raiser()
+                with pytest.raises(kannuki.LockNotAcquiredError, match="within"):
+                    await waiter()
+            assert await skipper() == "ran" and await raiser() == "ran" and await waiter() == "ran"
+            with pytest.raises(KeyError):
+                await boom(1)
+            assert await once(3) is True
+            assert await alocker.list_held() == []
+            assert alocker.stats().timeouts == 1
+
+    asyncio.run(main())
+
+
+def test_async_locker_refuses_plain_functions() -> None:
+    """An AsyncLocker cannot hold a lock around a plain function: TypeError when decorating, naming it."""
+    alocker = kannuki.AsyncLocker(f"memory://dec-{uuid.uuid4().hex[:8]}")
+
+    def plain(n: int) -> int:
+        return n
+
+    for decorate in (alocker.locked("k/{n}"), alocker.unique(), decorators.locked("k", locker=alocker)):
+        with pytest.raises(TypeError, match=r"plain.*AsyncLocker.*async def"):
+            decorate(plain)
+
+
+# -- Celery -----------------------------------------------------------------------------
+
+
+def test_unique_on_a_bound_celery_task_leaves_the_task_out_of_the_key(locker: kannuki.Locker) -> None:
+    """@app.task(bind=True) over unique(): self (the Task) is not encoded; duplicates are skipped, eager mode."""
+    celery = pytest.importorskip("celery")
+    app = celery.Celery(f"kannuki-eager-{uuid.uuid4().hex[:6]}", set_as_current=False)
+    app.conf.update(task_always_eager=True, task_eager_propagates=True)
+    seen = []
+
+    @app.task(bind=True, name="kannuki_test.bound_report")
+    @locker.unique()
+    def report(self: object, account_id: int, month: str = "2024-05") -> str:
+        seen.append((self.request.id is not None, locker.held(key(account_id, month))))  # type: ignore[attr-defined]
+        return f"report {account_id} {month}"
+
+    def key(account_id: int, month: str) -> str:
+        qualname = report.run.__qualname__
+        arguments = json.dumps({"account_id": account_id, "month": month}, separators=(",", ":"))
+        return f"{__name__}.{qualname}({arguments})"
+
+    assert isinstance(report, celery.Task)
+    assert report.delay(7).get(timeout=10) == "report 7 2024-05"
+    assert report.apply_async(args=(7,), kwargs={"month": "2024-06"}).get(timeout=10) == "report 7 2024-06"
+    assert report(8) == "report 8 2024-05"  # a direct call passes the bound task too
+    assert seen == [(True, True), (True, True), (False, True)]  # (run as a task, held on the self-free key)
+    with locker.lock(key(7, "2024-05")):
+        assert report.delay(7).get(timeout=10) is None  # the duplicate is skipped
+        assert report.delay(7, month="2024-07").get(timeout=10) == "report 7 2024-07"
+    assert locker.backend.list_held() == []
+    app.close()

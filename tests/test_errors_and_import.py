@@ -35,6 +35,20 @@ def test_errors_pickle_with_message_and_attributes(name: str) -> None:
     assert copy.key == "k" and copy.holder == "pid 1"
 
 
+def test_errors_declare_key_keys_holder_and_retry_after() -> None:
+    """Every error has key (str or None), keys (a tuple), holder and retry_after, also after pickling."""
+    one = kannuki.LockNotAcquiredError("the lock 'a' is busy", key="a")
+    assert (one.key, one.keys, one.holder, one.retry_after) == ("a", ("a",), None, None)
+    many = kannuki.LockNotAcquiredError("could not acquire all of ['a', 'b']", keys=["a", "b"])
+    assert (many.key, many.keys) == ("a", ("a", "b"))
+    none = kannuki.ConfigurationError("bad URL")
+    assert (none.key, none.keys, none.holder, none.retry_after) == (None, (), None, None)
+    opened = kannuki.CircuitOpenError("the circuit is open", key="a", retry_after=1.5)
+    copy = pickle.loads(pickle.dumps(opened))
+    assert (copy.key, copy.keys, copy.retry_after) == ("a", ("a",), 1.5)
+    assert pickle.loads(pickle.dumps(many)).keys == ("a", "b")
+
+
 def test_public_names_are_sorted_and_exist() -> None:
     """__all__ lists existing names, sorted, with no duplicates."""
     assert kannuki.__all__ == sorted(kannuki.__all__, key=lambda n: (not n.isupper(), n))

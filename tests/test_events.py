@@ -100,6 +100,7 @@ def test_lost_lease_emits_lost_counts_and_warns(
     locker: kannuki.Locker, events: list[LockEvent], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A lease that ran out: release raises LockLostError, a 'lost' event, stats.lost and a warning on 'kannuki'."""
+    locker = kannuki.Locker(locker.backend.describe(), auto_renew=False)  # nobody renews: the lease runs out
     lock = locker.lock("ev/lost", ttl=0.02)
     lock.acquire()
     time.sleep(0.06)

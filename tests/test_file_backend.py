@@ -102,9 +102,11 @@ def test_removed_lock_file_is_a_lost_lock(tmp_path: Path) -> None:
     locker = kannuki.Locker(backend, auto_renew=False)
     lock = locker.lock("k")
     assert lock.acquire(timeout=0)
-    assert backend.renew(lock.name, lock.lock_id, lock.token)
+    grant = lock.grant
+    assert grant is not None and grant.ttl == 30
+    assert backend.renew(grant) and backend.check(grant)
     os.unlink(tmp_path / file_name(lock.lock_id))
-    assert not backend.renew(lock.name, lock.lock_id, lock.token)
+    assert not backend.renew(grant) and not backend.check(grant)
     newcomer = locker.lock("k")
     assert newcomer.acquire(timeout=0)
     with pytest.raises(kannuki.LockLostError, match="removed or replaced"):
@@ -119,4 +121,65 @@ def test_release_does_not_delete_lock_files(locker: kannuki.Locker, tmp_path: Pa
         with locker.lock("stay", timeout=1):
             pass
     assert len(list((tmp_path / "locks").glob("*.lock"))) == 1
-    time.sleep(0)
+
+
+def test_long_non_ascii_key_record_is_read_whole(locker: kannuki.Locker, tmp_path: Path) -> None:
+    """A key of 60 KB of UTF-8 (a JSON record of ~120 KB): holders name it and its token counts on by one."""
+    key = "鍵" * 20_000
+    lock = locker.lock(key)
+    assert lock.acquire(timeout=0)
+    assert (tmp_path / "locks" / file_name(lock.lock_id)).stat().st_size > 100_000
+    (holder,) = locker.holders(key)
+    assert holder.name == lock.name and holder.token == lock.token
+    first = lock.token
+    lock.release()
+    again = locker.lock(key)
+    assert again.acquire(timeout=0)
+    assert again.token == first + 1  # the counter survived: the whole record was read back
+    again.release()
+
+
+def test_force_release_replaces_the_file_and_keeps_the_counter(locker: kannuki.Locker, tmp_path: Path) -> None:
+    """force_release frees a live holder's key: the holder's file is replaced, tokens go on from its token."""
+    lock = locker.lock("stuck")
+    assert lock.acquire(timeout=0)
+    grant = lock.grant
+    assert locker.force_release("stuck") == 1
+    assert not locker.held("stuck") and locker.force_release("stuck") == 0
+    assert not locker.backend.check(grant)
+    again = locker.lock("stuck")
+    assert again.acquire(timeout=0) and again.token == lock.token + 1
+    with pytest.raises(kannuki.LockLostError, match="removed or replaced"):
+        lock.release()
+    again.release()
+    assert sorted(p.suffix for p in (tmp_path / "locks").iterdir()) == [".lock"]  # no scratch file left
+
+
+def test_forked_child_does_not_keep_the_parents_flock(locker: kannuki.Locker) -> None:
+    """A child forked while the parent holds the key: the parent's release frees the key although the child lives."""
+    import multiprocessing
+
+    lock = locker.lock("forked")
+    assert lock.acquire(timeout=0)
+    ctx = multiprocessing.get_context("fork")
+    go = ctx.Event()
+    child = ctx.Process(target=_wait_for, args=(go,))
+    child.start()
+    try:
+        time.sleep(0.2)  # the child is up, with its copies of our descriptors closed
+        lock.release()
+        other = kannuki.Locker(locker.backend.describe(), key_prefix=locker.options.key_prefix)
+        try:
+            taker = other.lock("forked")
+            assert taker.acquire(timeout=5), "the forked child kept the parent's flock"
+            taker.release()
+        finally:
+            other.close()
+    finally:
+        go.set()
+        child.join(30)
+    assert child.exitcode == 0
+
+
+def _wait_for(event: object) -> None:
+    event.wait(30)  # type: ignore[attr-defined]

@@ -162,8 +162,8 @@ def test_several_locks_on_one_connection_and_lock_many(make_locker: Any) -> None
     first, second = make_locker(), make_locker()
     many = first.lock_many(["a", "b", "c"])
     assert many.acquire(timeout=0)
-    sessions = {first.backend._held[k].session for k in first.backend._held}
-    assert len(sessions) == 1 and next(iter(sessions)).locks == 3
+    holders = {second.holders(k)[0].pid for k in "abc"}
+    assert len(holders) == 1  # one server connection holds all three
     partial = second.lock_many(["c", "d"])
     assert partial.acquire(timeout=0.1) is False
     assert not second.held("d")  # d was given back
@@ -259,9 +259,115 @@ def test_killed_connection_turns_into_lock_lost(make_locker: Any, raw: Any) -> N
         unsubscribe()
 
 
+def test_ensure_held_asks_the_pinned_session(make_locker: Any, raw: Any) -> None:
+    """ensure_held() passes while held and raises LockLostError (reported once) after a KILL of the session."""
+    locker = make_locker()
+    lock = locker.lock("checked")
+    assert lock.acquire(timeout=0)
+    lock.ensure_held()
+    assert lock.grant is not None
+    raw.cursor().execute(f"KILL {int(lock.grant.pid)}")
+    assert wait_until(lambda: not locker.held("checked"))
+    with pytest.raises(LockLostError):
+        lock.ensure_held()
+    assert lock.lost and locker.stats().lost == 1
+    with pytest.raises(LockLostError):
+        lock.release()
+    assert locker.stats().lost == 1  # reported once
+
+
+def test_force_release_refuses_then_kills_the_holder(make_locker: Any) -> None:
+    """force_release names the holding connection and refuses; terminate=True KILLs it and frees the lock."""
+    holder_locker, operator = make_locker(), make_locker()
+    lock = holder_locker.lock("stranded")
+    assert lock.acquire(timeout=0)
+    assert lock.grant is not None
+    conn_id = lock.grant.pid
+    with pytest.raises(NotSupportedError, match=rf"connection {conn_id}\b.*terminate=True"):
+        operator.force_release("stranded")
+    assert operator.held("stranded")
+    assert operator.force_release("stranded", terminate=True) == 1
+    assert wait_until(lambda: not operator.held("stranded"))
+    with pytest.raises(LockLostError):
+        lock.release()
+    assert operator.force_release("stranded", terminate=True) == 0  # nothing held: nothing freed
+    assert operator.try_lock("stranded", lambda: "free") == "free"
+
+
+def test_keyboard_interrupt_during_release_never_pools_a_locked_connection(
+    mysql_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while RELEASE_LOCK is in flight: that connection is closed (freeing the lock), never reused."""
+    from kannuki.backends import mysql as module
+
+    backend = MySQLBackend.from_url(mysql_url)
+    other = MySQLBackend.from_url(mysql_url)
+    name = f"{prefix}:interrupted"
+    real = module._scalar
+
+    def interrupted(db: Any, sql: bytes) -> Any:
+        if b"RELEASE_LOCK" in sql:
+            raise KeyboardInterrupt  # as if Ctrl-C landed before the answer was read
+        return real(db, sql)
+
+    try:
+        grant = backend.acquire(name, 1, timeout=0)
+        assert grant is not None
+        monkeypatch.setattr(module, "_scalar", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            backend.release(grant)
+        monkeypatch.setattr(module, "_scalar", real)
+        assert wait_until(lambda: not other.held(name, 1))  # its connection was closed: the lock is free
+        fresh = backend.acquire(f"{name}-2", 2, timeout=0)
+        assert fresh is not None and fresh.pid != grant.pid  # the interrupted connection never came back
+        backend.release(fresh)
+        backend.abort(grant)  # what the hold owner does next: nothing left to do, and no error
+    finally:
+        backend.close()
+        other.close()
+
+
+def test_release_is_compare_and_delete_on_the_session(mysql_url: str, prefix: str) -> None:
+    """A grant whose session ID does not match the connection (a proxy) frees nothing and is LockLostError."""
+    backend = MySQLBackend.from_url(mysql_url)
+    name = f"{prefix}:proxied"
+    try:
+        grant = backend.acquire(name, 1, timeout=0)
+        assert grant is not None and backend.check(grant)
+        real_pid, grant.pid = grant.pid, grant.pid + 1_000_000  # as if a proxy switched server sessions
+        assert not backend.check(grant)
+        with pytest.raises(LockLostError, match="proxy"):
+            backend.release(grant)
+        grant.pid = real_pid
+        assert not backend.check(grant)  # released or written off: never held again
+        assert wait_until(lambda: not backend.held(name, 1))  # the connection was closed, not pooled
+    finally:
+        backend.close()
+
+
+def test_abort_closes_the_pinned_connection(mysql_url: str, prefix: str) -> None:
+    """abort() frees the lock by closing its connection, never raises, and is idempotent."""
+    backend = MySQLBackend.from_url(mysql_url)
+    name = f"{prefix}:aborted"
+    try:
+        grant = backend.acquire(name, 1, timeout=0)
+        assert grant is not None
+        backend.abort(grant)
+        backend.abort(grant)
+        assert wait_until(lambda: not backend.held(name, 1))
+        with pytest.raises(LockLostError):
+            backend.release(grant)
+        again = backend.acquire(name, 1, timeout=0)
+        assert again is not None and again.pid != grant.pid
+        backend.release(again)
+    finally:
+        backend.close()
+
+
 def _hold_forever(url: str, key: str, prefix: str, ready: Any) -> None:
     locker = kannuki.Locker(url, key_prefix=prefix)
-    locker.lock(key).acquire()
+    lock = locker.lock(key)  # kept referenced: a collected Lock releases its lock
+    lock.acquire()
     ready.set()
     time.sleep(120)
 
@@ -333,18 +439,38 @@ def test_fencing_tokens_increase(make_locker: Any, raw: Any) -> None:
         raw.cursor().execute(f"DROP TABLE IF EXISTS {table}")
 
 
-def test_holders_name_the_connection(make_locker: Any) -> None:
+def test_holders_name_the_connection(make_locker: Any, raw: Any) -> None:
     """holders() reports the server connection id, user and host of the holder."""
     first, second = make_locker(), make_locker()
     lock = first.lock("who")
     lock.acquire()
     (holder,) = second.holders("who")
-    assert holder.pid == first.backend._held[lock.lock_id, lock.token].session.conn_id
-    assert holder.user and holder.host and holder.token is None
-    assert first.holders("who")[0].token == lock.token
-    assert any(h.name == lock.name for h in first.backend.list_held())
+    assert lock.grant is not None and holder.pid == lock.grant.pid
+    assert holder.pid == _scalar(raw, "SELECT IS_USED_LOCK(%s)", mysql_lock_name(lock.name))
+    assert holder.user and holder.host and holder.token is None  # the server knows no tokens
+    assert first.holders("who") == [holder]
+    listed = first.list_held()
+    if _can_list_locks(raw):
+        assert any(h.name == lock.name and h.pid == holder.pid for h in listed)
+    else:  # MariaDB without the METADATA_LOCK_INFO plugin cannot list user locks
+        assert listed == []
     lock.release()
     assert second.holders("who") == []
+
+
+def _can_list_locks(raw: Any) -> bool:
+    """Can the server list user locks: MariaDB's METADATA_LOCK_INFO, or a performance_schema that records them?"""
+    try:
+        _scalar(raw, "SELECT COUNT(*) FROM information_schema.METADATA_LOCK_INFO")
+        return True
+    except MySQLdb.Error:
+        pass
+    try:
+        return bool(_scalar(raw, "SELECT @@performance_schema")) and _scalar(
+            raw, "SELECT ENABLED FROM performance_schema.setup_instruments WHERE NAME = 'wait/lock/metadata/sql/mdl'"
+        ) in ("YES", b"YES")
+    except (MySQLdb.Error, TypeError):
+        return False
 
 
 def test_wrapped_connection(raw: Any, prefix: str, make_locker: Any) -> None:
@@ -428,7 +554,7 @@ def test_fork_child_does_not_end_the_parents_session(make_locker: Any) -> None:
     if pid == 0:  # child: forget, free every object, exit without touching the parent
         import gc
 
-        code = 0 if not lock.locked() and not locker.backend._held else 1
+        code = 0 if not lock.locked() and lock.grant is None else 1
         gc.collect()
         os._exit(code)
     _, status = os.waitpid(pid, 0)

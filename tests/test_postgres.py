@@ -159,6 +159,33 @@ def test_ctrl_c_cancels_the_server_wait(locker: kannuki.Locker, pg_conn: Any, pr
     assert locker.lock("stuck").acquire(blocking=False)  # the locker still works
 
 
+def test_ctrl_c_on_a_pool_locker_gives_the_pool_a_clean_connection(pg_url: str, pg_conn: Any, prefix: str) -> None:
+    """Locker(pool): Ctrl-C during the server wait; the pool gets a connection back that holds and waits for nothing."""
+    psycopg_pool = pytest.importorskip("psycopg_pool")
+    with psycopg_pool.ConnectionPool(pg_url, min_size=1, max_size=1, kwargs={"autocommit": True}) as pool:
+        pool.wait(timeout=10)
+        locker = kannuki.Locker(pool, key_prefix=prefix)
+        try:
+            assert raw_try(pg_conn, f"{prefix}:stuck")
+            lock = locker.lock("stuck")
+            timer = threading.Timer(0.3, _thread.interrupt_main)
+            timer.start()
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    lock.acquire(timeout=None)
+            finally:
+                timer.join(10)
+            with pool.connection(timeout=10) as conn:
+                assert conn.execute("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid()"
+                                    " AND locktype = 'advisory'").fetchone()[0] == 0
+            assert advisory_rows(pg_conn, lock.lock_id) == 1  # the raw holder only
+            raw_unlock(pg_conn, f"{prefix}:stuck")
+            assert lock.acquire(blocking=False)
+            lock.release()
+        finally:
+            locker.close()
+
+
 @pytest.mark.parametrize("autocommit", [True, False])
 def test_lock_timeout_never_leaks_into_a_user_connection(
     pg_url: str, pg_conn: Any, prefix: str, autocommit: bool
@@ -388,7 +415,7 @@ def test_sixteen_threads_on_one_key_use_few_connections(pg_url: str, prefix: str
         for t in threads:
             t.join(60)
         assert counter["n"] == 80 and counter["overlap"] == 1
-        assert locker._backend.open_connections() <= 2  # type: ignore[attr-defined]
+        assert locker.backend.open_connections() <= 2
     finally:
         locker.close()
 
@@ -397,12 +424,12 @@ def test_holders_describe_the_pinned_connection(locker: kannuki.Locker, pg_conn:
     """holders() names the server PID, application_name, user, client address and a start time."""
     with locker.lock("who") as lock:
         (holder,) = lock.holders()
-        pin = locker._backend._pins[lock.lock_id, lock.token]  # type: ignore[attr-defined]
-        assert holder.pid == pin.pid == pin.session.conn.info.backend_pid
+        grant = lock.grant
+        assert holder.pid == grant.pid == grant.conn.conn.info.backend_pid
         assert holder.application == "kannuki" and holder.user == "postgres"
         assert holder.host == "127.0.0.1" and holder.since is not None and not holder.shared
-        listed = [h for h in locker._backend.list_held() if h.lock_id == lock.lock_id]
-        assert [h.name for h in listed] == [lock.name]
+        listed = [h for h in locker.list_held() if h.lock_id == lock.lock_id]
+        assert [(h.name, h.pid) for h in listed] == [(f"#{lock.lock_id}", grant.pid)]  # the server knows IDs only
     assert lock.holders() == []
 
 
@@ -427,10 +454,10 @@ def test_pooler_moving_the_session_is_lock_lost(locker: kannuki.Locker, pg_url: 
     """
     lock = locker.lock("moved")
     assert lock.acquire(blocking=False)
-    pin = locker._backend._pins[lock.lock_id, lock.token]  # type: ignore[attr-defined]
-    original = pin.session.conn
-    pin.session.conn = psycopg.connect(pg_url, autocommit=True)
-    pin.session._cursor = pin.session.conn.cursor()
+    session = lock.grant.conn  # the pinned connection
+    original = session.conn
+    session.conn = psycopg.connect(pg_url, autocommit=True)
+    session._cursor = session.conn.cursor()
     try:
         with pytest.raises(LockLostError, match="PID"):
             lock.release()
@@ -439,6 +466,103 @@ def test_pooler_moving_the_session_is_lock_lost(locker: kannuki.Locker, pg_url: 
         original.close()
     # The server ends the closed session (and its locks) asynchronously: wait for it, bounded.
     assert wait_until(lambda: not locker.held("moved"))
+
+
+def test_pooler_release_unlocks_nothing_on_the_backend_it_landed_on(pg_url: str, pg_conn: Any, prefix: str) -> None:
+    """The release checks the server PID BEFORE it unlocks: landing on another backend, it frees nothing there.
+
+    Simulated: the PID recorded at acquire is not the backend the release runs
+    on, which (as another client's backend behind PgBouncer would) holds the key.
+    Locker(conn) never closes the user's connection, so what the release did is seen.
+    """
+    conn = psycopg.connect(pg_url, autocommit=True)
+    locker = kannuki.Locker(conn, key_prefix=prefix)
+    try:
+        lock = locker.lock("landed")
+        assert lock.acquire(blocking=False)
+        lock.grant.pid = pg_conn.info.backend_pid  # "taken on" another backend than this connection's
+        with pytest.raises(LockLostError, match="PID"):
+            lock.release()
+        assert advisory_rows(pg_conn, lock.lock_id, granted=True) == 1  # still held where it landed
+    finally:
+        locker.close()
+        conn.close()
+
+
+def test_ensure_held_asks_the_pinned_session(locker: kannuki.Locker, pg_conn: Any) -> None:
+    """ensure_held() (the backend's check): passes while held; LockLostError once the session is gone."""
+    lock = locker.lock("watched")
+    assert lock.acquire(blocking=False)
+    lock.ensure_held()
+    assert pg_conn.execute("SELECT pg_terminate_backend(%s, 5000)", [lock.grant.pid]).fetchone()[0]
+    with pytest.raises(LockLostError):
+        lock.ensure_held()
+    assert lock.lost
+    with pytest.raises(LockLostError):
+        lock.release()
+    assert locker.lock("watched").acquire(blocking=False)  # a fresh connection
+
+
+def test_check_with_another_pid_is_lost_and_the_connection_is_closed(locker: kannuki.Locker) -> None:
+    """A session whose server PID is not the one at acquire does not hold the lock; the lost hold's
+    connection is closed (that frees the lock wherever it really is), never reused."""
+    lock = locker.lock("moved-check")
+    assert lock.acquire(blocking=False)
+    session = lock.grant.conn
+    lock.grant.pid = -1
+    with pytest.raises(LockLostError):
+        lock.ensure_held()
+    with pytest.raises(LockLostError):
+        lock.release()
+    assert session.conn.closed and session not in locker.backend._source.idle
+    assert wait_until(lambda: not locker.held("moved-check"))
+
+
+def test_interrupted_release_closes_the_connection(
+    locker: kannuki.Locker, pg_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C as the release starts: the pinned connection is closed (freeing the lock), not forgotten holding it."""
+    lock = locker.lock("cut")
+    assert lock.acquire(blocking=False)
+    session = lock.grant.conn
+    real_run = type(session).run
+
+    def interrupted(self: Any, statement: str, *args: Any, **kwargs: Any) -> Any:
+        if statement in sql.UNLOCK_CHECKED:
+            raise KeyboardInterrupt
+        return real_run(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(type(session), "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        lock.release()
+    monkeypatch.undo()
+    assert session.conn.closed and session not in locker.backend._source.idle
+    assert wait_until(lambda: advisory_rows(pg_conn, lock.lock_id) == 0)
+    assert not lock.locked()
+    assert locker.lock("cut").acquire(blocking=False)
+
+
+def test_force_release_refuses_naming_the_holder_then_terminates(
+    locker: kannuki.Locker, pg_url: str, prefix: str
+) -> None:
+    """force_release: without terminate a clear refusal naming pid and application; with it the holder's
+    session ends (pg_terminate_backend) and the lock is free; the holder then sees a loss."""
+    holder_locker = kannuki.Locker(pg_url, key_prefix=prefix, application_name="stranded-app")
+    try:
+        lock = holder_locker.lock("stuck")
+        assert lock.acquire(blocking=False)
+        pid = lock.grant.pid
+        with pytest.raises(NotSupportedError, match=rf"pid {pid} \(stranded-app\).*terminate=True") as info:
+            locker.force_release("stuck")
+        assert info.value.key == lock.name and info.value.holder.pid == pid
+        assert locker.held("stuck")
+        assert locker.force_release("stuck", terminate=True) == 1
+        assert not locker.held("stuck")
+        assert locker.force_release("stuck") == 0 and locker.force_release("stuck", terminate=True) == 0
+        with pytest.raises(LockLostError):
+            lock.release()
+    finally:
+        holder_locker.close()
 
 
 def test_unreachable_server_is_backend_error_quickly(prefix: str) -> None:
@@ -604,7 +728,7 @@ def test_forked_child_does_not_hold_or_touch_parent_locks(locker: kannuki.Locker
     if pid == 0:  # child: no pytest machinery here, only an exit code
         code = 0
         try:
-            code = 1 if lock.locked() or locker._backend._pins else 0  # type: ignore[attr-defined]
+            code = 1 if lock.locked() or lock.grant is not None else 0
             code = code or (0 if locker.held("parent") else 2)
             code = code or (0 if not locker.lock("parent").acquire(blocking=False) else 3)
         except BaseException:
@@ -666,7 +790,7 @@ def test_ttl_is_not_supported(locker: kannuki.Locker) -> None:
 def test_no_connection_until_first_use(prefix: str) -> None:
     """A URL locker opens no connection when created (test mode may replace it)."""
     locker = kannuki.Locker("postgres://nobody@127.0.0.1:1/none", key_prefix=prefix)
-    assert locker._backend.open_connections() == 0  # type: ignore[attr-defined]
+    assert locker.backend.open_connections() == 0
     assert "password" not in repr(locker)
     locker.close()
 

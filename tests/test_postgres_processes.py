@@ -34,7 +34,8 @@ def increment_under_lock(url: str, prefix: str, table: str, count: int) -> None:
 def hold_forever(url: str, prefix: str, ready: Any) -> None:
     """Worker: take the lock, say so, and sleep until killed."""
     locker = kannuki.Locker(url, key_prefix=prefix)
-    locker.lock("doomed").acquire()
+    lock = locker.lock("doomed")  # referenced while it sleeps: a collected Lock is released
+    lock.acquire()
     ready.set()
     time.sleep(600)
 

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import pytest
 
 import kannuki
-from kannuki import locker as locker_module
+from kannuki import _default as default_module
 from kannuki.records import RecordLock, record_lock, scoped_lock
 
 
@@ -140,7 +140,7 @@ def test_attribute_options_are_defaults_of_its_locks(locker: kannuki.Locker) -> 
 
 def test_default_locker_looked_up_at_use(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without locker=, the module default locker is used, found at use time."""
-    monkeypatch.setattr(locker_module, "_default", None)
+    monkeypatch.setattr(default_module, "_default", None)
     invoice = make_invoice_class(None)(id=1, company_id=2)
     rl = invoice.number_generation
     with pytest.raises(kannuki.ConfigurationError):
@@ -171,6 +171,45 @@ def test_excludes_across_threads(locker: kannuki.Locker) -> None:
     for t in threads:
         t.join(30)
     assert overlaps == [] and not any(t.is_alive() for t in threads)
+
+
+def test_identity_helpers_importable_from_records() -> None:
+    """namespace / primary_key_value / record_identity live in kannuki._identity and stay importable here."""
+    from kannuki import _identity, records
+
+    for name in ("namespace", "primary_key_value", "record_identity"):
+        assert getattr(records, name) is getattr(_identity, name)
+
+    class Account:
+        __kannuki_namespace__ = "accounts"
+
+        def __init__(self, id: int) -> None:
+            self.id = id
+
+    assert records.record_identity(Account(3)) == "accounts/3"
+    assert records.record_identity(object()) is None
+    assert records.namespace(Account) == "accounts" and records.primary_key_value(Account(4)) == 4
+
+
+def test_async_locker_record_lock_is_an_async_lock_and_the_sync_verbs_refuse() -> None:
+    """With an AsyncLocker, lock() gives an AsyncLock for ``async with``; the sync verbs raise TypeError."""
+    import asyncio
+
+    alocker = kannuki.AsyncLocker(f"memory://rec-{uuid.uuid4().hex[:8]}")
+    invoice = make_invoice_class(alocker)(id=7, company_id=42)  # type: ignore[arg-type]
+    rl = invoice.number_generation
+    for verb in (lambda: rl.with_lock(print), lambda: rl.try_lock(print), lambda: rl.lock_or_raise(print), rl.held):
+        with pytest.raises(TypeError, match=r"AsyncLocker.*async with"):
+            verb()
+
+    async def main() -> None:
+        async with rl.lock() as lock:
+            assert isinstance(lock, kannuki.AsyncLock)
+            assert await alocker.held("invoices/42/number_generation")
+        assert not await alocker.held("invoices/42/number_generation")
+        await alocker.aclose()
+
+    asyncio.run(main())
 
 
 # -- SQLAlchemy ---------------------------------------------------------------------

@@ -204,41 +204,121 @@ def test_renewal_reports_a_lease_taken_away(make_locker: object, redis_url: str,
         lock.release()
 
 
-def test_stale_token_cannot_release_or_extend_newer_holder(redis_url: str, namespace: str) -> None:
-    """Compare-and-delete and compare-and-extend: an old token touches nothing of the new holder."""
+def test_stale_grant_cannot_release_extend_or_check_newer_holder(redis_url: str, namespace: str) -> None:
+    """Compare-and-delete, -extend and -check: an old grant touches nothing of the new holder."""
     backend = RedisBackend.from_url(redis_url, namespace=namespace, ttl=0.2)
     other = RedisBackend.from_url(redis_url, namespace=namespace, ttl=30)
     name, lock_id = "fenced", kannuki.lock_id("fenced")
     try:
         old = backend.acquire(name, lock_id, timeout=0)
-        assert old
+        assert old is not None and old.ttl == 0.2 and old.token > 0
         new = other.acquire(name, lock_id, timeout=10)
-        assert new > old
-        assert backend.renew(name, lock_id, old, 30) is False
-        with pytest.raises(kannuki.LockLostError):
-            backend.release(name, lock_id, old)
-        assert [h.token for h in other.holders(name, lock_id)] == [new]
-        assert other.renew(name, lock_id, new, 30) is True
-        other.release(name, lock_id, new)
+        assert new is not None and new.token > old.token
+        assert backend.renew(old, 30) is False
+        assert backend.check(old) is False
+        with pytest.raises(kannuki.LockLostError, match="'fenced'"):
+            backend.release(old)
+        backend.abort(old)  # never raises, never frees the newer holder
+        assert [h.token for h in other.holders(name, lock_id)] == [new.token]
+        assert other.check(new) is True
+        assert other.renew(new, 30) is True
+        other.release(new)
         assert not other.held(name, lock_id)
+        assert other.check(new) is False
     finally:
         backend.close()
         other.close()
 
 
 def test_renew_extends_the_lease(redis_url: str, namespace: str) -> None:
-    """renew() pushes the expiry out by the given ttl from now."""
+    """renew() pushes the expiry out by the given ttl from now; without one, by the grant's own."""
     backend = RedisBackend.from_url(redis_url, namespace=namespace, ttl=0.5)
     name, lock_id = "renewed", kannuki.lock_id("renewed")
     try:
-        token = backend.acquire(name, lock_id, timeout=0)
+        grant = backend.acquire(name, lock_id, timeout=0)
+        assert grant is not None and grant.ttl == 0.5
         before = backend.holders(name, lock_id)[0].expires_at
-        assert backend.renew(name, lock_id, token, 60)
+        assert backend.renew(grant, 60)
         after = backend.holders(name, lock_id)[0].expires_at
         assert after - before > 50
-        backend.release(name, lock_id, token)
+        assert backend.renew(grant)
+        assert backend.holders(name, lock_id)[0].expires_at - time.time() < 5
+        backend.release(grant)
     finally:
         backend.close()
+
+
+def test_interrupted_acquire_is_undone(redis_url: str, namespace: str) -> None:
+    """A KeyboardInterrupt after the acquire script ran (its reply lost) leaves nothing held."""
+    backend = RedisBackend.from_url(redis_url, namespace=namespace, ttl=30)
+    name, lock_id = "interrupted", kannuki.lock_id("interrupted")
+    real_evalsha = backend.client.evalsha
+    calls: list[int] = []
+
+    def evalsha_then_interrupt(*args: Any) -> Any:
+        reply = real_evalsha(*args)
+        if not calls:  # only the acquire script; the undo that follows must go through
+            calls.append(1)
+            raise KeyboardInterrupt
+        return reply
+
+    backend.client.evalsha = evalsha_then_interrupt  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            backend.acquire(name, lock_id, timeout=0)
+        assert calls == [1]
+        assert not backend.held(name, lock_id)
+    finally:
+        backend.close()
+
+
+def test_force_release_frees_any_holder(make_locker: object, redis_url: str, namespace: str) -> None:
+    """force_release() deletes the record whoever holds it and says how many holders it freed."""
+    first, second = make_locker(ttl=30), make_locker(ttl=30)  # type: ignore[operator]
+    reader1, reader2 = first.lock("stuck", shared=True), second.lock("stuck", shared=True)
+    assert reader1.acquire(timeout=0) and reader2.acquire(timeout=0)
+    assert second.force_release("stuck") == 2
+    assert not first.held("stuck")
+    writer = second.lock("stuck")
+    assert writer.acquire(timeout=0)
+    assert first.force_release("stuck") == 1
+    assert first.force_release("stuck") == 0
+    with pytest.raises(kannuki.LockLostError):
+        writer.release()
+    for reader in (reader1, reader2):
+        with pytest.raises(kannuki.LockLostError):
+            reader.release()
+
+
+def test_ensure_held_asks_the_store(make_locker: object, redis_url: str, namespace: str) -> None:
+    """ensure_held() passes while the lease is ours and raises LockLostError once it was deleted."""
+    locker = make_locker(ttl=30)  # type: ignore[operator]
+    lock = locker.lock("asked")
+    lock.acquire()
+    lock.ensure_held()
+    client = redis.Redis.from_url(redis_url)
+    client.delete(f"{namespace}:lock:asked")
+    client.close()
+    with pytest.raises(kannuki.LockLostError):
+        lock.ensure_held()
+    assert lock.lost
+    with pytest.raises(kannuki.LockLostError):
+        lock.release()
+
+
+def test_tokens_survive_the_store_losing_its_data(make_locker: object, redis_url: str, namespace: str) -> None:
+    """After the token counters are gone (FLUSHALL, a restart without persistence) tokens still only grow."""
+    locker = make_locker()  # type: ignore[operator]
+    tokens = []
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for _ in range(3):
+            with locker.lock("amnesia", timeout=5) as lock:
+                tokens.append(lock.token)
+            client.delete(f"{namespace}:token:amnesia")
+    finally:
+        client.close()
+    assert tokens == sorted(set(tokens))
 
 
 def test_tokens_strictly_increase_per_key(make_locker: object) -> None:
@@ -460,7 +540,7 @@ def _forked_child_check(url: str, namespace: str, token: int, result: object) ->
     locker = _FORK_STATE["locker"]
     lock = _FORK_STATE["lock"]
     result.put(  # type: ignore[attr-defined]
-        (lock.locked(), lock.token, locker.backend._held == {}, locker.lock("forked").acquire(blocking=False))
+        (lock.locked(), lock.token, locker.held("forked"), locker.lock("forked").acquire(blocking=False))
     )
 
 
@@ -479,6 +559,7 @@ def test_forked_child_does_not_hold_parents_locks(
     child = FORK.Process(target=_forked_child_check, args=(redis_url, namespace, lock.token, result))
     child.start()
     try:
+        # The child sees the parent's lease as someone else's: held, and not its to take.
         assert result.get(timeout=30) == (False, None, True, False)
     finally:
         child.join(10)

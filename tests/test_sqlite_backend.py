@@ -98,20 +98,81 @@ def test_expired_lease_is_free_and_stale_holder_cannot_touch_new_one(tmp_path: P
     locker = kannuki.Locker(backend, auto_renew=False)
     stale = locker.lock("k")
     assert stale.acquire(timeout=0)
+    stale_grant = stale.grant
+    assert stale_grant is not None and stale_grant.ttl == 10
     assert not locker.lock("k").acquire(timeout=0)
     clock.now += 10.5
     assert not locker.held("k")
+    assert not backend.check(stale_grant)
     fresh = locker.lock("k")
     assert fresh.acquire(timeout=0)
     assert fresh.token > stale.token
-    assert not backend.renew(stale.name, stale.lock_id, stale.token, 10)
+    assert not backend.renew(stale_grant, 10)
     with pytest.raises(kannuki.LockLostError):
         stale.release()
+    backend.abort(stale_grant)  # deletes only its own (expired) row, by token
     (holder,) = locker.holders("k")
     assert holder.token == fresh.token
-    assert backend.renew(fresh.name, fresh.lock_id, fresh.token, 10)
+    assert backend.renew(fresh.grant, 10) and backend.check(fresh.grant)
     fresh.release()
     locker.close()
+
+
+def test_force_release_deletes_the_row_whoever_holds_it(locker: kannuki.Locker) -> None:
+    """force_release frees every live holder of the key (shared ones too) and counts them; tokens go on."""
+    readers = [locker.lock("stuck", shared=True) for _ in range(2)]
+    assert all(r.acquire(timeout=0) for r in readers)
+    assert locker.force_release("stuck") == 2
+    assert not locker.held("stuck") and locker.force_release("stuck") == 0
+    writer = locker.lock("stuck")
+    assert writer.acquire(timeout=0) and writer.token > max(r.token or 0 for r in readers)
+    for r in readers:
+        with pytest.raises(kannuki.LockLostError):
+            r.release()
+    writer.release()
+
+
+def _open_fds(path: str) -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith(path)
+        except OSError:  # closed meanwhile
+            pass
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_short_lived_threads_leave_no_connections_open(tmp_path: Path) -> None:
+    """150 threads each taking a lock once: afterwards a few connections stay open, not one per thread."""
+    import threading
+
+    from kannuki.backends.sqlite import MAX_CONNECTIONS
+
+    db = str(tmp_path / "threads.db")
+    locker = kannuki.Locker(f"sqlite:///{db}")
+    errors: list[BaseException] = []
+    start = threading.Barrier(30, timeout=30)
+
+    def work(i: int) -> None:
+        try:
+            if i < 30:
+                start.wait()  # the first 30 at once: more calls than connections
+            with locker.lock(f"k{i % 7}", timeout=30):
+                pass
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(150)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)
+    # Each connection has the database file and its -wal open (the -shm is one shared mapping).
+    assert _open_fds(db) <= 2 * MAX_CONNECTIONS + 1
+    locker.close()
+    assert _open_fds(db) == 0
 
 
 def test_waiter_gets_the_lock_when_released(locker: kannuki.Locker) -> None:

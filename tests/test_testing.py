@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 
 import kannuki
-from kannuki import locker as locker_module
+from kannuki import _default as locker_module
 from kannuki import testing
 
 # Stores that do not exist: any connection attempt would fail with BackendError.

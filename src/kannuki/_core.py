@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from types import ModuleType
-from typing import Optional
+from typing import TYPE_CHECKING
 
 __all__ = [
     "FALLBACK_REASON",
@@ -25,7 +25,7 @@ __all__ = [
     "name_and_id",
 ]
 
-FALLBACK_REASON: Optional[str] = None
+FALLBACK_REASON: str | None = None
 IMPLEMENTATION: ModuleType
 
 if os.environ.get("KANNUKI_NO_EXTENSIONS", "") not in ("", "0"):
@@ -43,11 +43,38 @@ if FALLBACK_REASON is not None:
 
 NATIVE: bool = FALLBACK_REASON is None
 
-Backoff = IMPLEMENTATION.Backoff
-Counters = IMPLEMENTATION.Counters
-LockTable = IMPLEMENTATION.LockTable
-MAX_NAME_BYTES: int = IMPLEMENTATION.MAX_NAME_BYTES
-full_name = IMPLEMENTATION.full_name
-hash_text_extended = IMPLEMENTATION.hash_text_extended
-lock_id = IMPLEMENTATION.lock_id
-name_and_id = IMPLEMENTATION.name_and_id
+if TYPE_CHECKING:
+    # The type checker sees one set of core names, typed by the compiled twin's hand-written stub
+    # (_native.pyi, checked against the built module by stubtest), so `LockTable` etc. serve both
+    # as constructors and in annotations. Both twins are held to the contract in _coreapi below:
+    # mypy fails here if either drifts from it.
+    from kannuki import _native, _pure
+    from kannuki._coreapi import BackoffProtocol, CountersProtocol, HashFunctions, LockTableProtocol
+    from kannuki._native import (
+        MAX_NAME_BYTES,
+        Backoff,
+        Counters,
+        LockTable,
+        full_name,
+        hash_text_extended,
+        lock_id,
+        name_and_id,
+    )
+
+    _native_hashing: HashFunctions = _native
+    _pure_hashing: HashFunctions = _pure
+    _native_backoff: type[BackoffProtocol] = _native.Backoff
+    _pure_backoff: type[BackoffProtocol] = _pure.Backoff
+    _native_counters: type[CountersProtocol] = _native.Counters
+    _pure_counters: type[CountersProtocol] = _pure.Counters
+    _native_table: type[LockTableProtocol] = _native.LockTable
+    _pure_table: type[LockTableProtocol] = _pure.LockTable
+else:
+    Backoff = IMPLEMENTATION.Backoff
+    Counters = IMPLEMENTATION.Counters
+    LockTable = IMPLEMENTATION.LockTable
+    MAX_NAME_BYTES: int = IMPLEMENTATION.MAX_NAME_BYTES
+    full_name = IMPLEMENTATION.full_name
+    hash_text_extended = IMPLEMENTATION.hash_text_extended
+    lock_id = IMPLEMENTATION.lock_id
+    name_and_id = IMPLEMENTATION.name_and_id

@@ -7,7 +7,8 @@ twins export exactly ``CORE_NAMES`` and agree bit for bit.
 
 from __future__ import annotations
 
-from typing import Callable, Hashable, Protocol
+from collections.abc import Callable, Hashable
+from typing import Protocol
 
 # Longest full lock name (prefix, colon and key, UTF-8 encoded) that kannuki accepts.
 MAX_NAME_BYTES = 65536
@@ -47,6 +48,22 @@ class HashFunctions(Protocol):
 
 class BackoffProtocol(Protocol):
     attempt: int
+
+    @property
+    def kind(self) -> str:
+        """One of ``BACKOFF_KINDS``."""
+
+    @property
+    def jitter(self) -> str:
+        """One of ``JITTER_KINDS``."""
+
+    @property
+    def interval(self) -> float:
+        """The base delay, in seconds."""
+
+    @property
+    def cap(self) -> float:
+        """The longest delay, in seconds."""
 
     def __init__(
         self,

@@ -1,15 +1,19 @@
 """The exceptions kannuki raises, all under :class:`KannukiError`.
 
-This module imports nothing from kannuki, so every layer (core, backends, API)
-may raise these. Each error that a user would also catch as a standard library
-error derives from it too (``LockNotAcquiredError`` is a ``TimeoutError``).
-Every error pickles with its message and attributes, so it survives a trip
-through multiprocessing or a task queue.
+This module imports nothing from kannuki at run time, so every layer (core,
+backends, API) may raise these. Each error that a user would also catch as a
+standard library error derives from it too (``LockNotAcquiredError`` is a
+``TimeoutError``). Every error pickles with its message and attributes, so it
+survives a trip through multiprocessing or a task queue.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kannuki.backends._types import Holder
 
 __all__ = [
     "AlreadyHeldError",
@@ -28,21 +32,61 @@ __all__ = [
 class KannukiError(Exception):
     """Base class of every error kannuki raises on purpose.
 
-    ``key`` is the lock key the error is about, when there is one.
+    Every kannuki error carries these attributes (None or empty when they do not apply):
+
+    ``key``
+        The lock key the error is about (for a ``lock_many`` call, the first of its keys).
+    ``keys``
+        Every key the error is about, in the order given: ``(key,)`` for one lock, all
+        the keys of a ``lock_many`` call, ``()`` when the error is about no key.
+    ``holder``
+        Who holds the lock, when the backend can tell (:class:`kannuki.Holder`).
+    ``retry_after``
+        Seconds until trying again makes sense (:class:`CircuitOpenError`).
+
+    Example::
+
+        try:
+            with locker.lock("invoices/42", timeout=5):
+                ...
+        except kannuki.LockNotAcquiredError as exc:
+            print(f"{exc.key} is held by {exc.holder.describe() if exc.holder else 'someone'}")
     """
 
-    def __init__(self, message: str, *, key: Any = None, **details: Any) -> None:
+    key: str | None
+    keys: tuple[str, ...]
+    holder: Holder | None
+    retry_after: float | None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str | None = None,
+        keys: Iterable[str] = (),
+        holder: Holder | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
+        many = (keys,) if isinstance(keys, str) else tuple(keys)
+        if key is not None and not isinstance(key, str):
+            # Tolerated at run time: a multi-lock's list of keys given as ``key``.
+            many = many or tuple(key)
+            key = None
+        if key is None and many:
+            key = many[0]
         self.key = key
-        for name, value in details.items():
-            setattr(self, name, value)
+        self.keys = many or ((key,) if key is not None else ())
+        self.holder = holder
+        self.retry_after = retry_after
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Exceptions pickle as cls(*args); keyword attributes travel as state.
+        # Exceptions pickle as cls(*args); the keyword attributes travel as state.
         return (self.__class__, self.args, self.__dict__)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+    def __setstate__(self, state: dict[str, Any] | None) -> None:
+        if state:
+            self.__dict__.update(state)
 
 
 class ConfigurationError(KannukiError, ValueError):
@@ -73,7 +117,7 @@ class BackendError(KannukiError):
 
 
 class DeadlockError(BackendError):
-    """The server detected a deadlock (PostgreSQL SQLSTATE 40P01) and cancelled this wait."""
+    """A wait that can never end: the server's deadlock report (PostgreSQL 40P01), or one found in-process."""
 
 
 class CircuitOpenError(BackendError):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import Callable, Iterable
+from collections.abc import Iterable
+from typing import Callable
 
 __all__ = ["EVENT_NAMES", "LockEvent", "LockerStats", "subscribe"]
 
@@ -67,7 +68,7 @@ def subscribe(callback: Callback, events: Iterable[str] | None = None) -> Callab
             raise ValueError(f"events has unknown names {sorted(unknown)}; known: {sorted(EVENT_NAMES)}")
     entry = (callback, wanted)
     with _guard:
-        SUBSCRIBERS = SUBSCRIBERS + (entry,)
+        SUBSCRIBERS = (*SUBSCRIBERS, entry)
 
     def unsubscribe() -> None:
         global SUBSCRIBERS
@@ -77,7 +78,9 @@ def subscribe(callback: Callback, events: Iterable[str] | None = None) -> Callab
     return unsubscribe
 
 
-def emit(name: str, key: str, lock_id: int, backend: str, duration: float, token: int | None, shared: bool) -> None:
+def emit(
+    name: str, key: str, lock_id: int, backend: str, duration: float, token: int | None, shared: bool
+) -> None:
     """Deliver one event to the subscribers that want it."""
     event = None
     for callback, wanted in SUBSCRIBERS:

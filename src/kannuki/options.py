@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Literal, overload
 
 from kannuki._coreapi import BACKOFF_KINDS, JITTER_KINDS
 from kannuki.errors import ConfigurationError
@@ -32,7 +32,17 @@ class _Default:
 DEFAULT: Any = _Default()
 
 
-def check_seconds(value: Any, name: str, *, allow_none: bool = True, error: type[ValueError] = ValueError) -> Any:
+@overload
+def check_seconds(
+    value: object, name: str, *, allow_none: Literal[False], error: type[ValueError] = ValueError
+) -> float: ...
+@overload
+def check_seconds(
+    value: object, name: str, *, allow_none: bool = True, error: type[ValueError] = ValueError
+) -> float | None: ...
+def check_seconds(
+    value: object, name: str, *, allow_none: bool = True, error: type[ValueError] = ValueError
+) -> float | None:
     """Return ``value`` as a float of seconds (or None); refuse bools, negatives, NaN and infinity."""
     if value is None:
         if allow_none:
@@ -46,7 +56,9 @@ def check_seconds(value: Any, name: str, *, allow_none: bool = True, error: type
     return seconds
 
 
-def check_choice(value: Any, name: str, choices: tuple[str, ...], *, error: type[ValueError] = ValueError) -> str:
+def check_choice(
+    value: object, name: str, choices: tuple[str, ...], *, error: type[ValueError] = ValueError
+) -> str:
     if value not in choices:
         raise error(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return str(value)
@@ -74,14 +86,18 @@ class LockerOptions:
         err = ConfigurationError
         if self.key_prefix is not None and not isinstance(self.key_prefix, str):
             raise TypeError(f"key_prefix must be a str or None, not {type(self.key_prefix).__qualname__}")
-        object.__setattr__(self, "default_timeout", check_seconds(self.default_timeout, "default_timeout", error=err))
+        object.__setattr__(
+            self, "default_timeout", check_seconds(self.default_timeout, "default_timeout", error=err)
+        )
         check_choice(self.strategy, "strategy", STRATEGIES, error=err)
         if isinstance(self.retry_attempts, bool) or not isinstance(self.retry_attempts, int):
             raise TypeError(f"retry_attempts must be an int, not {type(self.retry_attempts).__qualname__}")
         if self.retry_attempts < 1:
             raise err(f"retry_attempts must be at least 1, not {self.retry_attempts}")
         for name in ("retry_interval", "retry_max_interval", "circuit_reset"):
-            object.__setattr__(self, name, check_seconds(getattr(self, name), name, allow_none=False, error=err))
+            object.__setattr__(
+                self, name, check_seconds(getattr(self, name), name, allow_none=False, error=err)
+            )
         if self.retry_max_interval < self.retry_interval:
             raise err(
                 f"retry_max_interval ({self.retry_max_interval}) must not be below retry_interval ({self.retry_interval})"
@@ -90,18 +106,24 @@ class LockerOptions:
         jitter = self.retry_jitter
         if isinstance(jitter, bool):
             jitter = "full" if jitter else "none"
-        object.__setattr__(self, "retry_jitter", check_choice(jitter, "retry_jitter", JITTER_KINDS, error=err))
+        object.__setattr__(
+            self, "retry_jitter", check_choice(jitter, "retry_jitter", JITTER_KINDS, error=err)
+        )
         for name in ("instrumentation", "auto_renew"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, not {getattr(self, name)!r}")
         if self.on_lost is not None and not callable(self.on_lost):
-            raise TypeError(f"on_lost must be a callable(lock, reason) or None, not {type(self.on_lost).__qualname__}")
+            raise TypeError(
+                f"on_lost must be a callable(lock, reason) or None, not {type(self.on_lost).__qualname__}"
+            )
         failures = self.circuit_failures
-        if failures is not None and (isinstance(failures, bool) or not isinstance(failures, int) or failures < 1):
+        if failures is not None and (
+            isinstance(failures, bool) or not isinstance(failures, int) or failures < 1
+        ):
             raise err(f"circuit_failures must be a positive int or None, not {failures!r}")
 
     @classmethod
-    def split(cls, options: dict[str, Any]) -> tuple["LockerOptions", dict[str, Any]]:
+    def split(cls, options: dict[str, Any]) -> tuple[LockerOptions, dict[str, Any]]:
         """Separate API options from backend options, validating the former."""
         names = {field.name for field in dataclasses.fields(cls)}
         mine = {k: v for k, v in options.items() if k in names}

@@ -18,16 +18,26 @@ class's ``__kannuki_namespace__``, else ``__tablename__`` (SQLAlchemy), else
 
 from __future__ import annotations
 
-import sys
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+import inspect
+from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar
 
+from kannuki import _default
+from kannuki._identity import namespace, primary_key_value, record_identity
 from kannuki.options import DEFAULT, check_seconds
 
 if TYPE_CHECKING:
-    from kannuki.lock import Lock
-    from kannuki.locker import Locker
+    from kannuki._lock import Lock
+    from kannuki._locker import Locker
 
-__all__ = ["RecordLock", "ScopedLock", "record_identity", "record_lock", "scoped_lock"]
+__all__ = [
+    "RecordLock",
+    "ScopedLock",
+    "namespace",
+    "primary_key_value",
+    "record_identity",
+    "record_lock",
+    "scoped_lock",
+]
 
 T = TypeVar("T")
 
@@ -43,9 +53,9 @@ class RecordLock:
     looked up at each use.
     """
 
-    __slots__ = ("record", "name", "key", "_locker", "_options")
+    __slots__ = ("_locker", "_options", "key", "name", "record")
 
-    def __init__(self, record: Any, name: str, key: str, locker: "Locker | None", options: dict[str, Any]) -> None:
+    def __init__(self, record: Any, name: str, key: str, locker: Locker | None, options: dict[str, Any]) -> None:
         self.record = record
         self.name = name
         self.key = key
@@ -56,22 +66,25 @@ class RecordLock:
         return f"<kannuki.RecordLock {self.key!r}>"
 
     @property
-    def locker(self) -> "Locker":
+    def locker(self) -> Locker:
         """The locker this record lock uses (the module default when none was given)."""
         if self._locker is not None:
             return self._locker
-        from kannuki.locker import get_locker
+        return _default.get_locker()
 
-        return get_locker()
+    def lock(self, **options: Any) -> Lock:
+        """A :class:`~kannuki.Lock` on this record's key; ``options`` override the attribute's (timeout, shared ...).
 
-    def lock(self, **options: Any) -> "Lock":
-        """A :class:`~kannuki.Lock` on this record's key; ``options`` override the attribute's (timeout, shared ...)."""
+        With an AsyncLocker this is an AsyncLock (``async with record.<name>.lock():``).
+        """
         _check_options(options)
         return self.locker.lock(self.key, **{**self._options, **options})
 
-    def with_lock(self, fn: Callable[..., T], /, *args: Any, timeout: float | None = DEFAULT, **kwargs: Any) -> T | bool:
+    def with_lock(
+        self, fn: Callable[..., T], /, *args: Any, timeout: float | None = DEFAULT, **kwargs: Any
+    ) -> T | Literal[False]:
         """Run ``fn(*args, **kwargs)`` holding the lock, waiting up to ``timeout``; its result, or False."""
-        lock = self._lock_with_timeout(timeout)
+        lock = self._sync_lock("with_lock", timeout)
         if not lock.acquire():
             return False
         try:
@@ -79,9 +92,9 @@ class RecordLock:
         finally:
             lock.release()
 
-    def try_lock(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T | bool:
+    def try_lock(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T | Literal[False]:
         """Run ``fn`` only if the lock is free right now; its result, or False at once."""
-        lock = self.lock()
+        lock = self._sync_lock("try_lock", DEFAULT)
         if not lock.acquire(blocking=False):
             return False
         try:
@@ -91,21 +104,32 @@ class RecordLock:
 
     def lock_or_raise(self, fn: Callable[..., T], /, *args: Any, timeout: float | None = DEFAULT, **kwargs: Any) -> T:
         """Run ``fn`` holding the lock; LockNotAcquiredError when it cannot be had within ``timeout``."""
-        with self._lock_with_timeout(timeout):
+        with self._sync_lock("lock_or_raise", timeout):
             return fn(*args, **kwargs)
 
     def held(self) -> bool:
         """Is this record's lock held by anyone, anywhere?"""
-        return self.locker.held(self.key)
+        return self._sync_locker("held").held(self.key)
 
-    def _lock_with_timeout(self, timeout: Any) -> "Lock":
-        return self.lock() if timeout is DEFAULT else self.lock(timeout=timeout)
+    def _sync_locker(self, verb: str) -> Locker:
+        """The locker, which must be a sync one for the verbs (they call ``fn`` in this thread)."""
+        locker = self.locker
+        if inspect.iscoroutinefunction(getattr(type(locker), "held", None)):
+            raise TypeError(
+                f"RecordLock.{verb}() needs a kannuki.Locker, not an AsyncLocker; "
+                f"with an AsyncLocker use `async with ....{self.name}.lock():`"
+            )
+        return locker
+
+    def _sync_lock(self, verb: str, timeout: Any) -> Lock:
+        options = {**self._options} if timeout is DEFAULT else {**self._options, "timeout": timeout}
+        return self._sync_locker(verb).lock(self.key, **options)
 
 
 class ScopedLock:
     """The class attribute made by :func:`scoped_lock`: ``record.<name>`` is that record's :class:`RecordLock`."""
 
-    def __init__(self, scope: str | None, locker: "Locker | None", options: dict[str, Any]) -> None:
+    def __init__(self, scope: str | None, locker: Locker | None, options: dict[str, Any]) -> None:
         self.scope = scope
         self.locker = locker
         self.options = options
@@ -137,7 +161,7 @@ class ScopedLock:
 def scoped_lock(
     scope: str | None = None,
     *,
-    locker: "Locker | None" = None,
+    locker: Locker | None = None,
     timeout: float | None = None,
     shared: bool = False,
 ) -> Any:
@@ -162,7 +186,7 @@ def scoped_lock(
     return ScopedLock(scope, locker, _lock_options(timeout, shared))
 
 
-def record_lock(record: Any, name: str, *, locker: "Locker | None" = None, **options: Any) -> RecordLock:
+def record_lock(record: Any, name: str, *, locker: Locker | None = None, **options: Any) -> RecordLock:
     """An ad-hoc lock of ``record``: key ``f"{namespace}/{primary key}/{name}"``.
 
     ``options`` (``timeout``, ``shared``, ``strategy``, ``ttl``) become the
@@ -182,84 +206,6 @@ def record_lock(record: Any, name: str, *, locker: "Locker | None" = None, **opt
     options.update(_lock_options(timeout, shared))  # timeout None: the locker's default
     key = f"{namespace(type(record))}/{primary_key_value(record)}/{name}"
     return RecordLock(record, name, key, locker, options)
-
-
-# -- namespaces and primary keys ----------------------------------------------------
-
-
-def namespace(cls: type) -> str:
-    """The first part of a record lock's key for records of ``cls``."""
-    explicit = getattr(cls, "__kannuki_namespace__", None)
-    if explicit is not None:
-        if not isinstance(explicit, str) or not explicit:
-            raise TypeError(f"{cls.__qualname__}.__kannuki_namespace__ must be a non-empty str, not {explicit!r}")
-        return explicit
-    table = getattr(cls, "__tablename__", None)
-    if isinstance(table, str) and table:
-        return table
-    meta = getattr(cls, "_meta", None)
-    db_table = getattr(meta, "db_table", None)
-    if isinstance(db_table, str) and db_table:
-        return db_table
-    return cls.__name__.lower()
-
-
-def primary_key_value(record: Any) -> Any:
-    """The record's primary key (Django ``pk``, the SQLAlchemy mapper's key, else ``id``); ValueError when None."""
-    cls = type(record)
-    if _is_django_model(cls):
-        attribute, value = cls._meta.pk.attname, record.pk
-    elif _is_sqlalchemy_mapped(cls):
-        attribute, value = _sqlalchemy_primary_key(record)
-    else:
-        attribute = "id"
-        try:
-            value = record.id
-        except AttributeError:
-            raise TypeError(
-                f"{cls.__qualname__} has no primary key kannuki can find (no 'id' attribute); "
-                "pass scope= to scoped_lock, or give the class an 'id'"
-            ) from None
-    if value is None:
-        raise ValueError(
-            f"{cls.__qualname__}.{attribute} is None (unsaved record?); a record lock needs a primary key value"
-        )
-    return value
-
-
-def record_identity(value: Any) -> str | None:
-    """``"namespace/pk"`` for a saved Django / SQLAlchemy record or a class with ``__kannuki_namespace__``, else None.
-
-    ``unique()`` uses it to encode records among a call's arguments.
-    """
-    cls = type(value)
-    if not (_is_django_model(cls) or _is_sqlalchemy_mapped(cls) or hasattr(cls, "__kannuki_namespace__")):
-        return None
-    return f"{namespace(cls)}/{primary_key_value(value)}"
-
-
-def _is_django_model(cls: type) -> bool:
-    meta = getattr(cls, "_meta", None)
-    return meta is not None and hasattr(meta, "pk") and hasattr(meta, "db_table") and "django" in sys.modules
-
-
-def _is_sqlalchemy_mapped(cls: type) -> bool:
-    return "sqlalchemy" in sys.modules and hasattr(cls, "__mapper__")
-
-
-def _sqlalchemy_primary_key(record: Any) -> tuple[str, Any]:
-    from sqlalchemy import inspect
-
-    mapper = inspect(type(record))
-    columns = mapper.primary_key
-    names = [mapper.get_property_by_column(column).key for column in columns]
-    values = mapper.primary_key_from_instance(record)
-    for name, value in zip(names, values):
-        if value is None:
-            return name, None
-    if len(values) == 1:
-        return names[0], values[0]
-    return ",".join(names), ",".join(str(value) for value in values)
 
 
 def _lock_options(timeout: Any, shared: Any) -> dict[str, Any]:

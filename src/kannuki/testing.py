@@ -23,17 +23,12 @@ kannuki is installed) offers the fixture ``kannuki_test_mode``.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import threading
 from types import ModuleType
-from typing import Iterator
+from typing import Any, Iterator
 
-from kannuki import _core
-from kannuki.backends.memory import MemoryBackend
-from kannuki.locker import Locker
-
-# The module, not the ``kannuki.lock()`` function that shadows it on the package.
-_lock = importlib.import_module("kannuki.lock")
+from kannuki import _core, _override
+from kannuki._locker import Locker
 
 __all__ = ["clear", "default_locker", "disable", "enable", "is_enabled", "simulate_lock_held", "test_mode"]
 
@@ -44,8 +39,9 @@ _default_locker: Locker | None = None
 def enable() -> None:
     """Turn test mode on (a no-op when it is on): every locker now uses a fresh in-process table."""
     with _guard:
-        if _lock.TEST_BACKEND is None:
-            _lock.TEST_BACKEND = MemoryBackend(_core.LockTable())
+        if _override.TABLE is None:
+            _override.default_locker_factory = default_locker
+            _override.set_table(_core.LockTable())
 
 
 def disable() -> None:
@@ -57,24 +53,26 @@ def disable() -> None:
     """
     global _default_locker
     with _guard:
-        backend, _lock.TEST_BACKEND = _lock.TEST_BACKEND, None
+        table = _override.TABLE
+        _override.set_table(None)
+        _override.default_locker_factory = None
         locker, _default_locker = _default_locker, None
-    if backend is not None:
-        backend.table.clear()
+    if table is not None:
+        table.clear()
     if locker is not None:
         locker.close()
 
 
 def is_enabled() -> bool:
     """True while test mode is on."""
-    return _lock.TEST_BACKEND is not None
+    return _override.TABLE is not None
 
 
 def clear() -> None:
     """Drop every lock and simulated hold in the test table (waiters get the keys); test mode stays on."""
-    backend = _lock.TEST_BACKEND
-    if backend is not None:
-        backend.table.clear()
+    table: Any = _override.TABLE
+    if table is not None:
+        table.clear()
 
 
 def simulate_lock_held(key: str, shared: bool = False, *, prefix: str | None = None) -> None:
@@ -90,10 +88,10 @@ def simulate_lock_held(key: str, shared: bool = False, *, prefix: str | None = N
     if not isinstance(shared, bool):
         raise TypeError(f"shared must be True or False, not {shared!r}")
     name = _core.full_name(key, prefix)
-    backend = _lock.TEST_BACKEND
-    if backend is None:
+    table: Any = _override.TABLE
+    if table is None:
         raise RuntimeError("simulate_lock_held() needs test mode: call kannuki.testing.enable() first")
-    if not backend.table.acquire(name, shared, 0.0, None):
+    if not table.acquire(name, shared, 0.0, None):
         raise RuntimeError(f"cannot simulate a hold of {name!r}: it is already held in a conflicting mode")
 
 
@@ -101,7 +99,7 @@ def default_locker() -> Locker:
     """The locker behind the module-level verbs in test mode when ``kannuki.configure()`` was never called."""
     global _default_locker
     with _guard:
-        if _lock.TEST_BACKEND is None:
+        if _override.TABLE is None:
             raise RuntimeError("default_locker() needs test mode: call kannuki.testing.enable() first")
         if _default_locker is None:
             _default_locker = Locker("memory://kannuki-test-mode")

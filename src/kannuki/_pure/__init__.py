@@ -10,10 +10,10 @@ from kannuki._pure._hashing import MAX_NAME_BYTES, full_name, hash_text_extended
 from kannuki._pure._table import LockTable
 
 __all__ = [
+    "MAX_NAME_BYTES",
     "Backoff",
     "Counters",
     "LockTable",
-    "MAX_NAME_BYTES",
     "full_name",
     "hash_text_extended",
     "lock_id",

@@ -43,7 +43,7 @@ class Backoff:
     (AWS style; ``kind`` is then ignored). ``seed`` makes the draws repeatable.
     """
 
-    __slots__ = ("kind", "interval", "cap", "jitter", "attempt", "_state", "_prev")
+    __slots__ = ("_prev", "_state", "attempt", "cap", "interval", "jitter", "kind")
 
     def __init__(
         self,
@@ -92,14 +92,16 @@ class Backoff:
         elif n >= 1024:
             value = self.cap if self.interval > 0.0 else 0.0
         else:
-            value = self.interval * (2.0 ** n)
+            value = self.interval * (2.0**n)
         return min(self.cap, value)
 
     def next_delay(self, remaining: float | None = None) -> float:
         """The delay before the next attempt, never above ``cap`` nor ``remaining``; counts the attempt."""
         if remaining is not None:
             if isinstance(remaining, bool) or not isinstance(remaining, (int, float)):
-                raise TypeError(f"remaining must be a number of seconds or None, not {type(remaining).__name__}")
+                raise TypeError(
+                    f"remaining must be a number of seconds or None, not {type(remaining).__name__}"
+                )
             if math.isnan(remaining) or remaining < 0:
                 raise ValueError(f"remaining must be a number of seconds >= 0, got {remaining!r}")
         if self.jitter == "decorrelated":

@@ -14,7 +14,7 @@ _monotonic = time.monotonic
 class Counters:
     """Counts of a locker's outcomes and its total hold time, under one small lock."""
 
-    __slots__ = ("_guard", "_acquired", "_released", "_hold_time", "_other")
+    __slots__ = ("_acquired", "_guard", "_hold_time", "_other", "_released")
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
@@ -49,6 +49,12 @@ class Counters:
         with self._guard:
             o = self._other
             return (
-                self._acquired, o["failed"], o["timeouts"], self._released,
-                o["lost"], o["renewed"], o["renew_failed"], self._hold_time,
+                self._acquired,
+                o["failed"],
+                o["timeouts"],
+                self._released,
+                o["lost"],
+                o["renewed"],
+                o["renew_failed"],
+                self._hold_time,
             )

@@ -11,7 +11,8 @@ import math
 import threading
 import time
 from collections import deque
-from typing import Callable, Hashable
+from collections.abc import Hashable
+from typing import Callable
 
 _INF = math.inf
 
@@ -43,7 +44,7 @@ def _check_token(token: object) -> int:
 
 
 class _Waiter:
-    __slots__ = ("shared", "ttl", "token", "signaled", "lock")
+    __slots__ = ("lock", "shared", "signaled", "token", "ttl")
 
     def __init__(self, shared: bool, ttl: float) -> None:
         self.shared = shared
@@ -57,7 +58,7 @@ class _Waiter:
 class _Entry:
     """One key: its holders ``token -> (shared, expires_at)`` and its queue of waiters."""
 
-    __slots__ = ("holders", "exclusive", "nttl", "waiters")
+    __slots__ = ("exclusive", "holders", "nttl", "waiters")
 
     def __init__(self) -> None:
         self.holders: dict[int, tuple[bool, float]] = {}
@@ -223,7 +224,9 @@ class LockTable:
                 if self._realtime:
                     sleep = min(sleep, self._sleep_bound(key))
                 if sleep > 0:
-                    got = waiter.lock.acquire(True, -1 if sleep == _INF else min(sleep, threading.TIMEOUT_MAX))
+                    got = waiter.lock.acquire(
+                        True, -1 if sleep == _INF else min(sleep, threading.TIMEOUT_MAX)
+                    )
                 else:
                     got = waiter.lock.acquire(False)
                 with self._mutex:

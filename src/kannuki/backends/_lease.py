@@ -4,6 +4,12 @@ A polled store (one that cannot wait on the server) puts an in-process gate
 in front of it: threads of one process queue FIFO on a :class:`LockTable`
 (releasing the GIL), and only the thread at the head of the queue polls the
 store with backoff. So N threads waiting for one key cost one poller, not N.
+
+The async sources (``sqlite_async``, ``file_async``) queue on the same
+``LocalGate.table`` through ``kannuki._compat.atable_acquire`` (tasks of one
+loop line up on it, the first one polls) and sleep between tries on the
+schedule of :func:`poll_backoff`; :func:`poll` and :meth:`LocalGate.acquire`
+are the sync-only spelling of that loop, kept for stores written sync-first.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Callable
 from kannuki._core import Backoff, LockTable
 from kannuki.errors import ConfigurationError
 
-__all__ = ["DEFAULT_TTL", "HOST", "LocalGate", "check_ttl", "poll"]
+__all__ = ["DEFAULT_TTL", "HOST", "POLL_CAP", "POLL_FIRST", "LocalGate", "check_ttl", "poll", "poll_backoff"]
 
 DEFAULT_TTL = 30.0
 HOST = socket.gethostname()
@@ -33,6 +39,11 @@ def check_ttl(value: object, scheme: str) -> float:
     return float(value)
 
 
+def poll_backoff() -> Backoff:
+    """A fresh schedule of the sleeps between tries of a busy store (5 ms doubling to 200 ms, full jitter)."""
+    return Backoff("exponential", POLL_FIRST, POLL_CAP, "full")
+
+
 def poll(
     try_once: Callable[[], int],
     timeout: float | None,
@@ -46,7 +57,7 @@ def poll(
     if token or timeout == 0:
         return token
     deadline = None if timeout is None else time.monotonic() + timeout
-    backoff = Backoff("exponential", POLL_FIRST, POLL_CAP, "full")
+    backoff = poll_backoff()
     if on_wait is not None:
         on_wait()
     while True:

@@ -1,4 +1,4 @@
-"""What the sync and async PostgreSQL backends share besides their SQL (that is :mod:`kannuki.backends._pg_sql`).
+"""Helpers of the PostgreSQL backend (sync and async alike) besides its SQL (that is :mod:`kannuki.backends._pg_sql`).
 
 Option and URL checks, the connect arguments, recognising psycopg objects and
 errors without importing psycopg, and the checks on a caller's transaction.
@@ -11,7 +11,7 @@ import math
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from kannuki.backends.base import NO_WAIT_CALLBACK
+from kannuki.backends._types import NO_WAIT_CALLBACK
 from kannuki.errors import ConfigurationError
 
 __all__ = [

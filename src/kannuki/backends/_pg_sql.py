@@ -1,7 +1,8 @@
 """The SQL the PostgreSQL backends send, and small pure helpers around it.
 
-Shared by the sync backend (:mod:`kannuki.backends.postgres`) and the async one,
-so both speak exactly the same statements. Nothing here touches a connection
+Used by the one PostgreSQL backend source (:mod:`kannuki.backends.postgres_async`)
+and so by its generated sync twin (:mod:`kannuki.backends.postgres`): both speak
+exactly the same statements. Nothing here touches a connection
 or imports a driver. Every value reaches the server as a bound parameter
 (psycopg ``%s`` placeholders); the lock key never does, only its 64-bit ID.
 
@@ -11,11 +12,14 @@ Names here are stable: other modules import them.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
+from kannuki.backends._types import Holder
 from kannuki.errors import BackendError, ConfigurationError, DeadlockError, KannukiError
 
 __all__ = [
+    "CHECK_HELD",
     "CONNECTION_INFO",
     "DEADLOCK_DETECTED",
     "FENCING_DDL",
@@ -28,6 +32,9 @@ __all__ = [
     "QUERY_CANCELED",
     "SET_LOCK_TIMEOUT",
     "SHOW_LOCK_TIMEOUT",
+    "TERMINATE_HOLDERS",
+    "TERMINATE_HOLDERS_PRE14",
+    "TERMINATE_WAIT_MS",
     "TIMED_WAIT_LOCK",
     "TIMED_WAIT_MANY",
     "TRY_LOCK",
@@ -44,6 +51,7 @@ __all__ = [
     "WAIT_MANY",
     "WAIT_XACT_LOCK",
     "check_not_replica",
+    "check_params",
     "holder_from_row",
     "is_not_acquired",
     "lock_timeout_setting",
@@ -195,16 +203,44 @@ SELECT ((l.classid::bigint << 32) | l.objid::bigint) AS lock_id,
        extract(epoch FROM coalesce(a.state_change, a.backend_start))::float8 AS since
 """.strip()
 
+# One round trip for ``check``: is the lock still held by the session it was taken on?
+# (pid of the session the statement ran on, held there in this mode). Parameters: check_params().
+CHECK_HELD = """
+SELECT pg_backend_pid(), EXISTS (
+    SELECT 1 FROM pg_locks AS l
+    WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted AND l.pid = pg_backend_pid()
+      AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid AND l.mode = %s
+)
+""".strip()
+
 HELD = f"SELECT EXISTS (SELECT 1 {_ADVISORY} AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid)"
 HOLDERS = f"{_HOLDER_COLUMNS}\n{_ADVISORY}\n  AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid\nORDER BY l.pid"
 LIST_HELD = f"{_HOLDER_COLUMNS}\n{_ADVISORY}\nORDER BY 1, l.pid"
+
+# -- force_release(terminate=True): end the sessions that hold a key ---------
+# Another session's advisory lock cannot be unlocked, only ended with its
+# session. Never the session running the statement. Returns how many sessions
+# ended. PostgreSQL >= 14 waits (up to the timeout, ms) until each is gone, so
+# the lock is free when the statement returns; older servers only signal.
+# Parameters: (timeout ms, classid, objid), or (classid, objid) before 14.
+TERMINATE_WAIT_MS = 5000
+
+_HOLDER_SESSIONS = f"""
+SELECT DISTINCT l.pid {_ADVISORY}
+  AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid AND l.pid <> pg_backend_pid()
+""".strip()
+TERMINATE_HOLDERS = (
+    f"SELECT count(*) FILTER (WHERE pg_terminate_backend(h.pid, %s)) FROM ({_HOLDER_SESSIONS}) AS h"
+)
+TERMINATE_HOLDERS_PRE14 = (
+    f"SELECT count(*) FILTER (WHERE pg_terminate_backend(h.pid)) FROM ({_HOLDER_SESSIONS}) AS h"
+)
 
 # -- optional fencing tokens from a server-side counter ---------------------
 
 FENCING_TABLE = "kannuki_fencing_tokens"
 FENCING_DDL = (
-    f"CREATE TABLE IF NOT EXISTS {FENCING_TABLE} "
-    "(lock_id bigint PRIMARY KEY, token bigint NOT NULL)"
+    f"CREATE TABLE IF NOT EXISTS {FENCING_TABLE} (lock_id bigint PRIMARY KEY, token bigint NOT NULL)"
 )
 # Run while holding the lock: the next token of lock_id (1 the first time).
 FENCING_NEXT = (
@@ -249,18 +285,21 @@ def split_lock_id(lock_id: int) -> tuple[int, int]:
     return unsigned >> 32, unsigned & 0xFFFFFFFF
 
 
+def check_params(lock_id: int, shared: bool) -> tuple[int, int, str]:
+    """The parameters of CHECK_HELD: the ID's two halves and the pg_locks mode of the lock."""
+    return (*split_lock_id(lock_id), "ShareLock" if shared else "ExclusiveLock")
+
+
 def many_params(ids: Sequence[int], shared: Sequence[bool]) -> tuple[list[int], list[bool]]:
     """The parameters of TRY_MANY / WAIT_MANY / UNDO_MANY."""
     return list(ids), list(shared)
 
 
-def holder_from_row(row: Sequence[Any], name: str | None) -> Any:
-    """A :class:`~kannuki.backends.base.Holder` from a HOLDERS / LIST_HELD row.
+def holder_from_row(row: Sequence[Any], name: str | None) -> Holder:
+    """A :class:`~kannuki.backends._types.Holder` from a HOLDERS / LIST_HELD row.
 
     ``name`` is the full lock name when known; otherwise the ID stands in (``#<id>``).
     """
-    from kannuki.backends.base import Holder
-
     lock_id, shared, pid, application, host, user, since = row
     return Holder(
         name=name if name is not None else f"#{lock_id}",
@@ -307,4 +346,3 @@ def translate_error(exc: BaseException, what: str, key: Any = None) -> KannukiEr
         return DeadlockError(f"PostgreSQL detected a deadlock while {what}; the wait was cancelled", key=key)
     detail = f" (SQLSTATE {code})" if code else ""
     return BackendError(f"PostgreSQL failed while {what}: {exc}{detail}".rstrip(), key=key)
-

@@ -1,153 +1,57 @@
-"""The one interface every store implements, and the small types it speaks in.
+# WARNING: generated from src/kannuki/backends/base_async.py by tools/async_to_sync.py.
+# Do not edit: change the async source and run `python tools/async_to_sync.py`.
+"""The one interface every store implements (async source; ``base.py`` is generated from it).
 
-A backend knows its driver and its server; it knows nothing of ``Lock``,
-``Locker``, strategies, events or stats. It is handed the validated full lock
-name and its 64-bit ID, and answers with a fencing token (an int > 0) or 0
-for "not acquired". The token is also the handle: ``release`` and ``renew``
-take it back, so a backend keeps whatever it pinned for an acquisition (a
-connection, a server PID, a lease) in its own map keyed by token.
+A backend is handed the validated full name and 64-bit ID of a lock and
+answers with a :class:`~kannuki.backends._types.Grant`, or None for "not
+acquired". The hold owner keeps the grant and gives it back to ``release``,
+``renew``, ``check`` and ``abort``: a backend keeps no map of its own holds.
 
-Timeouts: ``None`` waits forever, ``0`` tries once, a positive float waits up
-to that many seconds. The API layer validates them before they get here.
+Rules every store keeps:
+
+- ``acquire`` leaves nothing held when it raises or returns None, including
+  when it is interrupted (asyncio cancellation; KeyboardInterrupt in sync
+  code): undo on the way out, or close the connection that would hold it.
+- ``release`` is compare-and-delete: it frees only the holder the grant names,
+  and raises LockLostError when that holder was already gone. A connection
+  goes back to a pool only after its lock is released.
+- ``abort`` is what the owner calls when a release was interrupted or a hold
+  was lost: make sure the store holds nothing for the grant by the bluntest
+  means (close the pinned connection), and never raise.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, ClassVar, Protocol, Sequence
+import time
+from typing import Any, Callable, Sequence
 
-from kannuki.errors import ConfigurationError, NotSupportedError
+from kannuki.backends._types import NO_WAIT_CALLBACK, FastPath, Grant, Holder, LockRequest, StoreTraits
+from kannuki.errors import NotSupportedError
 
-__all__ = ["Backend", "BackendListener", "FastPath", "Holder", "LockRequest", "NO_WAIT_CALLBACK", "StoreTraits"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Holder:
-    """Who holds a lock, as far as the backend can tell; unknown fields are None."""
-
-    name: str
-    lock_id: int
-    shared: bool = False
-    token: int | None = None
-    pid: int | None = None
-    host: str | None = None
-    user: str | None = None
-    application: str | None = None
-    since: float | None = None  # UNIX time the lock was taken
-    expires_at: float | None = None  # UNIX time a lease runs out
-
-    def describe(self) -> str:
-        """One human line: ``pid 1234 (app) on host since ...``."""
-        parts = []
-        if self.pid is not None:
-            parts.append(f"pid {self.pid}")
-        if self.application:
-            parts.append(f"({self.application})")
-        if self.user:
-            parts.append(f"user {self.user}")
-        if self.host:
-            parts.append(f"on {self.host}")
-        if self.shared:
-            parts.append("[shared]")
-        if self.since is not None:
-            import time
-
-            parts.append("since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since)))
-        return " ".join(parts) or "another holder"
-
-
-@dataclasses.dataclass(frozen=True)
-class LockRequest:
-    """One key of a ``lock_many`` call."""
-
-    name: str
-    lock_id: int
-    shared: bool = False
-
-
-class BackendListener:
-    """What a backend calls when something happens outside a call: a renewal, a loss.
-
-    The API layer installs a subclass with ``Backend.set_listener``; the
-    default does nothing, so a backend used on its own needs none.
-    """
-
-    def lost(self, name: str, lock_id: int, token: int, reason: str) -> None:
-        """The lock ``token`` of ``name`` is gone (lease expired, connection dropped)."""
-
-    def renewed(self, name: str, lock_id: int, token: int) -> None:
-        """The lease of ``token`` was extended."""
-
-    def renew_failed(self, name: str, lock_id: int, token: int, error: BaseException) -> None:
-        """A renewal attempt failed; the lease may still be valid until it expires."""
-
-
-class FastPath(Protocol):
-    """A store's uncontended entry (see :meth:`Backend.fast_path`); arguments arrive already validated."""
-
-    def try_acquire(self, name: str, shared: bool, /) -> int:
-        """One try, never waiting: a token, or 0 (the caller then goes through ``Backend.acquire``)."""
-
-    def release(self, name: str, token: int, /) -> bool:
-        """Compare-and-delete: True when released; False sends the caller to ``Backend.release``."""
-
-
-def NO_WAIT_CALLBACK() -> None:
-    """The default ``on_wait``: nobody to tell."""
-
-
-class StoreTraits:
-    """What a sync store (:class:`Backend`) and an async one (``AsyncBackend``) declare alike.
-
-    Class attributes say what the store can do, so the API can refuse early
-    with ``NotSupportedError`` rather than half-acquire.
-    """
-
-    scheme: ClassVar[str] = ""
-    supports_shared: ClassVar[bool] = False
-    supports_transaction: ClassVar[bool] = False
-    supports_ttl: ClassVar[bool] = False
-    # True when the backend calls its listener's ``lost`` / ``renewed`` outside a call.
-    reports_loss: ClassVar[bool] = False
-
-    listener: BackendListener = BackendListener()
-
-    @classmethod
-    def wraps(cls, obj: Any) -> bool:
-        """True when ``obj`` is a connection or pool this backend can drive (checked without importing drivers)."""
-        return False
-
-    def set_listener(self, listener: BackendListener) -> None:
-        self.listener = listener
-
-    def after_fork_in_child(self) -> None:
-        """In a forked child: forget the parent's connections and acquisitions."""
-
-    def describe(self) -> str:
-        """The store in one line for messages, without secrets (no password)."""
-        return f"{self.scheme}://"
+__all__ = ["Backend"]
 
 
 class Backend(StoreTraits):
-    """Base class of the stores. Subclasses override what they support (see :class:`StoreTraits`)."""
+    """Base class of the stores. Subclasses override what they support (see ``StoreTraits``)."""
 
     # -- construction -------------------------------------------------------
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> "Backend":
-        """Build from a URL of this backend's scheme; unknown options raise ConfigurationError."""
+    def from_url(cls, url: str, **options: Any) -> Backend:
+        """Build from a URL of this backend's scheme; unknown options raise ConfigurationError. Connects lazily."""
         raise NotImplementedError
 
     @classmethod
-    def from_connection(cls, obj: Any, **options: Any) -> "Backend":
+    def from_connection(cls, obj: Any, **options: Any) -> Backend:
+        """Wrap a connection, pool or client the user already has (see ``wraps``)."""
         raise NotImplementedError
 
     def fast_path(self) -> FastPath | None:
         """The store's own entry for plain locks (no TTL, no transaction), or None when it has none.
 
-        The API layer uses it for the uncontended case only and takes ``acquire`` /
-        ``release`` whenever it answers 0 / False, so those stay the one place that
-        waits, reports and raises. Stores whose hot path is a C call (memory) offer it.
+        The API uses it for the uncontended case only and goes through
+        ``acquire`` / ``release`` whenever it answers 0 / False. Stores whose
+        hot path is one C call (memory) offer it.
         """
         return None
 
@@ -163,61 +67,74 @@ class Backend(StoreTraits):
         ttl: float | None = None,
         on_wait: Callable[[], None] = NO_WAIT_CALLBACK,
         transaction: Any = None,
-    ) -> int:
-        """Take the lock; return its fencing token (> 0), or 0 when not acquired in ``timeout``.
+    ) -> Grant | None:
+        """Take the lock: its grant, or None when not acquired within ``timeout``.
 
         ``on_wait`` is called once, just before the backend starts to wait
-        because the lock is held. ``transaction`` (backends that support it)
-        is a caller's connection inside a transaction, or True for "use one".
-        Raises BackendError on driver failure; must leave nothing held when it raises.
+        because the lock is held. ``transaction`` (stores that support it) is
+        the caller's connection inside a transaction. Raises BackendError on a
+        driver failure, with nothing held.
         """
         raise NotImplementedError
 
-    def release(self, name: str, lock_id: int, token: int) -> None:
-        """Compare-and-delete release of acquisition ``token``; LockLostError if it was lost."""
+    def release(self, grant: Grant) -> None:
+        """Compare-and-delete release of ``grant``; LockLostError when it was no longer held."""
         raise NotImplementedError
 
-    def renew(self, name: str, lock_id: int, token: int, ttl: float | None = None) -> bool:
-        """Extend a lease now; False when ``token`` no longer holds. Stores without leases say True while held."""
+    def abort(self, grant: Grant) -> None:
+        """Make sure the store holds nothing for ``grant`` (release interrupted, or hold lost); never raises."""
+        try:
+            self.release(grant)
+        except Exception:  # already gone, or the store is down: nothing more to do here
+            pass
+
+    def renew(self, grant: Grant, ttl: float | None = None) -> bool:
+        """Extend the lease of ``grant`` by ``ttl`` (its own when None) from now; False when it no longer holds."""
         raise NotSupportedError(f"the {self.scheme} backend has no leases to renew")
+
+    def check(self, grant: Grant) -> bool:
+        """Ask the store now (one round trip at most) whether ``grant`` still holds."""
+        raise NotSupportedError(f"the {self.scheme} backend cannot check a hold")
 
     def acquire_many(
         self,
         requests: Sequence[LockRequest],
         *,
         timeout: float | None = None,
+        ttl: float | None = None,
         on_wait: Callable[[], None] = NO_WAIT_CALLBACK,
-    ) -> list[int] | None:
-        """All or none, in the given (already sorted) order; a token per request, or None.
+    ) -> list[Grant] | None:
+        """All or none, in the given (already sorted) order, under one deadline: a grant per request, or None.
 
-        The default takes them one by one under one deadline and gives back
-        what it took when one fails; backends that can do it in one round
+        The default takes them one by one and gives back what it took when one
+        fails or the call is interrupted; stores that can do it in one round
         trip override it.
         """
-        import time
-
         deadline = None if timeout is None else time.monotonic() + timeout
-        tokens: list[int] = []
+        grants: list[Grant] = []
         try:
             for request in requests:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                token = self.acquire(
-                    request.name, request.lock_id, shared=request.shared, timeout=remaining, on_wait=on_wait
+                grant = self.acquire(
+                    request.name,
+                    request.lock_id,
+                    shared=request.shared,
+                    timeout=remaining,
+                    ttl=ttl,
+                    on_wait=on_wait,
                 )
-                if not token:
+                if grant is None:
                     break
-                tokens.append(token)
+                grants.append(grant)
             else:
-                return tokens
+                return grants
         except BaseException:
-            self._give_back(requests, tokens)
+            for grant in reversed(grants):
+                self.abort(grant)
             raise
-        self._give_back(requests, tokens)
+        for grant in reversed(grants):
+            self.abort(grant)
         return None
-
-    def _give_back(self, requests: Sequence[LockRequest], tokens: list[int]) -> None:
-        for request, token in zip(reversed(requests[: len(tokens)]), reversed(tokens)):
-            self.release(request.name, request.lock_id, token)
 
     # -- inspection ---------------------------------------------------------
 
@@ -233,14 +150,11 @@ class Backend(StoreTraits):
         """Every lock held in this store now, as far as it can see (for ``kannuki list``)."""
         return []
 
+    def force_release(self, name: str, lock_id: int, *, terminate: bool = False) -> int:
+        """The operator's tool for a stranded lock: free it whoever holds it; how many holds were freed."""
+        raise NotSupportedError(f"the {self.scheme} backend cannot force a release")
+
     # -- life cycle ---------------------------------------------------------
 
     def close(self) -> None:
-        """Release what the backend opened (connections, threads). Held locks are lost."""
-
-
-def reject_unknown_options(scheme: str, options: dict[str, Any]) -> None:
-    """Raise ConfigurationError naming the first option the backend does not know."""
-    if options:
-        name = sorted(options)[0]
-        raise ConfigurationError(f"unknown option {name!r} for the {scheme} backend")
+        """Close what the backend opened (connections). The hold owner has released every hold first."""

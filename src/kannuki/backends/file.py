@@ -1,3 +1,5 @@
+# WARNING: generated from src/kannuki/backends/file_async.py by tools/async_to_sync.py.
+# Do not edit: change the async source and run `python tools/async_to_sync.py`.
 """``file:///dir``: OS file locks in a directory, for the processes of one machine.
 
 Each key has a lock file ``<dir>/<lock id as 16 hex digits>.lock``. Holding the
@@ -14,14 +16,24 @@ if its lease record says expired (the record's expiry only shows whether the
 holder's renewer is alive, in ``holders`` and ``kannuki list``). When the
 holder dies, even by SIGKILL, the OS frees the lock at once: no waiting for
 a lease to run out. A lock is *lost* only when its lock file is removed or
-replaced under the holder (someone cleaned the directory): renewal notices
-that, reports the loss, and ``release()`` raises ``LockLostError``.
+replaced under the holder (someone cleaned the directory, or ``force_release``
+replaced it): the hold owner's renewal (every ttl/3, the grant's ``ttl``)
+notices that, and ``release()`` raises ``LockLostError``.
 
 - URL: ``file:///absolute/dir`` (created if missing). Options: ``ttl`` (the
   lease record's period, default 30 s). Lock files are never deleted by
-  kannuki (deleting a lock file races with a process about to lock it).
+  kannuki (deleting a lock file races with a process about to lock it);
+  ``force_release`` atomically replaces a held one with a fresh file that
+  keeps the token counter.
 - Exclusive locks only (no shared mode). POSIX only: on Windows it raises
   NotSupportedError. Not for network filesystems.
+- Waiting polls with backoff; threads (and tasks) of one process queue
+  locally first. Every flock and file read or write blocks: the sync backend
+  makes it directly, the async one in a worker thread, so an event loop never
+  waits on the filesystem.
+
+The async module is the source; the sync one is generated from it by
+``tools/async_to_sync.py``.
 """
 
 from __future__ import annotations
@@ -29,13 +41,15 @@ from __future__ import annotations
 import errno
 import json
 import os
-import threading
 import time
+import uuid
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
-from kannuki.backends._lease import DEFAULT_TTL, HOST, LocalGate, check_ttl
-from kannuki.backends.base import NO_WAIT_CALLBACK, Backend, Holder, reject_unknown_options
+from kannuki._compat import run_blocking, sleep, table_acquire, table_release
+from kannuki.backends._lease import DEFAULT_TTL, HOST, LocalGate, check_ttl, poll_backoff
+from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, reject_unknown_options
+from kannuki.backends.base import Backend
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
 
 try:
@@ -43,9 +57,11 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FileBackend"]
+__all__ = ["FileBackend", "file_name"]
 
 _SUFFIX = ".lock"
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_BUSY_ERRNOS = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 
 
 def file_name(lock_id: int) -> str:
@@ -53,8 +69,20 @@ def file_name(lock_id: int) -> str:
     return f"{lock_id & 0xFFFFFFFFFFFFFFFF:016x}{_SUFFIX}"
 
 
+def _read_all(fd: int) -> bytes:
+    """The whole file, however long (a record of a long non-ASCII key runs to hundreds of KiB)."""
+    chunks: list[bytes] = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 1 << 16, offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
+
+
 def _read_record(fd: int) -> dict[str, Any]:
-    data = os.pread(fd, 65536 + 4096, 0)
+    data = _read_all(fd)
     try:
         record = json.loads(data) if data.strip() else {}
     except ValueError:
@@ -62,17 +90,55 @@ def _read_record(fd: int) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
+def _encode(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
 def _write_record(fd: int, record: dict[str, Any]) -> None:
-    data = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+    data = _encode(record)
     os.pwrite(fd, data, 0)
     os.ftruncate(fd, len(data))
 
 
-class _Held:
-    __slots__ = ("fd", "path", "record")
+def _same_file(fd: int, path: str) -> bool:
+    """Is ``path`` still the file open on ``fd`` (not removed, not replaced)?"""
+    try:
+        mine, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
 
-    def __init__(self, fd: int, path: str, record: dict[str, Any]) -> None:
-        self.fd, self.path, self.record = fd, path, record
+
+class _LockFile:
+    """One open lock file of this process; holding its flock is holding the lock.
+
+    Kept in the grant (``grant.conn``). ``close`` drops the flock and is
+    idempotent: the descriptor number is forgotten first, so a second close
+    (an abort after an interrupted release) can never close a descriptor the
+    OS has handed to someone else since.
+    """
+
+    __slots__ = ("fd", "path", "record", "_open")
+
+    def __init__(self, fd: int, path: str, open_files: set[_LockFile]) -> None:
+        self.fd = fd
+        self.path = path
+        self.record: dict[str, Any] = {}
+        self._open = open_files
+        open_files.add(self)
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        self._open.discard(self)
+        if fd >= 0:
+            try:
+                os.close(fd)  # drops the flock
+            except OSError:
+                pass
 
 
 class FileBackend(Backend):
@@ -81,23 +147,30 @@ class FileBackend(Backend):
     scheme = "file"
     supports_shared = False
     supports_ttl = True
-    reports_loss = True
 
-    def __init__(self, directory: str, *, ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, directory: str, *, ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.time
+    ) -> None:
         if fcntl is None:
             raise NotSupportedError("the file backend needs POSIX flock(); on Windows use sqlite:/// instead")
         self.directory = os.path.abspath(directory)
-        self.ttl = check_ttl(ttl, "file")
+        self.ttl = self._lease = check_ttl(ttl, "file")
         self._now = clock
         self._gate = LocalGate()
-        self._held: dict[tuple[str, int], _Held] = {}
-        self._guard = threading.Lock()
+        # The lock files this backend has open, for fork() and close() only (release, renew and
+        # check use the grant's own). set.add / discard are atomic under the GIL.
+        self._open_files: set[_LockFile] = set()
         self._made_dir = False
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> "FileBackend":
+    def from_url(cls, url: str, **options: Any) -> FileBackend:
         parts = urlsplit(url)
-        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment or not parts.path.startswith("/"):
+        if (
+            parts.netloc not in ("", "localhost")
+            or parts.query
+            or parts.fragment
+            or not parts.path.startswith("/")
+        ):
             raise ConfigurationError(f"url {url!r}: use file:///absolute/path/to/dir")
         known = {name: options.pop(name) for name in ("ttl",) if name in options}
         reject_unknown_options("file", options)
@@ -111,96 +184,73 @@ class FileBackend(Backend):
             if not self._made_dir:
                 os.makedirs(self.directory, exist_ok=True)
                 self._made_dir = True
-            return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            return os.open(path, os.O_RDWR | os.O_CREAT | _CLOEXEC, 0o666)
         except OSError as exc:
             raise BackendError(f"cannot open the lock file {path}: {exc}") from exc
 
-    # -- locking --------------------------------------------------------------
+    # -- blocking steps (run directly by the sync backend, in a worker thread by the async one) --
 
-    def acquire(
-        self,
-        name: str,
-        lock_id: int,
-        *,
-        shared: bool = False,
-        timeout: float | None = None,
-        ttl: float | None = None,
-        on_wait: Callable[[], None] = NO_WAIT_CALLBACK,
-        transaction: Any = None,
-    ) -> int:
-        if shared:
-            raise NotSupportedError("the file backend has no shared locks; use sqlite:/// for shared locks", key=name)
-        if transaction is not None:
-            raise NotSupportedError("the file backend has no transaction-level locks; drop transaction=")
-        lease = self.ttl if ttl is None else ttl
-        return self._gate.acquire(name, False, timeout, on_wait, lambda: self._try_acquire(name, lock_id, lease))
+    def _try_acquire(self, name: str, lock_id: int, ttl: float, taken: list[_LockFile]) -> _LockFile | None:
+        """One non-blocking flock try: the locked file with its record written, or None when held.
 
-    def _try_acquire(self, name: str, lock_id: int, ttl: float) -> int:
+        The open file goes into ``taken`` before it is locked, so whoever is
+        interrupted after this returns (a cancelled task, Ctrl-C) can close it.
+        """
         path = self._path(lock_id)
-        fd = self._open(path)
+        taken.clear()  # earlier tries of this acquire closed theirs
+        held = _LockFile(self._open(path), path, self._open_files)
+        taken.append(held)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(held.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    os.close(fd)
-                    return 0
+                if exc.errno in _BUSY_ERRNOS:
+                    held.close()
+                    return None
                 raise
-            if not self._same_file(fd, path):  # removed between our open and our flock: try again
-                os.close(fd)
-                return 0
+            if not _same_file(held.fd, path):  # removed between our open and our flock: try again
+                held.close()
+                return None
             now = self._now()
-            last = int(_read_record(fd).get("token") or 0)
+            last = int(_read_record(held.fd).get("token") or 0)
             # A new (or wiped) file starts from the microsecond clock, so tokens keep
             # increasing even when someone deletes the lock directory.
             token = last + 1 if last else time.time_ns() // 1000
             record = {
-                "name": name, "token": token, "pid": os.getpid(), "host": HOST,
-                "since": now, "expires_at": now + ttl, "held": True,
+                "name": name,
+                "token": token,
+                "pid": os.getpid(),
+                "host": HOST,
+                "since": now,
+                "expires_at": now + ttl,
+                "held": True,
             }
-            _write_record(fd, record)
+            _write_record(held.fd, record)
+            held.record = record
         except OSError as exc:
-            os.close(fd)  # closing drops the flock
+            held.close()  # closing drops the flock
             raise BackendError(f"file lock on {path} failed: {exc}") from exc
         except BaseException:
-            os.close(fd)
+            held.close()
             raise
-        with self._guard:
-            self._held[name, token] = _Held(fd, path, record)
-        return token
+        return held
 
-    @staticmethod
-    def _same_file(fd: int, path: str) -> bool:
-        try:
-            mine, there = os.fstat(fd), os.stat(path)
-        except FileNotFoundError:
-            return False
-        return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
-
-    def release(self, name: str, lock_id: int, token: int) -> None:
-        with self._guard:
-            held = self._held.pop((name, token), None)
-        if held is None:
-            raise LockLostError(f"the lock {name!r} (token {token}) is not held by this process", key=name)
-        intact = self._same_file(held.fd, held.path)
+    def _release(self, held: _LockFile, name: str, token: int) -> bool:
+        """Write the freed record (keeping the token) and close; False when the file was no longer ours."""
+        intact = not held.closed and _same_file(held.fd, held.path)
         try:
             if intact:  # keep the token in the file: the next holder counts on from it
                 _write_record(held.fd, {"name": name, "token": token, "held": False})
         except OSError as exc:
             raise BackendError(f"writing the lock file {held.path} failed: {exc}") from exc
         finally:
-            os.close(held.fd)  # drops the flock
-        if not intact:
-            raise LockLostError(
-                f"the lock {name!r} was lost while held: its lock file {held.path} was removed or replaced",
-                key=name,
-            )
+            held.close()  # drops the flock
+        return intact
 
-    def renew(self, name: str, lock_id: int, token: int, ttl: float | None = None) -> bool:
-        held = self._held.get((name, token))
-        if held is None or not self._same_file(held.fd, held.path):
+    def _renew(self, held: _LockFile, ttl: float) -> bool:
+        if held.closed or not _same_file(held.fd, held.path):
             return False
-        record = dict(held.record, expires_at=self._now() + (self.ttl if ttl is None else ttl))
+        record = dict(held.record, expires_at=self._now() + ttl)
         try:
             _write_record(held.fd, record)
         except OSError as exc:
@@ -208,12 +258,14 @@ class FileBackend(Backend):
         held.record = record
         return True
 
-    # -- inspection -----------------------------------------------------------
+    @staticmethod
+    def _check(held: _LockFile) -> bool:
+        return not held.closed and _same_file(held.fd, held.path)
 
     def _holder_of(self, path: str, lock_id: int | None) -> Holder | None:
         """The holder recorded in ``path`` if the file is locked now; None when free or missing."""
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(path, os.O_RDONLY | _CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -222,7 +274,7 @@ class FileBackend(Backend):
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                if exc.errno not in _BUSY_ERRNOS:
                     raise BackendError(f"cannot test the lock file {path}: {exc}") from exc
             else:
                 return None  # we could lock it: nobody holds it
@@ -242,14 +294,7 @@ class FileBackend(Backend):
             expires_at=record.get("expires_at"),
         )
 
-    def held(self, name: str, lock_id: int) -> bool:
-        return self._holder_of(self._path(lock_id), lock_id) is not None
-
-    def holders(self, name: str, lock_id: int) -> list[Holder]:
-        holder = self._holder_of(self._path(lock_id), lock_id)
-        return [holder] if holder is not None else []
-
-    def list_held(self) -> list[Holder]:
+    def _list_held(self) -> list[Holder]:
         try:
             names = sorted(os.listdir(self.directory))
         except FileNotFoundError:
@@ -264,28 +309,152 @@ class FileBackend(Backend):
                     out.append(holder)
         return out
 
+    def _force_release(self, name: str, lock_id: int) -> int:
+        """Replace a held lock file by a free one that keeps its token; 1 when one was held, else 0.
+
+        Nobody can take a flock away from its process, but the lock is the
+        file at the path: after the atomic rename the holder's flock is on an
+        unlinked file (its renew and release report the loss) and the next
+        acquirer locks the new one, counting on from the recorded token.
+        """
+        path = self._path(lock_id)
+        holder = self._holder_of(path, lock_id)
+        if holder is None:
+            return 0
+        fresh: dict[str, Any] = {"name": name, "held": False}
+        if isinstance(holder.token, int) and holder.token > 0:
+            fresh["token"] = holder.token
+        scratch = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        try:
+            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o666)
+            try:
+                os.write(fd, _encode(fresh))
+            finally:
+                os.close(fd)
+            os.replace(scratch, path)
+        except OSError as exc:
+            try:
+                os.unlink(scratch)
+            except OSError:
+                pass
+            raise BackendError(f"cannot replace the lock file {path}: {exc}") from exc
+        return 1
+
+    # -- locking --------------------------------------------------------------
+
+    def acquire(
+        self,
+        name: str,
+        lock_id: int,
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+        ttl: float | None = None,
+        on_wait: Callable[[], None] = NO_WAIT_CALLBACK,
+        transaction: Any = None,
+    ) -> Grant | None:
+        if shared:
+            raise NotSupportedError(
+                "the file backend has no shared locks; use sqlite:/// for shared locks", key=name
+            )
+        if transaction is not None:
+            raise NotSupportedError("the file backend has no transaction-level locks; drop transaction=")
+        lease = self._lease if ttl is None else ttl
+        taken: list[_LockFile] = []
+        try:
+            held = run_blocking(self._try_acquire, name, lock_id, lease, taken)
+            if held is None and timeout != 0:
+                on_wait()
+                held = self._wait(name, lock_id, lease, timeout, taken)
+        except BaseException:
+            for stray in taken:  # locked, but the caller will never hear of it: closing frees it
+                stray.close()
+            raise
+        if held is None:
+            return None
+        return Grant(name, lock_id, False, held.record["token"], lease, conn=held)
+
+    def _wait(
+        self, name: str, lock_id: int, ttl: float, timeout: float | None, taken: list[_LockFile]
+    ) -> _LockFile | None:
+        """Queue behind this process's waiters for ``name``, then poll the flock with backoff."""
+        start = time.monotonic()
+        gate = table_acquire(self._gate.table, name, False, timeout, None)
+        if not gate:
+            return None
+        try:
+            backoff = poll_backoff()
+            while True:
+                held = run_blocking(self._try_acquire, name, lock_id, ttl, taken)
+                if held is not None:
+                    return held
+                remaining = None if timeout is None else timeout - (time.monotonic() - start)
+                if remaining is not None and remaining <= 0:
+                    return None
+                sleep(backoff.next_delay(remaining))
+        finally:
+            table_release(self._gate.table, name, gate)
+
+    def release(self, grant: Grant) -> None:
+        held: _LockFile = grant.conn
+        if held.closed:
+            raise LockLostError(
+                f"the lock {grant.name!r} (token {grant.token}) is not held: it was released or aborted",
+                key=grant.name,
+            )
+        if not run_blocking(self._release, held, grant.name, grant.token):
+            raise LockLostError(
+                f"the lock {grant.name!r} was lost while held:"
+                f" its lock file {held.path} was removed or replaced",
+                key=grant.name,
+            )
+
+    def abort(self, grant: Grant) -> None:
+        # Closing the descriptor drops the flock at once; the record keeps its token for the next holder.
+        held: _LockFile = grant.conn
+        held.close()
+
+    def renew(self, grant: Grant, ttl: float | None = None) -> bool:
+        lease = ttl if ttl is not None else grant.ttl if grant.ttl is not None else self._lease
+        renewed: bool = run_blocking(self._renew, grant.conn, lease)
+        return renewed
+
+    def check(self, grant: Grant) -> bool:
+        held: bool = run_blocking(self._check, grant.conn)
+        return held
+
+    def force_release(self, name: str, lock_id: int, *, terminate: bool = False) -> int:
+        freed: int = run_blocking(self._force_release, name, lock_id)
+        return freed
+
+    # -- inspection -----------------------------------------------------------
+
+    def held(self, name: str, lock_id: int) -> bool:
+        return run_blocking(self._holder_of, self._path(lock_id), lock_id) is not None
+
+    def holders(self, name: str, lock_id: int) -> list[Holder]:
+        holder = run_blocking(self._holder_of, self._path(lock_id), lock_id)
+        return [holder] if holder is not None else []
+
+    def list_held(self) -> list[Holder]:
+        return run_blocking(self._list_held)
+
     # -- life cycle -----------------------------------------------------------
 
     def close(self) -> None:
-        with self._guard:
-            held, self._held = self._held, {}
-        for item in held.values():
-            try:
-                os.close(item.fd)
-            except OSError:
-                pass
+        # The owner released every hold first; whatever is still open is closed (its flock dropped).
+        for held in list(self._open_files):
+            held.close()
 
     def after_fork_in_child(self) -> None:
-        # The child inherited the parent's descriptors (flock is shared by both until the
-        # parent closes its copy): close the child's copies so they cannot outlive the parent's hold.
-        held, self._held = self._held, {}
-        self._guard = threading.Lock()
+        # The child inherited the parent's descriptors, and an inherited descriptor shares the
+        # flock with the parent's (one open file description): close the child's copies, so
+        # the lock ends when the parent releases it, not when this child exits. The parent's
+        # descriptors stay open.
+        open_files = list(self._open_files)
         self._gate.reset_after_fork()
-        for item in held.values():
-            try:
-                os.close(item.fd)
-            except OSError:
-                pass
+        for held in open_files:
+            held.close()
 
     def describe(self) -> str:
         return f"file://{self.directory}"

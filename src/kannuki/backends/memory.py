@@ -1,9 +1,16 @@
-"""``memory://``: the in-process lock table as a backend.
+# WARNING: generated from src/kannuki/backends/memory_async.py by tools/async_to_sync.py.
+# Do not edit: change the async source and run `python tools/async_to_sync.py`.
+"""``memory://``: the in-process lock table as a store (async source; ``memory.py`` is generated).
 
 ``memory://`` is one table per process; ``memory://NAME`` is a separate named
-table, shared by every locker that names it. Locks exclude threads of this
-process only. Optional ``ttl`` (seconds) makes every acquisition a lease that
-expires unless renewed.
+table, shared by every locker that names it, sync and async alike (an
+``Locker("memory://x")`` and a ``Locker("memory://x")`` exclude each
+other). Locks exclude threads and tasks of this process only. Optional ``ttl``
+(seconds) makes every acquisition a lease that the hold owner renews.
+
+Sync waiters wait inside the table (GIL released, FIFO, Ctrl-C safe); async
+waiters line up on the event loop and the first of them polls the table
+(``kannuki._compat.table_acquire``), so the loop is never blocked.
 """
 
 from __future__ import annotations
@@ -12,10 +19,13 @@ import os
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from kannuki._compat import table_acquire, table_release
 from kannuki._core import LockTable
+from kannuki._core import lock_id as compute_lock_id
 from kannuki.backends._tables import process_table
-from kannuki.backends.base import NO_WAIT_CALLBACK, Backend, Holder, reject_unknown_options
-from kannuki.errors import ConfigurationError, LockLostError
+from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, reject_unknown_options
+from kannuki.backends.base import Backend
+from kannuki.errors import ConfigurationError, LockLostError, NotSupportedError
 
 __all__ = ["MemoryBackend", "shared_table"]
 
@@ -26,7 +36,7 @@ def shared_table(name: str = "") -> LockTable:
 
 
 class MemoryBackend(Backend):
-    """Locks in an in-process :class:`LockTable`; keyed by the full lock name."""
+    """Locks in an in-process :class:`LockTable`, keyed by the full lock name."""
 
     scheme = "memory"
     supports_shared = True
@@ -36,12 +46,9 @@ class MemoryBackend(Backend):
         self.table = table if table is not None else shared_table(name)
         self.name = name
         self.ttl = ttl
-        # Bound once: the uncontended path is two C calls and nothing else.
-        self._try = self.table.acquire
-        self._release = self.table.release
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> "MemoryBackend":
+    def from_url(cls, url: str, **options: Any) -> MemoryBackend:
         parts = urlsplit(url)
         if parts.path not in ("", "/") or parts.query:
             raise ConfigurationError(f"memory URLs take only a table name (memory://NAME), not {url!r}")
@@ -50,6 +57,10 @@ class MemoryBackend(Backend):
         if ttl is not None and not (isinstance(ttl, (int, float)) and 0 < ttl < float("inf")):
             raise ConfigurationError(f"ttl must be a positive number of seconds or None, not {ttl!r}")
         return cls(ttl=ttl, name=parts.netloc)
+
+    def fast_path(self) -> LockTable | None:
+        # The table's try_acquire / release, unless every acquisition here is a lease.
+        return self.table if self.ttl is None else None
 
     def acquire(
         self,
@@ -61,31 +72,28 @@ class MemoryBackend(Backend):
         ttl: float | None = None,
         on_wait: Callable[[], None] = NO_WAIT_CALLBACK,
         transaction: Any = None,
-    ) -> int:
+    ) -> Grant | None:
         if transaction is not None:
-            from kannuki.errors import NotSupportedError
-
             raise NotSupportedError("the memory backend has no transactions; drop transaction=")
         ttl = self.ttl if ttl is None else ttl
-        token: int = self._try(name, shared, 0.0, ttl)
-        if token or timeout == 0:
-            return token
-        on_wait()
-        return self._try(name, shared, timeout, ttl)  # type: ignore[no-any-return]
+        token: int = self.table.acquire(name, shared, 0.0, ttl)
+        if not token and timeout != 0:
+            on_wait()
+            token = table_acquire(self.table, name, shared, timeout, ttl)
+        return Grant(name, lock_id, shared, token, ttl) if token else None
 
-    def release(self, name: str, lock_id: int, token: int) -> None:
-        if not self._release(name, token):
+    def release(self, grant: Grant) -> None:
+        if not table_release(self.table, grant.name, grant.token):
             raise LockLostError(
-                f"the lock {name!r} was lost before release (its lease expired or the table was cleared)",
-                key=name,
+                f"the lock {grant.name!r} was lost before release (its lease expired or the table was cleared)",
+                key=grant.name,
             )
 
-    def fast_path(self) -> LockTable | None:
-        # The table's try_acquire / release, unless every acquisition here is a lease.
-        return self.table if self.ttl is None else None
+    def renew(self, grant: Grant, ttl: float | None = None) -> bool:
+        return bool(self.table.renew(grant.name, grant.token, grant.ttl if ttl is None else ttl))
 
-    def renew(self, name: str, lock_id: int, token: int, ttl: float | None = None) -> bool:
-        return bool(self.table.renew(name, token, self.ttl if ttl is None else ttl))
+    def check(self, grant: Grant) -> bool:
+        return any(token == grant.token for token, _shared, _expires in self.table.holders(grant.name))
 
     def held(self, name: str, lock_id: int) -> bool:
         return bool(self.table.held(name))
@@ -98,12 +106,16 @@ class MemoryBackend(Backend):
         ]
 
     def list_held(self) -> list[Holder]:
-        from kannuki._core import lock_id as compute_id
-
         out = []
         for key in self.table.keys():
-            out.extend(self.holders(key, compute_id(key)))
+            out.extend(self.holders(key, compute_lock_id(key)))
         return out
+
+    def force_release(self, name: str, lock_id: int, *, terminate: bool = False) -> int:
+        freed = 0
+        for token, _shared, _expires in self.table.holders(name):
+            freed += bool(table_release(self.table, name, token))
+        return freed
 
     def describe(self) -> str:
         return f"memory://{self.name}"

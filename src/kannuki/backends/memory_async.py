@@ -1,69 +1,64 @@
-"""``memory://`` for ``AsyncLocker``: the same in-process lock table as the sync memory backend.
+"""``memory://``: the in-process lock table as a store (async source; ``memory.py`` is generated).
 
-An ``AsyncLocker("memory://x")`` and a ``Locker("memory://x")`` share one
-table, so they exclude each other. How it waits without blocking the event
-loop:
+``memory://`` is one table per process; ``memory://NAME`` is a separate named
+table, shared by every locker that names it, sync and async alike (an
+``AsyncLocker("memory://x")`` and a ``Locker("memory://x")`` exclude each
+other). Locks exclude threads and tasks of this process only. Optional ``ttl``
+(seconds) makes every acquisition a lease that the hold owner renews.
 
-- First one non-blocking try on the table (a C call, no thread, no await).
-- Then a :class:`~kannuki.backends.async_base.KeyQueue` turn: the tasks of
-  this process waiting for one key line up FIFO on asyncio futures, and only
-  the first of them polls the table.
-- That first waiter retries with capped exponential backoff (asyncio sleeps,
-  never a thread), and an async release on the same table and loop wakes it
-  at once, so async-to-async hand-offs do not wait for the next poll.
-
-Why not a worker thread blocking in the table's FIFO wait: a thread cannot be
-interrupted when its task is cancelled (it could take the lock after the task
-is gone) and the default executor has only a few threads. The cost of polling:
-against *sync* waiters queued inside the table the async waiter is not in the
-table's FIFO and can be overtaken; among async waiters the order is FIFO.
-Cancellation is safe by construction: every table call is synchronous, so a
-cancel can only land in a sleep, when nothing is held.
+Sync waiters wait inside the table (GIL released, FIFO, Ctrl-C safe); async
+waiters line up on the event loop and the first of them polls the table
+(``kannuki._compat.atable_acquire``), so the loop is never blocked.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
+import os
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
-from kannuki._core import Backoff
-from kannuki.backends.async_base import AsyncBackend, KeyQueue
-from kannuki.backends.base import NO_WAIT_CALLBACK, Backend, Holder
-from kannuki.backends.memory import MemoryBackend
+from kannuki._compat import atable_acquire, atable_release
+from kannuki._core import LockTable
+from kannuki._core import lock_id as compute_lock_id
+from kannuki.backends._tables import process_table
+from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, reject_unknown_options
+from kannuki.backends.base_async import AsyncBackend
+from kannuki.errors import ConfigurationError, LockLostError, NotSupportedError
 
-__all__ = ["AsyncMemoryBackend"]
+__all__ = ["AsyncMemoryBackend", "shared_table"]
 
-# The first waiter's polling schedule: from 1 ms, doubling, never above 50 ms (full jitter).
-POLL_INTERVAL = 0.001
-POLL_CAP = 0.05
 
-# (loop, store, name) -> the future the polling waiter of that key sleeps on; a release sets it.
-_wakeups: dict[tuple[asyncio.AbstractEventLoop, int, str], "asyncio.Future[None]"] = {}
+def shared_table(name: str = "") -> LockTable:
+    """The process-wide table called ``name`` (created on first use; emptied in a forked child)."""
+    return process_table(("memory", name))
 
 
 class AsyncMemoryBackend(AsyncBackend):
-    """Coroutine front of a sync in-process backend (its own ``memory://`` table, or test mode's)."""
+    """Locks in an in-process :class:`LockTable`, keyed by the full lock name."""
 
     scheme = "memory"
     supports_shared = True
     supports_ttl = True
 
-    def __init__(self, sync: Backend) -> None:
-        self.sync = sync
-        self.supports_shared = sync.supports_shared  # type: ignore[misc]
-        # Wake-ups are per store, so two lockers on the same table wake each other.
-        self._store = id(getattr(sync, "table", sync))
-        self._turns = KeyQueue()
+    def __init__(self, table: LockTable | None = None, *, ttl: float | None = None, name: str = "") -> None:
+        self.table = table if table is not None else shared_table(name)
+        self.name = name
+        self.ttl = ttl
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> "AsyncMemoryBackend":
-        return cls(MemoryBackend.from_url(url, **options))
+    def from_url(cls, url: str, **options: Any) -> AsyncMemoryBackend:
+        parts = urlsplit(url)
+        if parts.path not in ("", "/") or parts.query:
+            raise ConfigurationError(f"memory URLs take only a table name (memory://NAME), not {url!r}")
+        ttl = options.pop("ttl", None)
+        reject_unknown_options("memory", options)
+        if ttl is not None and not (isinstance(ttl, (int, float)) and 0 < ttl < float("inf")):
+            raise ConfigurationError(f"ttl must be a positive number of seconds or None, not {ttl!r}")
+        return cls(ttl=ttl, name=parts.netloc)
 
-    @classmethod
-    def over(cls, sync: Backend) -> "AsyncMemoryBackend":
-        """The async front of an existing sync backend whose one-try acquire never blocks (test mode's table)."""
-        return cls(sync)
+    def fast_path(self) -> LockTable | None:
+        # The table's try_acquire / release, unless every acquisition here is a lease.
+        return self.table if self.ttl is None else None
 
     async def acquire(
         self,
@@ -75,68 +70,50 @@ class AsyncMemoryBackend(AsyncBackend):
         ttl: float | None = None,
         on_wait: Callable[[], None] = NO_WAIT_CALLBACK,
         transaction: Any = None,
-    ) -> int:
-        token = self.sync.acquire(name, lock_id, shared=shared, timeout=0.0, ttl=ttl, transaction=transaction)
-        if token or timeout == 0:
-            return token
-        on_wait()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        async with self._turns.turn(name, deadline) as ours:
-            if not ours:
-                return 0
-            return await self._poll(name, lock_id, shared, ttl, deadline)
+    ) -> Grant | None:
+        if transaction is not None:
+            raise NotSupportedError("the memory backend has no transactions; drop transaction=")
+        ttl = self.ttl if ttl is None else ttl
+        token: int = self.table.acquire(name, shared, 0.0, ttl)
+        if not token and timeout != 0:
+            on_wait()
+            token = await atable_acquire(self.table, name, shared, timeout, ttl)
+        return Grant(name, lock_id, shared, token, ttl) if token else None
 
-    async def _poll(self, name: str, lock_id: int, shared: bool, ttl: float | None, deadline: float | None) -> int:
-        backoff = Backoff("exponential", POLL_INTERVAL, POLL_CAP, "full")
-        while True:
-            token = self.sync.acquire(name, lock_id, shared=shared, timeout=0.0, ttl=ttl)
-            if token:
-                return token
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return 0
-            await self._sleep(name, backoff.next_delay(remaining))
+    async def release(self, grant: Grant) -> None:
+        if not await atable_release(self.table, grant.name, grant.token):
+            raise LockLostError(
+                f"the lock {grant.name!r} was lost before release (its lease expired or the table was cleared)",
+                key=grant.name,
+            )
 
-    async def _sleep(self, name: str, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        slot = (loop, self._store, name)
-        wakeup: asyncio.Future[None] = loop.create_future()
-        _wakeups[slot] = wakeup
-        try:
-            await asyncio.wait((wakeup,), timeout=seconds)
-        finally:
-            if _wakeups.get(slot) is wakeup:
-                del _wakeups[slot]
+    async def renew(self, grant: Grant, ttl: float | None = None) -> bool:
+        return bool(self.table.renew(grant.name, grant.token, grant.ttl if ttl is None else ttl))
 
-    async def release(self, name: str, lock_id: int, token: int) -> None:
-        try:
-            self.sync.release(name, lock_id, token)
-        finally:
-            self._wake(name)
-
-    def _wake(self, name: str) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        wakeup = _wakeups.get((loop, self._store, name))
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
-
-    async def renew(self, name: str, lock_id: int, token: int, ttl: float | None = None) -> bool:
-        return self.sync.renew(name, lock_id, token, ttl)
+    async def check(self, grant: Grant) -> bool:
+        return any(token == grant.token for token, _shared, _expires in self.table.holders(grant.name))
 
     async def held(self, name: str, lock_id: int) -> bool:
-        return self.sync.held(name, lock_id)
+        return bool(self.table.held(name))
 
     async def holders(self, name: str, lock_id: int) -> list[Holder]:
-        return self.sync.holders(name, lock_id)
+        pid = os.getpid()
+        return [
+            Holder(name=name, lock_id=lock_id, shared=shared, token=token, pid=pid)
+            for token, shared, _expires in self.table.holders(name)
+        ]
 
     async def list_held(self) -> list[Holder]:
-        return self.sync.list_held()
+        out = []
+        for key in self.table.keys():
+            out.extend(await self.holders(key, compute_lock_id(key)))
+        return out
 
-    async def aclose(self) -> None:
-        self.sync.close()
+    async def force_release(self, name: str, lock_id: int, *, terminate: bool = False) -> int:
+        freed = 0
+        for token, _shared, _expires in self.table.holders(name):
+            freed += bool(await atable_release(self.table, name, token))
+        return freed
 
     def describe(self) -> str:
-        return self.sync.describe()
+        return f"memory://{self.name}"

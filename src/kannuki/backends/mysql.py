@@ -1,16 +1,46 @@
+# WARNING: generated from src/kannuki/backends/mysql_async.py by tools/async_to_sync.py.
+# Do not edit: change the async source and run `python tools/async_to_sync.py`.
 """``mysql://`` / ``mariadb://``: session locks on GET_LOCK / RELEASE_LOCK through mysqlclient.
 
 Each acquisition pins one connection of the locker's own pool until release
-(``acquire_many`` takes all its keys on one connection); a connection goes
-back to the pool only when it holds nothing. Waiting happens on the server
-(GET_LOCK's timeout), after in-process waiters for the same key have queued
-on a :class:`~kannuki._core.LockTable`, so at most one connection per key
-per process waits on the server. The name sent to the server comes from
+(``acquire_many`` takes all its keys on one connection). The grant carries the
+connection, its server connection ID (CONNECTION_ID(), read at connect) and
+the escaped server name; nothing else remembers the hold. Release is
+compare-and-delete in one statement (RELEASE_LOCK only on the session that
+took it), and a connection goes back to the pool only after the server
+confirmed that its lock is released; on any failure or interruption it is
+closed instead, which ends its server session and every lock of it.
+
+Waiting happens on the server (GET_LOCK's timeout), after in-process waiters
+for the same key have queued on the server's process-wide lock table
+(``kannuki.backends._tables``), so at most one connection per key per process
+waits on the server. The name sent to the server comes from
 :func:`mysql_lock_name` (64 characters at most, see ``_mysql_names``).
+
+mysqlclient has no async API: the async backend makes every blocking driver
+call in a worker thread and waits for GET_LOCK's answer with a reader on the
+event loop, so the loop never blocks and a cancelled wait stops at once; the
+sync backend makes the same calls directly and waits in ``poll()``.
+
+An interrupted wait (Ctrl-C in sync code, a cancelled task in async code) is
+ended on the server: a side connection sends KILL QUERY for the waiting
+connection, which is then closed, so nothing it may have been granted
+meanwhile survives. A wrapped connection cannot be killed from the side (its
+credentials are the caller's), so it waits in 1-second slices and an
+interruption takes effect at the end of the current one, followed by a
+RELEASE_LOCK of the name.
+
+``check`` asks in one round trip whether the pinned session still holds the
+name; ``abort`` closes the pinned connection; ``force_release`` refuses to
+free another session's lock unless ``terminate=True``, which KILLs the holding
+connection. A KILLed holder finds out at release: LockLostError.
 
 Options: ``connect_timeout`` (seconds, default 5), ``pool_size`` (idle
 connections kept, default 8), ``fencing`` (tokens from a server-side counter
 table), ``fencing_table``, ``allow_cluster`` (accept a Galera node).
+
+The async module is the source; the sync one is generated from it by
+``tools/async_to_sync.py``.
 """
 
 from __future__ import annotations
@@ -25,17 +55,27 @@ import time
 from typing import Any, Callable, Sequence
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from kannuki._compat import Mutex, finish, run_blocking, table_acquire, table_release
 from kannuki._core import lock_id as compute_lock_id
 from kannuki.backends._mysql_names import NAMESPACE, mysql_lock_name
 from kannuki.backends._tables import object_table, process_table
-from kannuki.backends.base import NO_WAIT_CALLBACK, Backend, Holder, LockRequest, reject_unknown_options
-from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
+from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, LockRequest, reject_unknown_options
+from kannuki.backends.base import Backend
+from kannuki.errors import (
+    BackendError,
+    ConfigurationError,
+    DeadlockError,
+    LockLostError,
+    NotSupportedError,
+)
 
 __all__ = ["MySQLBackend", "cluster_refusal", "mysql_lock_name"]
 
 _monotonic = time.monotonic
+# One statement at a time on a connection that several threads or tasks may use.
+_Guard = threading.Lock
 
-# One server-side wait lasts at most this long; "forever" re-issues it.
+# One server-side wait lasts at most this long; "forever" re-issues it (MariaDB refuses -1).
 FOREVER_SLICE = 7 * 24 * 3600.0
 # On a wrapped connection nobody can KILL the wait from the side, so it waits
 # in short slices and Ctrl-C takes effect at the end of the current one.
@@ -44,8 +84,25 @@ WRAPPED_SLICE = 1.0
 ANSWER_GRACE = 30.0
 # An idle pooled connection unused this long is pinged before reuse.
 STALE_AFTER = 30.0
+# Driver error codes: the connection is gone (server gone away, lost during a query).
+_CONNECTION_GONE = (2006, 2013)
+# ER_LOCK_DEADLOCK, ER_USER_LOCK_DEADLOCK: the server broke a wait-for cycle by failing this wait.
+_DEADLOCK = (1213, 3058)
 
 _IDENTIFIER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+# Who holds which user lock: MariaDB's METADATA_LOCK_INFO plugin, else MySQL's performance_schema.
+_LIST_SQL = (
+    (
+        b"SELECT m.TABLE_SCHEMA, m.THREAD_ID, p.USER, p.HOST FROM information_schema.METADATA_LOCK_INFO m"
+        b" LEFT JOIN information_schema.PROCESSLIST p ON p.ID = m.THREAD_ID WHERE m.LOCK_TYPE = 'User lock'"
+    ),
+    (
+        b"SELECT m.OBJECT_NAME, t.PROCESSLIST_ID, t.PROCESSLIST_USER, t.PROCESSLIST_HOST"
+        b" FROM performance_schema.metadata_locks m JOIN performance_schema.threads t"
+        b" ON t.THREAD_ID = m.OWNER_THREAD_ID WHERE m.OBJECT_TYPE = 'USER LEVEL LOCK'"
+    ),
+)
 
 
 def cluster_refusal(wsrep_on: str | None, allow_cluster: bool) -> str | None:
@@ -66,7 +123,7 @@ def cluster_refusal(wsrep_on: str | None, allow_cluster: bool) -> str | None:
 class _Session:
     """One server connection: the driver object, its server connection ID, how many locks it pins."""
 
-    __slots__ = ("db", "conn_id", "locks", "owned", "mariadb", "last_used", "guard", "broken")
+    __slots__ = ("broken", "checked", "conn_id", "db", "guard", "last_used", "locks", "mariadb", "owned")
 
     def __init__(self, db: Any, owned: bool) -> None:
         self.db = db
@@ -75,22 +132,22 @@ class _Session:
         self.owned = owned
         self.mariadb = "mariadb" in db.get_server_info().lower()
         self.last_used = _monotonic()
-        # A wrapped connection may be shared by threads; one statement at a time.
-        self.guard = threading.Lock()
+        # A wrapped connection is shared by every lock of its locker (threads or tasks); a pooled
+        # one by the keys of one lock_many: one statement at a time.
+        self.guard = _Guard()
         self.broken = False
+        self.checked = False  # the cluster check passed
 
 
-class _Held:
-    """One acquisition this backend holds: where, under which server name, since when."""
+class _Pinned:
+    """What a grant needs back at release: the escaped server name and the in-process table's token."""
 
-    __slots__ = ("session", "literal", "table_token", "name", "since")
+    __slots__ = ("done", "literal", "table_token")
 
-    def __init__(self, session: _Session, literal: bytes, table_token: int, name: str) -> None:
-        self.session = session
+    def __init__(self, literal: bytes, table_token: int) -> None:
         self.literal = literal  # the escaped server name, ready for SQL
         self.table_token = table_token
-        self.name = name
-        self.since = time.time()
+        self.done = False  # released, or its connection written off: nothing more to undo
 
 
 _SERVER_NAME_CHARS = re.compile(r"[a-z0-9._:/@=+#\-]{1,64}").fullmatch
@@ -114,14 +171,57 @@ def _name_literal(name: str) -> bytes:
     return bytes(_mysql.string_literal(server_name.encode("ascii")))
 
 
+# -- blocking driver steps (the async backend runs each in a worker thread) -------------
+
+
 def _scalar(db: Any, sql: bytes) -> Any:
     """Run ``sql`` and return the first column of its first row."""
     db.query(sql)
     return db.store_result().fetch_row()[0][0]
 
 
+def _rows(db: Any, sql: bytes, max_rows: int = 0) -> tuple[Any, ...]:
+    """Run ``sql`` and return its rows (all of them when ``max_rows`` is 0)."""
+    db.query(sql)
+    return tuple(db.store_result().fetch_row(max_rows))
+
+
+def _read_scalar(db: Any) -> Any:
+    """Read the answer of a statement sent with ``send_query``: the first column of its first row."""
+    db.read_query_result()
+    return db.store_result().fetch_row()[0][0]
+
+
+def _drain(db: Any, seconds: float) -> None:
+    """Read and drop the answer of a statement still running on ``db`` (at most ``seconds``); best effort."""
+    try:
+        if _wait_readable(db.fileno(), seconds):
+            db.read_query_result()
+            db.store_result()
+    except Exception:
+        pass  # the connection failed: its server session, and what it held, end with it
+
+
+def _close(db: Any) -> None:
+    try:
+        db.close()
+    except Exception:  # closing a broken connection may fail; it is gone either way
+        pass
+
+
+def _wait_readable(fd: int, seconds: float) -> bool:
+    """Wait for the server's answer; a signal handler's exception (Ctrl-C) propagates."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(seconds * 1000.0))
+
+
 def _is_driver_error(exc: BaseException) -> bool:
     return type(exc).__module__.startswith(("MySQLdb", "_mysql"))
+
+
+def _error_code(exc: BaseException) -> Any:
+    return exc.args[0] if _is_driver_error(exc) and exc.args else None
 
 
 class MySQLBackend(Backend):
@@ -130,6 +230,7 @@ class MySQLBackend(Backend):
     scheme = "mysql"
     supports_shared = False
     supports_transaction = False
+    supports_ttl = False
 
     def __init__(
         self,
@@ -144,13 +245,17 @@ class MySQLBackend(Backend):
         scheme: str = "mysql",
     ) -> None:
         if not (isinstance(connect_timeout, (int, float)) and 0 < connect_timeout < math.inf):
-            raise ConfigurationError(f"connect_timeout must be a positive number of seconds, not {connect_timeout!r}")
+            raise ConfigurationError(
+                f"connect_timeout must be a positive number of seconds, not {connect_timeout!r}"
+            )
         if not (isinstance(pool_size, int) and not isinstance(pool_size, bool) and pool_size >= 0):
             raise ConfigurationError(f"pool_size must be an int >= 0, not {pool_size!r}")
         if not isinstance(fencing, bool):
             raise ConfigurationError(f"fencing must be True or False, not {fencing!r}")
         if not (
-            isinstance(fencing_table, str) and 0 < len(fencing_table) <= 64 and set(fencing_table) <= _IDENTIFIER_CHARS
+            isinstance(fencing_table, str)
+            and 0 < len(fencing_table) <= 64
+            and set(fencing_table) <= _IDENTIFIER_CHARS
         ):
             raise ConfigurationError(
                 f"fencing_table must be a plain table name (letters, digits, _), not {fencing_table!r}"
@@ -163,7 +268,9 @@ class MySQLBackend(Backend):
             )
         self.scheme = scheme
         self._params = dict(params or {})
-        self._params.update(connect_timeout=max(1, math.ceil(connect_timeout)), autocommit=True, charset="utf8mb4")
+        self._params.update(
+            connect_timeout=max(1, math.ceil(connect_timeout)), autocommit=True, charset="utf8mb4"
+        )
         self.pool_size = pool_size
         self.fencing = fencing
         self._fencing_sql = (
@@ -171,30 +278,34 @@ class MySQLBackend(Backend):
             b" ON DUPLICATE KEY UPDATE value = LAST_INSERT_ID(value + 1)"
         )
         self._fencing_ddl = (
-            b"CREATE TABLE IF NOT EXISTS `" + fencing_table.encode() + b"` (name VARCHAR(64) CHARACTER SET ascii"
+            b"CREATE TABLE IF NOT EXISTS `"
+            + fencing_table.encode()
+            + b"` (name VARCHAR(64) CHARACTER SET ascii"
             b" COLLATE ascii_bin NOT NULL PRIMARY KEY, value BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB"
         )
         self._fencing_ready = False
         self.allow_cluster = allow_cluster
         self._idle: list[_Session] = []
         self._sessions: set[_Session] = set()  # every connection we opened and have not closed
-        self._held: dict[tuple[int, int], _Held] = {}  # by (lock_id, token)
         self._pid = os.getpid()
+        self._mutex = Mutex()
         self._wrapped: _Session | None = None
         self._wrapped_obj = connection
-        self._checked_wrapped = False
-        # In-process queues, one per server (or per wrapped connection), shared by every locker on it.
+        # In-process queues, one per server (or per wrapped connection), shared by every locker on it,
+        # sync and async alike.
         if connection is not None:
             self._table = object_table("mysql", connection)
         else:
-            where = self._params.get("unix_socket") or f"{self._params.get('host')}:{self._params.get('port')}"
+            where = (
+                self._params.get("unix_socket") or f"{self._params.get('host')}:{self._params.get('port')}"
+            )
             self._table = process_table(("mysql", "server", where))
         self._wait_slice = WRAPPED_SLICE if connection is not None else FOREVER_SLICE
 
     # -- construction -------------------------------------------------------
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> "MySQLBackend":
+    def from_url(cls, url: str, **options: Any) -> MySQLBackend:
         """``mysql://user:password@host:port/database?unix_socket=/path`` (also ``mariadb://``)."""
         _driver()
         parts = urlsplit(url)
@@ -225,10 +336,11 @@ class MySQLBackend(Backend):
 
     @classmethod
     def wraps(cls, obj: Any) -> bool:
+        # mysqlclient has only blocking connections: the async backend drives them from worker threads.
         return type(obj).__module__.startswith("MySQLdb")
 
     @classmethod
-    def from_connection(cls, obj: Any, **options: Any) -> "MySQLBackend":
+    def from_connection(cls, obj: Any, **options: Any) -> MySQLBackend:
         """Lock on the caller's MySQLdb connection (every lock of this locker pins it)."""
         known = {k: options.pop(k) for k in ("allow_cluster", "fencing") if k in options}
         reject_unknown_options("mysql", options)
@@ -247,7 +359,7 @@ class MySQLBackend(Backend):
     def _connect(self) -> _Session:
         driver = _driver()
         try:
-            db = driver.connect(**self._params)
+            db = run_blocking(functools.partial(driver.connect, **self._params))
         except driver.Error as exc:
             raise BackendError(f"cannot connect to {self.describe()}: {exc}") from exc
         session = _Session(db, owned=True)
@@ -255,23 +367,23 @@ class MySQLBackend(Backend):
         try:
             self._check_cluster(session)
         except BaseException:
-            self._discard(session)
+            finish(self._discard(session))
             raise
         return session
 
     def _check_cluster(self, session: _Session) -> None:
         try:
-            session.db.query(b"SHOW VARIABLES LIKE 'wsrep_on'")
-            rows = session.db.store_result().fetch_row()
+            rows = run_blocking(_rows, session.db, b"SHOW VARIABLES LIKE 'wsrep_on'", 1)
         except Exception as exc:
-            raise self._failure(session, "cannot read wsrep_on", exc) from exc
+            raise self._error("cannot read wsrep_on", exc) from exc
         value = rows[0][1] if rows else None
         reason = cluster_refusal(value.decode() if isinstance(value, bytes) else value, self.allow_cluster)
         if reason:
             raise NotSupportedError(reason)
+        session.checked = True
 
     def _checkout(self) -> _Session:
-        """A connection for one acquisition: the wrapped one, an idle pooled one, or a new one."""
+        """A connection for one acquisition or question: the wrapped one, an idle pooled one, or a new one."""
         if self._wrapped_obj is not None:
             return self._wrapped_session()
         idle = self._idle
@@ -283,21 +395,27 @@ class MySQLBackend(Backend):
             if _monotonic() - session.last_used < STALE_AFTER:
                 return session
             try:
-                _scalar(session.db, b"SELECT 1")  # may have died idle (wait_timeout, server restart)
+                run_blocking(_scalar, session.db, b"SELECT 1")  # may have died idle (wait_timeout, restart)
                 return session
-            except Exception:
-                self._discard(session)
+            except BaseException as exc:
+                finish(self._discard(session))
+                if not isinstance(exc, Exception):
+                    raise
         return self._connect()
 
     def _wrapped_session(self) -> _Session:
         if os.getpid() != self._pid:
-            raise BackendError("this locker wraps a connection of the parent process; open a new one in the child")
-        session = self._wrapped
-        if session is None:
-            session = _Session(self._wrapped_obj, owned=False)
+            raise BackendError(
+                "this locker wraps a connection of the parent process; open a new one in the child"
+            )
+        with self._mutex:
+            session = self._wrapped
+            if session is None:
+                session = self._wrapped = _Session(self._wrapped_obj, owned=False)
+        if not session.checked:
             with session.guard:
-                self._check_cluster(session)
-            self._wrapped = session
+                if not session.checked:
+                    self._check_cluster(session)
         return session
 
     def _checkin(self, session: _Session) -> None:
@@ -315,17 +433,16 @@ class MySQLBackend(Backend):
 
         A wrapped connection is the caller's: it is never closed nor written off.
         """
-        if not session.owned:
+        if not session.owned or session.broken:
             return
         session.broken = True
         self._sessions.discard(session)
-        try:
-            session.db.close()
-        except Exception:
-            pass
+        run_blocking(_close, session.db)
 
-    def _failure(self, session: _Session, what: str, exc: BaseException) -> BackendError:
-        self._discard(session)
+    def _error(self, what: str, exc: BaseException) -> BackendError:
+        """The BackendError (DeadlockError for the server's deadlock report) for a failed statement."""
+        if _error_code(exc) in _DEADLOCK:
+            return DeadlockError(f"{what}: the server reports a deadlock on {self.describe()}: {exc}")
         return BackendError(f"{what} on {self.describe()}: {exc}")
 
     # -- locking ------------------------------------------------------------
@@ -340,39 +457,36 @@ class MySQLBackend(Backend):
         ttl: float | None = None,
         on_wait: Callable[[], None] = NO_WAIT_CALLBACK,
         transaction: Any = None,
-    ) -> int:
+    ) -> Grant | None:
         if shared or transaction is not None or ttl is not None:
             self._refuse(shared, transaction, ttl, name)
         table = self._table
+        deadline = None if timeout is None else _monotonic() + timeout
         table_token: int = table.acquire(lock_id, False, 0.0, None)
-        deadline = None
         if not table_token:
             if timeout == 0:
-                return 0
+                return None
             on_wait()
             on_wait = NO_WAIT_CALLBACK
-            if timeout is not None:
-                deadline = _monotonic() + timeout
-            table_token = table.acquire(lock_id, False, timeout, None)
+            table_token = table_acquire(table, lock_id, False, timeout, None)
             if not table_token:
-                return 0
-        elif timeout:
-            deadline = _monotonic() + timeout
+                return None
+        literal = _name_literal(name)
+        session: _Session | None = None
         try:
             session = self._checkout()
-            literal = _name_literal(name)
-            token = self._lock_on(session, literal, timeout, deadline, on_wait)
-            if token:
+            if self._lock_on(session, literal, timeout, deadline, on_wait):
                 token = self._token_for(session, literal, table_token)
+                pinned = _Pinned(literal, table_token)
+                return Grant(
+                    name, lock_id, False, token, None, conn=session, pid=session.conn_id, data=pinned
+                )
         except BaseException:
-            table.release(lock_id, table_token)
+            # Failed or interrupted, maybe after the server granted it: leave nothing held.
+            finish(self._give_back(session, [literal], [(lock_id, table_token)], failed=True))
             raise
-        if not token:
-            table.release(lock_id, table_token)
-            self._checkin(session)
-            return 0
-        self._held[lock_id, token] = _Held(session, literal, table_token, name)
-        return token
+        finish(self._give_back(session, [], [(lock_id, table_token)], failed=False))
+        return None
 
     def _refuse(self, shared: bool, transaction: Any, ttl: float | None, name: str) -> None:
         if shared:
@@ -388,7 +502,8 @@ class MySQLBackend(Backend):
                 key=name,
             )
         raise NotSupportedError(
-            f"the {self.scheme} backend has no leases: a lock lives as long as its connection; drop ttl=", key=name
+            f"the {self.scheme} backend has no leases: a lock lives as long as its connection; drop ttl=",
+            key=name,
         )
 
     def _lock_on(
@@ -398,43 +513,76 @@ class MySQLBackend(Backend):
         timeout: float | None,
         deadline: float | None,
         on_wait: Callable[[], None],
-    ) -> int:
-        """GET_LOCK on ``session``; 1 when taken, 0 when not within the timeout. Leaves nothing held when it raises."""
-        db = session.db
+    ) -> bool:
+        """GET_LOCK on ``session``: True when taken, False when not within the timeout.
+
+        When it raises, the server may have granted the lock: the caller undoes
+        it (``_give_back(..., failed=True)``).
+        """
         if timeout == 0 or on_wait is not NO_WAIT_CALLBACK:
             with session.guard:
                 try:
-                    got = _scalar(db, b"SELECT GET_LOCK(%s, 0)" % literal)
-                except BaseException as exc:
-                    self._give_up(session, literal, exc, "GET_LOCK failed")
-                    raise
+                    got = run_blocking(_scalar, session.db, b"SELECT GET_LOCK(%s, 0)" % literal)
+                except Exception as exc:
+                    raise self._error("GET_LOCK failed", exc) from exc
             if self._granted(session, got):
-                return 1
+                return True
             if timeout == 0:
-                return 0
+                return False
             on_wait()
         return self._wait_on_server(session, literal, deadline)
 
-    def _wait_on_server(self, session: _Session, literal: bytes, deadline: float | None) -> int:
+    def _wait_on_server(self, session: _Session, literal: bytes, deadline: float | None) -> bool:
         db = session.db
-        with session.guard:
-            while True:
-                remaining = None if deadline is None else max(0.0, deadline - _monotonic())
-                wait = self._wait_slice if remaining is None else min(remaining, self._wait_slice)
-                seconds = b"%.6f" % wait if session.mariadb else b"%d" % math.ceil(wait)  # MySQL: whole seconds
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - _monotonic())
+            wait = self._wait_slice if remaining is None else min(remaining, self._wait_slice)
+            seconds = b"%.6f" % wait if session.mariadb else b"%d" % math.ceil(wait)  # MySQL: whole seconds
+            with session.guard:
                 try:
-                    db.send_query(b"SELECT GET_LOCK(%s, %s)" % (literal, seconds))
-                    if not _readable_within(db.fileno(), wait + ANSWER_GRACE):
-                        raise TimeoutError(f"no answer from the server {ANSWER_GRACE:g}s after GET_LOCK's timeout")
-                    db.read_query_result()
-                    got = db.store_result().fetch_row()[0][0]
-                except BaseException as exc:  # Ctrl-C included: end the wait on the server first
-                    self._give_up(session, literal, exc, "GET_LOCK failed", waiting=True)
+                    run_blocking(db.send_query, b"SELECT GET_LOCK(%s, %s)" % (literal, seconds))
+                    if not _wait_readable(db.fileno(), wait + ANSWER_GRACE):
+                        raise TimeoutError(
+                            f"no answer from the server {ANSWER_GRACE:g}s after GET_LOCK's timeout"
+                        )
+                    got = run_blocking(_read_scalar, db)
+                except BaseException as exc:  # Ctrl-C and cancellation included: end the wait on the server
+                    finish(self._end_wait(session, exc, wait))
+                    if isinstance(exc, Exception):
+                        raise self._error("GET_LOCK failed", exc) from exc
                     raise
-                if self._granted(session, got):
-                    return 1
-                if remaining is not None and wait >= remaining:
-                    return 0
+            if self._granted(session, got):
+                return True
+            if remaining is not None and wait >= remaining:
+                return False
+
+    def _end_wait(self, session: _Session, exc: BaseException, wait: float) -> None:
+        """A GET_LOCK wait on ``session`` failed or was interrupted: stop it on the server.
+
+        Our own connection: KILL QUERY from a side connection (the caller then
+        closes it). The caller's connection cannot be killed from the side: an
+        interrupted wait runs out its slice (a second at most) and its answer
+        is read, so the connection is in step for the RELEASE_LOCK that follows.
+        """
+        if _is_driver_error(exc):
+            return  # the statement itself failed: nothing runs on the server
+        if session.owned:
+            run_blocking(self._kill_query, session.conn_id)
+        elif not isinstance(exc, Exception):
+            run_blocking(_drain, session.db, wait + ANSWER_GRACE)
+
+    def _kill_query(self, conn_id: int) -> None:
+        """End the statement running on server connection ``conn_id`` from a side connection; best effort."""
+        try:
+            side = _driver().connect(**self._params)
+        except Exception:
+            return  # the server sees the closed socket instead
+        try:
+            side.query(b"KILL QUERY %d" % conn_id)
+        except Exception:
+            pass
+        finally:
+            _close(side)
 
     def _granted(self, session: _Session, got: Any) -> bool:
         """GET_LOCK's answer: True when taken (counted on ``session``), False when its timeout ran out."""
@@ -442,248 +590,365 @@ class MySQLBackend(Backend):
             session.locks += 1
             return True
         if got is None:
-            raise self._failure(session, "GET_LOCK returned NULL", RuntimeError("server error"))
+            raise BackendError(f"GET_LOCK returned NULL (a server error) on {self.describe()}")
         return False
-
-    def _give_up(self, session: _Session, literal: bytes, exc: BaseException, what: str, waiting: bool = False) -> None:
-        """Undo an acquisition that ``exc`` interrupted; an Exception becomes BackendError(``what``).
-
-        The caller re-raises anything else (Ctrl-C) as it is.
-        """
-        self._abandon(session, literal, exc, waiting)
-        if isinstance(exc, Exception):
-            raise self._failure(session, what, exc) from exc
-
-    def _abandon(self, session: _Session, literal: bytes, exc: BaseException, waiting: bool = False) -> None:
-        """An acquisition on ``session`` failed or was interrupted: make sure it holds nothing new."""
-        if session.owned:
-            # Our own connection pins only this acquisition: kill its server session (ends a
-            # pending wait and frees anything taken), then drop it.
-            if waiting:
-                self._kill_from_side(session.conn_id)
-            self._discard(session)
-            return
-        # The caller's connection: let a pending wait finish (one slice at most), then undo
-        # whatever it took. RELEASE_LOCK of a name this connection does not hold is harmless.
-        try:
-            db = session.db
-            if waiting and not _is_driver_error(exc):
-                db.read_query_result()
-                db.store_result()
-            _scalar(db, b"SELECT RELEASE_LOCK(%s)" % literal)
-        except Exception:
-            pass  # the connection failed: its server session, and the lock, end with it
-
-    def _kill_from_side(self, conn_id: int) -> None:
-        try:
-            side = _driver().connect(**self._params)
-        except Exception:
-            return  # the server will see the closed socket instead
-        try:
-            side.query(b"KILL %d" % conn_id)
-        except Exception:
-            pass
-        finally:
-            side.close()
 
     def _token_for(self, session: _Session, literal: bytes, table_token: int) -> int:
         """The acquisition's token: the server counter's next value with fencing, else the table token."""
         if not self.fencing:
             return table_token
-        db = session.db
-        try:
-            if not self._fencing_ready:
-                db.query(self._fencing_ddl)
-                self._fencing_ready = True
-            db.query(self._fencing_sql % literal)
-            return int(db.insert_id())
-        except BaseException as exc:
-            self._give_up(session, literal, exc, "the fencing counter failed")
-            raise
-
-    def release(self, name: str, lock_id: int, token: int) -> None:
-        entry = self._held.pop((lock_id, token), None)
-        if entry is None:
-            raise LockLostError(f"the lock {name!r} is not held by this locker (forked, or closed)", key=name)
-        try:
-            self._release_on(entry.session, entry.literal, name)
-        finally:
-            self._table.release(lock_id, entry.table_token)
-            self._checkin(entry.session)
-
-    def _release_on(self, session: _Session, literal: bytes, name: str) -> None:
-        session.locks -= 1
-        if session.broken:
-            raise LockLostError(f"the lock {name!r} was lost: its connection failed while it was held", key=name)
         with session.guard:
             try:
-                released = _scalar(session.db, b"SELECT RELEASE_LOCK(%s)" % literal)
+                return run_blocking(self._next_token, session.db, literal)
             except Exception as exc:
+                raise self._error("the fencing counter failed", exc) from exc
+
+    def _next_token(self, db: Any, literal: bytes) -> int:
+        if not self._fencing_ready:
+            db.query(self._fencing_ddl)
+            self._fencing_ready = True
+        db.query(self._fencing_sql % literal)
+        return int(db.insert_id())
+
+    def _give_back(
+        self,
+        session: _Session | None,
+        literals: list[bytes],
+        table_tokens: list[tuple[int, int]],
+        *,
+        failed: bool,
+    ) -> None:
+        """Undo an acquisition that was not made: server locks on ``session``, then the in-process queue.
+
+        ``failed``: it raised or was interrupted, so the connection's state is
+        unknown: our own connection is closed (ending every lock of its
+        session), the caller's gets a RELEASE_LOCK of every name, granted or
+        not (harmless for a name it does not hold). Otherwise each of
+        ``literals`` (all granted) is released and the connection goes back
+        to the pool; if that fails, it is closed.
+        """
+        try:
+            if session is not None and (failed and session.owned):
                 self._discard(session)
+            elif session is not None:
+                with session.guard:
+                    for literal in reversed(literals):
+                        try:
+                            run_blocking(_scalar, session.db, b"SELECT RELEASE_LOCK(%s)" % literal)
+                        except Exception:
+                            self._discard(session)
+                            break
+                        session.locks = max(0, session.locks - 1)
+                self._checkin(session)
+        finally:
+            for lock_id, table_token in table_tokens:
+                table_release(self._table, lock_id, table_token)
+
+    def release(self, grant: Grant) -> None:
+        pinned: _Pinned = grant.data
+        session: _Session = grant.conn
+        name = grant.name
+        if pinned.done:
+            raise LockLostError(f"the lock {name!r} is not held by this grant any more (released)", key=name)
+        pinned.done = True
+        free_queue = True
+        try:
+            if session.broken:
                 raise LockLostError(
-                    f"the lock {name!r} was lost: its connection (id {session.conn_id}) failed: {exc}", key=name
-                ) from exc
-        if released != 1:
-            self._discard(session)  # it no longer holds what we think: trust nothing on it
-            why = "held by another connection" if released == 0 else "no longer exists"
-            raise LockLostError(f"the lock {name!r} was lost before release: it {why} on the server", key=name)
+                    f"the lock {name!r} was lost: its connection failed while it was held", key=name
+                )
+            # Compare-and-delete in one statement: RELEASE_LOCK runs only on the session that took the
+            # lock (behind a proxy that switched server connections it answers -1 and frees nothing).
+            sql = b"SELECT IF(CONNECTION_ID() = %d, RELEASE_LOCK(%s), -1)" % (grant.pid, pinned.literal)
+            with session.guard:
+                try:
+                    released = run_blocking(_scalar, session.db, sql)
+                except Exception as exc:
+                    self._discard(session)
+                    raise LockLostError(
+                        f"the lock {name!r} was lost: its connection (id {grant.pid}) failed: {exc}", key=name
+                    ) from exc
+                except BaseException:
+                    # Interrupted: whether the server released it is unknown. Our own connection is
+                    # closed, never pooled while it may hold a lock. On the caller's, abort() releases
+                    # the name again and only then frees the in-process queue, so that no other lock
+                    # of ours takes the name on that connection before.
+                    if session.owned:
+                        finish(self._discard(session))
+                    else:
+                        pinned.done = False
+                        free_queue = False
+                    raise
+                if released == 1:
+                    session.locks -= 1
+                elif released == -1:
+                    now = self._connection_id(session)
+                    why = f"its connection is now server session {now}, not {grant.pid} (a proxy?)"
+                else:
+                    why = "it is held by another connection" if released == 0 else "it no longer exists"
+            if released != 1:
+                self._discard(session)  # it no longer holds what we think: trust nothing on it
+                raise LockLostError(f"the lock {name!r} was lost before release: {why}", key=name)
+            self._checkin(session)
+        finally:
+            if free_queue:
+                table_release(self._table, grant.lock_id, pinned.table_token)
+
+    def abort(self, grant: Grant) -> None:
+        """Make sure nothing stays held for ``grant``: close its connection (or RELEASE_LOCK on the caller's)."""
+        pinned: _Pinned = grant.data
+        session: _Session = grant.conn
+        try:
+            if pinned.done:
+                return
+            pinned.done = True
+            if session.owned:
+                self._discard(session)  # ends the session: every lock of it is freed
+                return
+            if os.getpid() != self._pid:
+                return  # the parent's connection: not ours to touch
+            with session.guard:
+                released = run_blocking(_scalar, session.db, b"SELECT RELEASE_LOCK(%s)" % pinned.literal)
+                if released == 1:
+                    session.locks -= 1
+        except Exception:
+            pass  # the connection failed: its server session, and the lock, end with it
+        finally:
+            table_release(self._table, grant.lock_id, pinned.table_token)
+
+    def check(self, grant: Grant) -> bool:
+        """One round trip on the pinned connection: does this very session still hold the name?"""
+        pinned: _Pinned = grant.data
+        session: _Session = grant.conn
+        if pinned.done or session.broken:
+            return False
+        sql = b"SELECT COALESCE(IS_USED_LOCK(%s) = CONNECTION_ID() AND CONNECTION_ID() = %d, 0)" % (
+            pinned.literal,
+            grant.pid,
+        )
+        try:
+            with session.guard:
+                held = run_blocking(_scalar, session.db, sql)
+        except Exception:
+            self._discard(session)  # its session is gone or unusable: so is the lock
+            return False
+        return bool(held)
+
+    def _connection_id(self, session: _Session) -> Any:
+        try:
+            return run_blocking(_scalar, session.db, b"SELECT CONNECTION_ID()")
+        except Exception:
+            return "unknown"
 
     def acquire_many(
         self,
         requests: Sequence[LockRequest],
         *,
         timeout: float | None = None,
+        ttl: float | None = None,
         on_wait: Callable[[], None] = NO_WAIT_CALLBACK,
-    ) -> list[int] | None:
+    ) -> list[Grant] | None:
         """All or none, in the given order, on one connection; given back when one is not had in time."""
         for request in requests:
-            if request.shared:
-                self._refuse(True, None, None, request.name)
+            if request.shared or ttl is not None:
+                self._refuse(request.shared, None, ttl, request.name)
         deadline = None if timeout is None else _monotonic() + timeout
-        taken: list[tuple[LockRequest, int]] = []  # (request, table token)
+        told: list[bool] = []
+
+        def wait_once() -> None:
+            if not told:
+                told.append(True)
+                on_wait()
+
+        tell = NO_WAIT_CALLBACK if on_wait is NO_WAIT_CALLBACK else wait_once
+        table = self._table
+        taken: list[tuple[int, int]] = []  # (lock_id, table token)
+        literals: list[bytes] = []  # taken (or being taken) on the server, in order
         session: _Session | None = None
-        literals: list[bytes] = []
         try:
             for request in requests:
-                remaining = None if deadline is None else max(0.0, deadline - _monotonic())
-                table_token = self._table.acquire(request.lock_id, False, remaining, None)
+                table_token = table.acquire(request.lock_id, False, 0.0, None)
                 if not table_token:
-                    break
-                taken.append((request, table_token))
+                    if timeout == 0:
+                        break
+                    tell()
+                    remaining = None if deadline is None else max(0.0, deadline - _monotonic())
+                    table_token = table_acquire(table, request.lock_id, False, remaining, None)
+                    if not table_token:
+                        break
+                taken.append((request.lock_id, table_token))
                 if session is None:
                     session = self._checkout()
                 literal = _name_literal(request.name)
-                remaining = None if deadline is None else max(0.0, deadline - _monotonic())
-                if not self._lock_on(session, literal, remaining, None if remaining is None else deadline, on_wait):
-                    break
                 literals.append(literal)
+                remaining = None if deadline is None else max(0.0, deadline - _monotonic())
+                if not self._lock_on(session, literal, remaining, deadline, tell):
+                    literals.pop()
+                    break
             else:
-                assert session is not None
-                tokens = [self._token_for(session, literal, t) for literal, (_r, t) in zip(literals, taken)]
-                for (request, table_token), literal, token in zip(taken, literals, tokens):
-                    self._held[request.lock_id, token] = _Held(session, literal, table_token, request.name)
-                return tokens
+                assert session is not None or not requests
+                if session is None:
+                    return []
+                grants = []
+                for request, literal, (_lock_id, table_token) in zip(requests, literals, taken):
+                    token = self._token_for(session, literal, table_token)
+                    pinned = _Pinned(literal, table_token)
+                    grants.append(
+                        Grant(
+                            request.name,
+                            request.lock_id,
+                            False,
+                            token,
+                            None,
+                            conn=session,
+                            pid=session.conn_id,
+                            data=pinned,
+                        )
+                    )
+                return grants
         except BaseException:
-            if session is not None and session.owned:
-                self._discard(session)  # frees every lock taken on it
-            elif session is not None:
-                self._undo(session, literals)
-            for request, table_token in taken:
-                self._table.release(request.lock_id, table_token)
+            finish(self._give_back(session, literals, taken, failed=True))
             raise
-        if session is not None:
-            self._undo(session, literals)
-            self._checkin(session)
-        for request, table_token in taken:
-            self._table.release(request.lock_id, table_token)
+        finish(self._give_back(session, literals, taken, failed=False))
         return None
-
-    def _undo(self, session: _Session, literals: list[bytes]) -> None:
-        """RELEASE_LOCK each of ``literals`` on ``session``, last first; on failure drop the connection."""
-        for literal in reversed(literals):
-            session.locks -= 1
-            try:
-                with session.guard:
-                    _scalar(session.db, b"SELECT RELEASE_LOCK(%s)" % literal)
-            except Exception:
-                self._discard(session)
-                return
 
     # -- inspection ---------------------------------------------------------
 
-    def _ask(self, sql: bytes, name: str) -> tuple[Any, ...]:
-        """First row of a read-only statement about ``name``, on a pooled connection."""
+    def _ask(self, sql: bytes, what: str, max_rows: int = 1) -> tuple[Any, ...]:
+        """The rows of a read-only statement, on a pooled connection (or the wrapped one)."""
         session = self._checkout()
         try:
             with session.guard:
-                session.db.query(sql % _name_literal(name))
-                rows = session.db.store_result().fetch_row()
-        except Exception as exc:
-            raise self._failure(session, "inspecting locks failed", exc) from exc
+                rows = run_blocking(_rows, session.db, sql, max_rows)
+        except BaseException as exc:
+            finish(self._discard(session))
+            if isinstance(exc, Exception):
+                raise self._error(what, exc) from exc
+            raise
         self._checkin(session)
-        return rows[0] if rows else ()
+        return rows
 
     def held(self, name: str, lock_id: int) -> bool:
-        return self._ask(b"SELECT IS_USED_LOCK(%s)", name)[0] is not None
+        rows = self._ask(b"SELECT IS_USED_LOCK(%s)" % _name_literal(name), f"checking the lock {name!r}")
+        return rows[0][0] is not None
 
     def holders(self, name: str, lock_id: int) -> list[Holder]:
         # One round trip; without the PROCESS privilege the processlist shows only our own
-        # connections, and user / host stay None.
-        row = self._ask(
+        # connections, and user / host stay None. The server knows no tokens: token is None.
+        rows = self._ask(
             b"SELECT x.id, p.USER, p.HOST FROM (SELECT IS_USED_LOCK(%s) AS id) x"
-            b" LEFT JOIN information_schema.PROCESSLIST p ON p.ID = x.id",
-            name,
+            b" LEFT JOIN information_schema.PROCESSLIST p ON p.ID = x.id" % _name_literal(name),
+            f"listing the holders of {name!r}",
         )
-        if not row or row[0] is None:
+        if not rows or rows[0][0] is None:
             return []
-        conn_id, user, host = row
-        ours = [(t, h) for (lid, t), h in list(self._held.items()) if lid == lock_id and h.session.conn_id == conn_id]
-        token, since = (ours[0][0], ours[0][1].since) if ours else (None, None)
-        return [
-            Holder(name=name, lock_id=lock_id, token=token, pid=int(conn_id),
-                   user=_text(user), host=_text(host), since=since)
-        ]
+        conn_id, user, host = rows[0]
+        return [Holder(name=name, lock_id=lock_id, pid=int(conn_id), user=_text(user), host=_text(host))]
 
     def list_held(self) -> list[Holder]:
         """kannuki's locks on the server: needs MariaDB's METADATA_LOCK_INFO plugin or MySQL's
-        performance_schema; otherwise only this locker's own."""
+        performance_schema (metadata_locks); without either the server cannot list them: []."""
         session = self._checkout()
-        rows: tuple[Any, ...] = ()
-        for sql in (
-            b"SELECT m.TABLE_SCHEMA, m.THREAD_ID, p.USER, p.HOST FROM information_schema.METADATA_LOCK_INFO m"
-            b" LEFT JOIN information_schema.PROCESSLIST p ON p.ID = m.THREAD_ID WHERE m.LOCK_TYPE = 'User lock'",
-            b"SELECT m.OBJECT_NAME, t.PROCESSLIST_ID, t.PROCESSLIST_USER, t.PROCESSLIST_HOST"
-            b" FROM performance_schema.metadata_locks m JOIN performance_schema.threads t"
-            b" ON t.THREAD_ID = m.OWNER_THREAD_ID WHERE m.OBJECT_TYPE = 'USER LEVEL LOCK'",
-        ):
-            try:
-                with session.guard:
-                    session.db.query(sql)
-                    rows = session.db.store_result().fetch_row(0)
-                break
-            except Exception as exc:
-                if not _is_driver_error(exc):
-                    raise
-                if exc.args and exc.args[0] in (2006, 2013):
-                    raise self._failure(session, "listing locks failed", exc) from exc
-        else:
-            self._checkin(session)
-            return self._own_holders()
+        rows: tuple[Any, ...] | None = None
+        try:
+            with session.guard:
+                for sql in _LIST_SQL:
+                    try:
+                        rows = run_blocking(_rows, session.db, sql)
+                        break
+                    except Exception as exc:
+                        if not _is_driver_error(exc) or _error_code(exc) in _CONNECTION_GONE:
+                            raise
+        except BaseException as exc:
+            finish(self._discard(session))
+            if isinstance(exc, Exception):
+                raise self._error("listing locks failed", exc) from exc
+            raise
         self._checkin(session)
-        own = self._own_holders()
-        seen = {(holder.pid, mysql_lock_name(holder.name)) for holder in own}
-        for server_name, conn_id, user, host in rows:
-            server_name = _text(server_name) or ""
-            if not server_name.startswith(NAMESPACE) or (conn_id, server_name) in seen:
+        out: list[Holder] = []
+        for raw_name, conn_id, user, host in rows or ():
+            server_name = _text(raw_name) or ""
+            if not server_name.startswith(NAMESPACE):
                 continue
             # A readable server name gives the full name back; a hashed one does not (lock_id 0).
             readable = "#" not in server_name
-            name = server_name[len(NAMESPACE):] if readable else server_name
-            own.append(Holder(name=name, lock_id=compute_lock_id(name) if readable else 0,
-                              pid=conn_id, user=_text(user), host=_text(host)))
-        return own
+            name = server_name[len(NAMESPACE) :] if readable else server_name
+            out.append(
+                Holder(
+                    name=name,
+                    lock_id=compute_lock_id(name) if readable else 0,
+                    pid=conn_id,
+                    user=_text(user),
+                    host=_text(host),
+                )
+            )
+        return out
 
-    def _own_holders(self) -> list[Holder]:
-        return [
-            Holder(name=held.name, lock_id=lock_id, token=token, pid=held.session.conn_id, since=held.since)
-            for (lock_id, token), held in list(self._held.items())
-        ]
+    def force_release(self, name: str, lock_id: int, *, terminate: bool = False) -> int:
+        """Free ``name`` whoever holds it: only with ``terminate=True``, by KILLing the holding connection.
+
+        GET_LOCK belongs to a server session; nobody else can release it. So
+        without ``terminate`` this refuses, naming the holder; with it, the
+        holder's connection is KILLed, which ends every lock and open
+        transaction of that session. Returns how many holds were freed (0 or 1).
+        """
+        literal = _name_literal(name)
+        session = self._checkout()
+        refusal = None
+        holder = None
+        freed = 0
+        try:
+            with session.guard:
+                rows = run_blocking(
+                    _rows,
+                    session.db,
+                    b"SELECT x.id, p.USER, p.HOST, CONNECTION_ID() FROM (SELECT IS_USED_LOCK(%s) AS id) x"
+                    b" LEFT JOIN information_schema.PROCESSLIST p ON p.ID = x.id" % literal,
+                    1,
+                )
+                conn_id, user, host, own_id = rows[0] if rows else (None, None, None, None)
+                if conn_id is None:
+                    pass
+                elif not terminate:
+                    holder = Holder(
+                        name=name, lock_id=lock_id, pid=int(conn_id), user=_text(user), host=_text(host)
+                    )
+                    refusal = (
+                        f"the lock {name!r} is held by {self.scheme} connection {conn_id} ({holder.describe()}); "
+                        "only its own session can release a GET_LOCK. Pass terminate=True to KILL that "
+                        "connection (it ends every lock and open transaction of that session)"
+                    )
+                elif conn_id == own_id:
+                    # The connection we ask on holds it (the wrapped one): release every nesting of it here.
+                    while run_blocking(_scalar, session.db, b"SELECT RELEASE_LOCK(%s)" % literal) == 1:
+                        freed = 1
+                else:
+                    try:
+                        run_blocking(_execute, session.db, b"KILL %d" % int(conn_id))
+                        freed = 1
+                    except Exception as exc:
+                        if _error_code(exc) != 1094:  # ER_NO_SUCH_THREAD: it ended meanwhile
+                            raise
+        except BaseException as exc:
+            finish(self._discard(session))
+            if isinstance(exc, Exception):
+                raise self._error(f"force-releasing the lock {name!r} failed", exc) from exc
+            raise
+        self._checkin(session)
+        if refusal is not None:
+            raise NotSupportedError(refusal, key=name, holder=holder)
+        return freed
 
     # -- life cycle ---------------------------------------------------------
 
     def close(self) -> None:
-        """Close every connection kannuki opened; locks still held are freed on the server (and lost).
+        """Close every connection kannuki opened (a lock still held on one is freed, and lost).
 
-        On a wrapped connection (left open) the locks still held are released.
+        The caller's wrapped connection is left open; the hold owner has released its locks first.
         """
-        held, self._held = self._held, {}
-        for (lock_id, _token), entry in held.items():
-            if not entry.session.owned and os.getpid() == self._pid:
-                self._undo(entry.session, [entry.literal])
-            self._table.release(lock_id, entry.table_token)
+        self._idle = []
         for session in list(self._sessions):
             self._discard(session)
-        self._idle.clear()
 
     def after_fork_in_child(self) -> None:
         """Forget the parent's connections without touching the parent's server sessions."""
@@ -699,18 +964,18 @@ class MySQLBackend(Backend):
                 session.broken = True
         finally:
             os.close(devnull)
+        if self._wrapped is not None:
+            self._wrapped.broken = True
         self._sessions = set()
         self._idle = []
-        self._held = {}
         self._wrapped = None
+        self._mutex = Mutex()
         self._pid = os.getpid()
 
 
-def _readable_within(fd: int, seconds: float) -> bool:
-    """Wait for the server's answer; a signal handler's exception (Ctrl-C) propagates."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP)
-    return bool(poller.poll(seconds * 1000.0))
+def _execute(db: Any, sql: bytes) -> None:
+    """Run a statement that returns no rows (KILL)."""
+    db.query(sql)
 
 
 def _text(value: Any) -> str | None:
@@ -721,7 +986,9 @@ def _seconds_from_url(value: str) -> float:
     try:
         return float(value)
     except ValueError:
-        raise ConfigurationError(f"connect_timeout in the url must be a number of seconds, not {value!r}") from None
+        raise ConfigurationError(
+            f"connect_timeout in the url must be a number of seconds, not {value!r}"
+        ) from None
 
 
 def _redact(url: str) -> str:

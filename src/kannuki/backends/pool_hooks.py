@@ -9,14 +9,22 @@ Install one of these where your pool resets a returned connection::
 
     pool = ConnectionPool(url, reset=release_postgres_locks)
 
-Each takes a DB-API connection (psycopg, MySQLdb, ...) and needs no driver import.
+    from psycopg_pool import AsyncConnectionPool
+    from kannuki.backends.pool_hooks import arelease_postgres_locks
+
+    pool = AsyncConnectionPool(url, reset=arelease_postgres_locks)
+
+The sync hooks take a DB-API connection (psycopg, MySQLdb, ...); the async one
+a psycopg AsyncConnection. None needs a driver import.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["release_mysql_locks", "release_postgres_locks"]
+__all__ = ["arelease_postgres_locks", "release_mysql_locks", "release_postgres_locks"]
+
+_UNLOCK_ALL_POSTGRES = "SELECT pg_advisory_unlock_all()"
 
 
 def release_postgres_locks(conn: Any) -> None:
@@ -25,7 +33,25 @@ def release_postgres_locks(conn: Any) -> None:
     For psycopg_pool's ``reset=`` callback, or any pool's check-in hook.
     Transaction-level locks are untouched: they end with their transaction.
     """
-    _run_on_return(conn, "SELECT pg_advisory_unlock_all()")
+    _run_on_return(conn, _UNLOCK_ALL_POSTGRES)
+
+
+async def arelease_postgres_locks(conn: Any) -> None:
+    """Free every session advisory lock held by the async ``conn`` (``pg_advisory_unlock_all()``).
+
+    For the ``reset=`` callback of psycopg_pool's ``AsyncConnectionPool``
+    (which awaits it). Transaction-level locks are untouched.
+    """
+    # As _run_on_return, awaited: end the SELECT's transaction again when the connection was idle.
+    idle_before = _transaction_status(conn) == 0
+    cursor = conn.cursor()
+    try:
+        await cursor.execute(_UNLOCK_ALL_POSTGRES)
+        await cursor.fetchall()
+    finally:
+        await cursor.close()
+    if idle_before and _transaction_status(conn) != 0:
+        await conn.rollback()
 
 
 def release_mysql_locks(conn: Any) -> None:

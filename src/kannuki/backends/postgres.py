@@ -1,17 +1,29 @@
-"""``postgresql://``: PostgreSQL advisory locks through psycopg 3.
+# WARNING: generated from src/kannuki/backends/postgres_async.py by tools/async_to_sync.py.
+# Do not edit: change the async source and run `python tools/async_to_sync.py`.
+"""``postgresql://``: PostgreSQL advisory locks through psycopg 3 (async source; ``postgres.py`` is generated).
 
 Session locks (``pg_advisory_lock`` and friends) on the 64-bit lock ID, so any
 SQL client running ``pg_advisory_lock(hashtextextended('<full name>', 0))``
 contends with kannuki. Transaction-level locks (``pg_advisory_xact_lock``) on
-the caller's connection inside its transaction.
+the caller's connection inside its transaction (``transaction=``).
 
 Connections. Every held session lock pins one connection until it is
 released (``lock_many`` pins one connection for all its keys). A pinned
 connection never goes back to a pool; once released it is reused. So a
 process opens about as many connections as it holds locks at once, plus at
 most one per key it is waiting for: within one process, waiters for the same
-key queue on an in-process lock table first, and only the head of that queue
-waits on the server.
+key (threads, or tasks of an event loop) queue on an in-process lock table
+first, and only the head of that queue waits on the server. The server PID is
+recorded at acquire and checked by the release statement itself before it
+unlocks: behind a pooler in transaction mode (PgBouncer) a release that lands
+on another server backend unlocks nothing there and is LockLostError.
+
+The locker may also wrap a user's psycopg_pool pool (a connection is borrowed
+per acquisition and given back only once it holds nothing) or a user's single
+connection, shared by every lock of the locker. That connection is one server
+session: a server wait on it holds it until the wait ends, so the other locks
+of the locker wait for it too; a connection outside autocommit mode is used
+by one thread or task at a time, as psycopg's transactions are.
 
 Waits happen on the server, under a ``lock_timeout`` set with
 ``set_config(..., true)``, so the setting never outlives the wait. On an
@@ -22,22 +34,36 @@ in a savepoint that is always rolled back: session advisory locks survive the
 rollback, the setting does not. A blocking acquire tries first only when someone
 listens for the ``waiting`` event (the try is what tells a wait is coming).
 Only SQLSTATE 55P03 means "not acquired"; 40P01 is DeadlockError; anything
-else is BackendError. Ctrl-C during a wait: psycopg cancels the query on the
-server, and the connection is discarded.
+else is BackendError.
+
+Interruptions. Ctrl-C (sync) or a cancelled task (async) during a server
+wait: psycopg cancels the query on the server. The lock may have been granted
+just before, so an interrupted or failed acquire closes its connection (or, on
+a connection that holds other locks, gives back just that key); an interrupted
+release does the same. In async code the release and that undo run to their
+end even when the task is cancelled meanwhile.
+
+The backend keeps no record of its holds: everything a release needs (the
+connection, the server PID, the in-process queue token) is in the Grant. In a
+forked child the parent's connections are forgotten, never closed.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import time
 import weakref
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
+from kannuki._compat import finish, table_acquire, table_release
 from kannuki._core import LockTable
 from kannuki.backends import _pg_common as pg
 from kannuki.backends import _pg_sql as sql
 from kannuki.backends._tables import object_table, process_table
-from kannuki.backends.base import NO_WAIT_CALLBACK, Backend, Holder, LockRequest, reject_unknown_options
+from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, LockRequest, reject_unknown_options
+from kannuki.backends.base import Backend
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
 
 __all__ = ["PostgresBackend"]
@@ -47,45 +73,71 @@ __all__ = ["PostgresBackend"]
 # process), but holding them avoids ResourceWarnings from their finalizers.
 _ORPHANED_IN_CHILD: list[Any] = []
 
+# Grant.data of a transaction-level lock (it ends with its transaction, not with release).
+_XACT = "transaction"
+# Tokens of transaction-level locks: increasing within the process.
+_XACT_TOKENS = itertools.count(1)
+
+_monotonic = time.monotonic
+
+
+def _fetch(cursor: Any, every: bool) -> Any:
+    if every:
+        return cursor.fetchall()
+    return cursor.fetchone()
+
 
 class _Session:
-    """One connection and what this backend knows about it."""
+    """One connection and what this backend knows about it (``Grant.conn`` of a session lock)."""
 
-    __slots__ = ("conn", "holds", "_cursor", "_private")
+    __slots__ = ("_cursor", "checked", "conn", "holds", "process")
 
     def __init__(self, conn: Any, *, private: bool) -> None:
         self.conn = conn
         self.holds = 0  # locks pinned on this connection now
+        self.checked = False  # passed the standby check
+        self.process = os.getpid()  # a forked child never touches the parent's connection
         # A private connection is used by one acquisition at a time: one cursor
         # is reused. A shared one (the user's own connection) gets a cursor per call.
-        self._private = private
         self._cursor = conn.cursor() if private else None
 
-    def run(self, statement: str, params: Any = None) -> Any:
-        """Execute one statement (prepared on the server after a few uses) and return its row."""
+    def run(self, statement: str, params: Any = None, *, every: bool = False, apart: bool = False) -> Any:
+        """Execute one statement (prepared on the server after a few uses) and return its row (every row if ``every``).
+
+        ``apart``: on a cursor of its own, for a call that may overlap the
+        holder's own use of the connection (``check`` from another thread).
+        """
         conn = self.conn
         if not conn.autocommit and conn.info.transaction_status == pg.IDLE:
             # A non-autocommit connection of the user: don't leave it idle in transaction.
             with conn.transaction():
-                return conn.execute(statement, params, prepare=True).fetchone()
+                return _fetch(conn.execute(statement, params, prepare=True), every)
         cursor = self._cursor
-        if cursor is None:
-            return conn.execute(statement, params, prepare=True).fetchone()
+        if cursor is None or apart:
+            return _fetch(conn.execute(statement, params, prepare=True), every)
         cursor.execute(statement, params, prepare=True)
-        return cursor.fetchone()
+        return _fetch(cursor, every)
 
     def outside_transaction(self) -> bool:
         """Autocommit with no transaction open: one statement is its own transaction."""
         return pg.outside_transaction(self.conn)
 
+    def alive(self) -> bool:
+        """Open and not broken (its session, and the locks on it, may still exist)."""
+        conn = self.conn
+        return not conn.closed and not conn.broken
+
     def usable(self) -> bool:
         """Open, not broken, and not inside a transaction: fit to be reused."""
-        conn = self.conn
-        return not conn.closed and not conn.broken and conn.info.transaction_status == pg.IDLE
+        return self.alive() and self.conn.info.transaction_status == pg.IDLE
+
+    def inherited(self) -> bool:
+        """Opened by another process (this is a forked child): never to be touched."""
+        return self.process != os.getpid()
 
 
 class _OwnConnections:
-    """Connections this backend opens from a URL: a small list of idle ones, reused."""
+    """Connections this backend opens from a URL: up to ``pool_size`` idle ones are kept for reuse."""
 
     closes = True
 
@@ -96,6 +148,8 @@ class _OwnConnections:
         self.application_name = application_name
         self.idle: list[_Session] = []
         self.opened = 0  # connections opened so far (for tests and stats)
+        # Every connection opened here and still alive, idle or pinned: a forked child orphans them all.
+        self.live: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def local_table(self) -> LockTable:
         """The in-process queue of every locker of this process on this URL."""
@@ -117,10 +171,12 @@ class _OwnConnections:
         psycopg = pg.psycopg()
         kwargs = pg.connect_kwargs(psycopg, self.url, self.connect_timeout, self.application_name)
         try:
-            conn = psycopg.connect(self.url, **kwargs)
-        except psycopg.Error as exc:
+            # psycopg honours connect_timeout itself, sync and async.
+            conn = psycopg.Connection.connect(self.url, **kwargs)
+        except (psycopg.Error, OSError) as exc:
             raise BackendError(f"could not connect to PostgreSQL at {pg.safe_url(self.url)}: {exc}") from exc
         self.opened += 1
+        self.live.add(conn)
         return _Session(conn, private=True)
 
     def put(self, session: _Session) -> None:
@@ -141,8 +197,9 @@ class _OwnConnections:
             self.discard(session)
 
     def forget(self) -> None:
-        _ORPHANED_IN_CHILD.extend(session.conn for session in self.idle)
+        _ORPHANED_IN_CHILD.extend(self.live)
         self.idle = []
+        self.live = weakref.WeakSet()
 
 
 class _PoolConnections:
@@ -152,7 +209,7 @@ class _PoolConnections:
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
-        self.sessions: "weakref.WeakKeyDictionary[Any, _Session]" = weakref.WeakKeyDictionary()
+        self.sessions: weakref.WeakKeyDictionary[Any, _Session] = weakref.WeakKeyDictionary()
 
     def local_table(self) -> LockTable:
         """The in-process queue of every locker of this process on this pool."""
@@ -162,7 +219,11 @@ class _PoolConnections:
         try:
             conn = self.pool.getconn()
         except Exception as exc:
-            raise BackendError(f"could not get a connection from the pool {self.pool.name!r}: {exc}") from exc
+            if pg.is_driver_error(exc):
+                raise BackendError(
+                    f"could not get a connection from psycopg_pool {self.pool.name!r}: {exc}"
+                ) from exc
+            raise
         session = self.sessions.get(conn)
         if session is None:
             session = self.sessions[conn] = _Session(conn, private=True)
@@ -176,7 +237,10 @@ class _PoolConnections:
             session.conn.close()
         except Exception:
             pass
-        self.pool.putconn(session.conn)  # the pool sees it closed and replaces it
+        try:
+            self.pool.putconn(session.conn)  # the pool sees it closed and replaces it
+        except Exception:  # the pool was closed meanwhile: it has let go of the connection anyway
+            pass
 
     def close(self) -> None:
         """The pool is the user's: they close it."""
@@ -192,12 +256,18 @@ class _OneConnection:
 
     def __init__(self, conn: Any) -> None:
         self.session = _Session(conn, private=False)
+        self.inherited = False
 
     def local_table(self) -> LockTable:
         """The in-process queue of every locker on this connection (one server session: it cannot tell them apart)."""
         return object_table("postgresql", self.session.conn)
 
     def get(self) -> _Session:
+        if self.inherited:
+            raise BackendError(
+                "this locker wraps a psycopg connection of the parent process: after fork() "
+                "the child must open its own connection (and make a locker of it)"
+            )
         return self.session
 
     def put(self, session: _Session) -> None:
@@ -210,30 +280,18 @@ class _OneConnection:
         pass
 
     def forget(self) -> None:
-        pass
-
-
-class _Pin:
-    """What one held session lock pinned: its connection, the server PID, the local-queue token."""
-
-    __slots__ = ("name", "session", "pid", "local_token", "shared")
-
-    def __init__(self, name: str, session: _Session, pid: int, local_token: int, shared: bool) -> None:
-        self.name = name
-        self.session = session
-        self.pid = pid
-        self.local_token = local_token
-        self.shared = shared
+        self.inherited = True
 
 
 class PostgresBackend(Backend):
     """Advisory locks in PostgreSQL through psycopg 3.
 
-    Options (keywords of ``Locker``): ``pool_size`` (idle connections kept for
+    Options (keywords of the locker): ``pool_size`` (idle connections kept for
     reuse, default 4), ``connect_timeout`` (seconds, default 5),
     ``application_name`` (default "kannuki"), ``allow_replica`` (default False:
-    a standby is refused), ``fencing`` (default False: fencing tokens from a
-    server-side counter table instead of the in-process one).
+    a standby is refused), ``fencing`` (default False; True: fencing tokens of
+    session locks come from a server-side counter table, strictly increasing
+    per key across processes and hosts, instead of the in-process sequence).
     """
 
     scheme = "postgresql"
@@ -241,12 +299,7 @@ class PostgresBackend(Backend):
     supports_transaction = True
 
     def __init__(
-        self,
-        source: Any,
-        *,
-        where: str,
-        allow_replica: bool = False,
-        fencing: bool = False,
+        self, source: Any, *, where: str, allow_replica: bool = False, fencing: bool = False
     ) -> None:
         self._source = source
         self._where = where
@@ -254,15 +307,12 @@ class PostgresBackend(Backend):
         self.fencing = fencing
         # Waiters of this process queue here first, so one connection per key waits on the server.
         self._local = source.local_table()
-        self._pins: dict[tuple[int, int], _Pin] = {}
-        self._xact_tokens = itertools.count(1)
-        self._checked: "weakref.WeakSet[Any]" = weakref.WeakSet()  # connections that passed the replica check
         self._fencing_ready = False
 
     # -- construction -------------------------------------------------------
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> "PostgresBackend":
+    def from_url(cls, url: str, **options: Any) -> PostgresBackend:
         connect = pg.pop_connect_options(options)
         common = cls._common_options(options)
         url = pg.checked_url(url, connect)
@@ -270,14 +320,21 @@ class PostgresBackend(Backend):
 
     @classmethod
     def wraps(cls, obj: Any) -> bool:
-        return pg.has_class(obj, "psycopg", "Connection") or pg.has_class(obj, "psycopg_pool", "ConnectionPool")
+        return pg.has_class(obj, "psycopg", "Connection") or pg.has_class(
+            obj, "psycopg_pool", "ConnectionPool"
+        )
 
     @classmethod
-    def from_connection(cls, obj: Any, **options: Any) -> "PostgresBackend":
+    def from_connection(cls, obj: Any, **options: Any) -> PostgresBackend:
         common = cls._common_options(options)
         if pg.has_class(obj, "psycopg_pool", "ConnectionPool"):
             return cls(_PoolConnections(obj), where=f"psycopg_pool {obj.name!r}", **common)
-        return cls(_OneConnection(obj), where="a psycopg connection", **common)
+        if pg.has_class(obj, "psycopg", "Connection"):
+            return cls(_OneConnection(obj), where="a psycopg connection", **common)
+        raise ConfigurationError(
+            "the postgresql backend wraps a psycopg Connection or a psycopg_pool ConnectionPool, "
+            f"not {type(obj).__qualname__}"
+        )
 
     @staticmethod
     def _common_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -301,51 +358,59 @@ class PostgresBackend(Backend):
         ttl: float | None = None,
         on_wait: Callable[[], None] = NO_WAIT_CALLBACK,
         transaction: Any = None,
-    ) -> int:
+    ) -> Grant | None:
         if ttl is not None:
-            raise NotSupportedError("the postgresql backend has no leases: a lock lives as long as its connection; drop ttl=")
+            raise NotSupportedError(
+                "the postgresql backend has no leases: a lock lives as long as its connection; drop ttl="
+            )
         if transaction is not None and transaction is not False:
             return self._acquire_in_transaction(name, lock_id, shared, timeout, on_wait, transaction)
         local = self._local
         local_token: int = local.acquire(lock_id, shared, 0.0, None)
         if not local_token:
-            # Another thread of this process holds or waits for the key: queue behind it here.
+            # Another thread or task of this process holds or waits for the key: queue behind it here.
             if timeout == 0:
-                return 0
+                return None
             on_wait()
             on_wait = NO_WAIT_CALLBACK
-            if timeout is None:
-                local_token = local.acquire(lock_id, shared, None, None)
-            else:
-                started = _monotonic()
-                local_token = local.acquire(lock_id, shared, timeout, None)
-                timeout = max(0.0, timeout - (_monotonic() - started))
+            started = _monotonic()
+            local_token = table_acquire(local, lock_id, shared, timeout, None)
             if not local_token:
-                return 0
+                return None
+            if timeout is not None:
+                timeout = max(0.0, timeout - (_monotonic() - started))
         try:
-            token = self._acquire_on_server(name, lock_id, shared, timeout, on_wait, local_token)
+            grant = self._acquire_on_server(name, lock_id, shared, timeout, on_wait, local_token)
         except BaseException:
-            local.release(lock_id, local_token)
+            table_release(local, lock_id, local_token)
             raise
-        if not token:
-            local.release(lock_id, local_token)
-        return token
+        if grant is None:
+            table_release(local, lock_id, local_token)
+        return grant
 
     def _acquire_on_server(
-        self, name: str, lock_id: int, shared: bool, timeout: float | None, on_wait: Callable[[], None], local_token: int
-    ) -> int:
+        self,
+        name: str,
+        lock_id: int,
+        shared: bool,
+        timeout: float | None,
+        on_wait: Callable[[], None],
+        local_token: int,
+    ) -> Grant | None:
         source = self._source
         session = source.get()
+        asked = False  # has a statement that may take the lock been sent?
         try:
-            if session.conn not in self._checked:
+            if not session.checked:
                 self._check_connection(session)
-            token = local_token
+            token, taken, pid = local_token, False, None
+            asked = True
             if self.fencing:
-                taken, token, pid = self._try_fenced(session, lock_id, shared)
+                taken, fenced, pid = self._try_fenced(session, lock_id, shared)
+                if taken:
+                    token = fenced
             elif pg.try_first(session.conn, timeout, on_wait):
                 taken, pid = session.run(sql.TRY_LOCK[shared], (lock_id,))
-            else:
-                taken = False
             if not taken and timeout != 0:
                 on_wait()
                 waits = sql.WAIT_LOCK[shared], sql.TIMED_WAIT_LOCK[shared]
@@ -353,19 +418,20 @@ class PostgresBackend(Backend):
                 if row is not None:
                     taken, pid = True, row[1]
                     if self.fencing:
-                        token = session.run(sql.FENCING_NEXT, (lock_id,))[0]
+                        (token,) = session.run(sql.FENCING_NEXT, (lock_id,))
         except BaseException as exc:
-            self._abandon(session, lock_id, shared)
+            # Failed or interrupted, maybe just after the server granted it: leave nothing held.
+            if asked or source.closes:
+                finish(self._give_back(session, lock_id, shared, None))
             if isinstance(exc, Exception) and pg.is_driver_error(exc):
                 raise sql.translate_error(exc, f"acquiring the lock {name!r}", key=name) from exc
             raise
         if not taken:
             if session.holds == 0:
                 source.put(session)
-            return 0
+            return None
         session.holds += 1
-        self._pins[lock_id, token] = _Pin(name, session, pid, local_token, shared)
-        return int(token)
+        return Grant(name, lock_id, shared, int(token), conn=session, pid=pid, data=local_token)
 
     def _wait(self, session: _Session, statement: str, timed: str, params: Any, timeout: float | None) -> Any:
         """Wait on the server up to ``timeout``; the wait's row, or None when 55P03 ended the wait.
@@ -381,15 +447,14 @@ class PostgresBackend(Backend):
             # Rolled back whatever happens: the lock_timeout goes with it, the session lock stays.
             with conn.transaction(force_rollback=True):
                 conn.execute(sql.SET_LOCK_TIMEOUT, (sql.lock_timeout_setting(timeout),), prepare=True)
-                return conn.execute(statement, params, prepare=True).fetchone()
+                return _fetch(conn.execute(statement, params, prepare=True), False)
         except Exception as exc:
             if sql.is_not_acquired(exc):
                 return None
             raise
 
     def _try_fenced(self, session: _Session, lock_id: int, shared: bool) -> tuple[bool, int | None, int]:
-        conn = session.conn
-        if not conn.autocommit:
+        if not session.conn.autocommit:
             raise ConfigurationError(
                 "fencing=True needs connections in autocommit mode (the counter must commit on its own)"
             )
@@ -409,78 +474,148 @@ class PostgresBackend(Backend):
 
     def _check_connection(self, session: _Session) -> None:
         """Once per connection: refuse a standby unless allowed."""
-        conn = session.conn
-        standby = conn.info.parameter_status("in_hot_standby")  # reported by PostgreSQL >= 14, no round trip
+        standby = session.conn.info.parameter_status(
+            "in_hot_standby"
+        )  # reported by PostgreSQL >= 14, no round trip
         if standby is None:
-            in_recovery = bool(session.run(sql.CONNECTION_INFO)[1])
+            in_recovery = bool((session.run(sql.CONNECTION_INFO))[1])
         else:
             in_recovery = standby == "on"
         sql.check_not_replica(in_recovery, self.allow_replica, self._where)
-        self._checked.add(conn)
+        session.checked = True
 
-    def _abandon(self, session: _Session, lock_id: int, shared: bool) -> None:
-        """After a failure or an interrupt mid-acquire: make sure the key is not left held."""
-        if session.holds == 0 and self._source.closes:
-            self._source.discard(session)  # closing the connection frees whatever it held
+    def _give_back(self, session: _Session, lock_id: int, shared: bool, pid: int | None) -> None:
+        """Make sure ``session`` no longer holds ``lock_id`` for one acquisition (failed, interrupted, aborted).
+
+        The surest means first: a connection that holds nothing else is closed
+        (that frees whatever it held). Otherwise (other locks on it, or the
+        user's own connection) just this key is given back: checked against the
+        server PID it was taken on when known (never another client's lock
+        behind a pooler), else only if this session holds it. Never raises.
+        """
+        source = self._source
+        if session.holds == 0 and source.closes:
+            source.discard(session)
             return
-        # A connection with other locks on it (or the user's own): give back just this key, if taken.
         try:
-            if session.usable():
-                session.run(sql.UNDO_MANY, sql.many_params([lock_id], [shared]))
+            if session.alive() and session.conn.info.transaction_status != pg.INERROR:
+                if pid is None:
+                    session.run(sql.UNDO_MANY, sql.many_params([lock_id], [shared]))
+                else:
+                    session.run(sql.UNLOCK_CHECKED[shared], (pid, lock_id))
+                return
         except Exception:  # best effort; the original error is what the caller needs
             pass
+        if source.closes:  # could not give back just this key: end the session instead
+            source.discard(session)
 
-    def release(self, name: str, lock_id: int, token: int) -> None:
-        pin = self._pins.pop((lock_id, token), None)
-        if pin is None:
-            if token < 0:  # a transaction-level lock: it ends with its transaction
-                return
+    def release(self, grant: Grant) -> None:
+        if grant.data is _XACT:  # a transaction-level lock: it ends with its transaction
+            return
+        session: _Session | None = grant.conn
+        if session is None or session.inherited():
             raise LockLostError(
-                f"the lock {name!r} is not held by this locker (it was closed, or this is a forked child)", key=name
+                f"the lock {grant.name!r} is not held here (already released, or this is a forked child)",
+                key=grant.name,
             )
-        session = pin.session
-        source = self._source
+        grant.conn = None  # from here on the unlock below, or its undo, frees it: abort has nothing left
+        finish(self._unlock(grant, session))
+
+    def _unlock(self, grant: Grant, session: _Session) -> None:
+        name, source = grant.name, self._source
+        session.holds -= 1
         try:
             try:
-                released, pid = session.run(sql.UNLOCK_CHECKED[pin.shared], (pin.pid, lock_id))
-            except Exception as exc:
-                if not pg.is_driver_error(exc):
+                # Checked against the PID at acquire BEFORE unlocking: on another server backend nothing is unlocked.
+                released, pid = session.run(sql.UNLOCK_CHECKED[grant.shared], (grant.pid, grant.lock_id))
+            except BaseException as exc:
+                # Failed or interrupted: the lock may still be held on this session; end that.
+                self._give_back(session, grant.lock_id, grant.shared, grant.pid)
+                if not (isinstance(exc, Exception) and pg.is_driver_error(exc)):
                     raise
-                session.holds -= 1
-                source.discard(session)
-                raise LockLostError(
-                    f"the lock {name!r} was lost: its connection failed ({exc}); the server has freed it", key=name
-                ) from exc
-            session.holds -= 1
+                if source.closes or not session.alive():
+                    raise LockLostError(
+                        f"the lock {name!r} was lost: its connection failed ({exc}); the server has freed it",
+                        key=name,
+                    ) from exc
+                raise sql.translate_error(exc, f"releasing the lock {name!r}", key=name) from exc
             if released is None:  # the statement ran on another server backend than the lock
                 source.discard(session)
                 raise LockLostError(
-                    f"the lock {name!r} was taken on server PID {pin.pid} but released on PID {pid}: "
+                    f"the lock {name!r} was taken on server PID {grant.pid} but released on PID {pid}: "
                     "a pooler in transaction mode (PgBouncer) moved the session; use transaction-level "
                     "locks behind such a pooler, or connect directly",
                     key=name,
                 )
             if not released:
                 source.discard(session)
-                raise LockLostError(f"the lock {name!r} was no longer held by its connection at release", key=name)
+                raise LockLostError(
+                    f"the lock {name!r} was no longer held by its connection at release", key=name
+                )
             if session.holds == 0:
                 source.put(session)
         finally:
-            self._local.release(lock_id, pin.local_token)
+            table_release(self._local, grant.lock_id, grant.data)
+
+    def abort(self, grant: Grant) -> None:
+        session: _Session | None = grant.conn
+        if grant.data is _XACT or session is None or session.inherited():
+            return  # nothing pinned (released, or ends with its transaction), or the parent's
+        grant.conn = None
+        session.holds -= 1
+        try:
+            finish(self._give_back(session, grant.lock_id, grant.shared, grant.pid))
+        except Exception:  # never raises: the hold is gone either way
+            pass
+        finally:
+            table_release(self._local, grant.lock_id, grant.data)
+
+    def check(self, grant: Grant) -> bool:
+        """One round trip at most: does the session the lock was taken on (same server PID) still hold it?
+
+        Without a round trip: True while a shared connection is busy (another
+        lock's wait runs on it) or in a failed transaction of its user; the
+        connection is alive and nothing says the lock is gone.
+        """
+        if grant.data is _XACT:
+            conn = grant.conn
+            return not conn.closed and not conn.broken  # it lives as long as its transaction
+        session: _Session | None = grant.conn
+        if session is None or session.inherited() or not session.alive():
+            return False
+        if session.conn.info.transaction_status in (pg.ACTIVE, pg.INERROR):
+            return True
+        try:
+            pid, held = session.run(sql.CHECK_HELD, sql.check_params(grant.lock_id, grant.shared), apart=True)
+        except Exception as exc:
+            if not session.alive():
+                return False
+            if pg.is_driver_error(exc):
+                raise sql.translate_error(exc, f"checking the lock {grant.name!r}", key=grant.name) from exc
+            raise
+        return bool(held) and pid == grant.pid
 
     # -- transaction-level locks -------------------------------------------
 
     def _acquire_in_transaction(
-        self, name: str, lock_id: int, shared: bool, timeout: float | None, on_wait: Callable[[], None], transaction: Any
-    ) -> int:
+        self,
+        name: str,
+        lock_id: int,
+        shared: bool,
+        timeout: float | None,
+        on_wait: Callable[[], None],
+        transaction: Any,
+    ) -> Grant | None:
+        # Interrupted at the try, a lock already granted stays until the caller's transaction ends,
+        # which the interruption (an exception through its transaction block) rolls back.
         conn = self._transaction_connection(transaction)
         try:
-            taken = conn.execute(sql.TRY_XACT_LOCK[shared], (lock_id,), prepare=True).fetchone()[0]
+            (taken,) = _fetch(conn.execute(sql.TRY_XACT_LOCK[shared], (lock_id,), prepare=True), False)
             if not taken and timeout != 0:
                 on_wait()
-                # Inside a savepoint: on 55P03 it rolls back (taking the setting with it);
-                # on success the caller's own lock_timeout is put back before it is released.
-                before = conn.execute(sql.SHOW_LOCK_TIMEOUT).fetchone()[0]
+                # Inside a savepoint: on 55P03 (or an interrupt) it rolls back, taking the setting and any
+                # lock with it; on success the caller's own lock_timeout is put back before it is released.
+                (before,) = _fetch(conn.execute(sql.SHOW_LOCK_TIMEOUT), False)
                 try:
                     with conn.transaction():
                         conn.execute(sql.SET_LOCK_TIMEOUT, (sql.lock_timeout_setting(timeout),))
@@ -494,14 +629,15 @@ class PostgresBackend(Backend):
             if pg.is_driver_error(exc):
                 raise sql.translate_error(exc, f"acquiring the transaction lock {name!r}", key=name) from exc
             raise
-        # Negative tokens mark transaction-level locks: release() has nothing to do for them.
-        return -next(self._xact_tokens) if taken else 0
+        if not taken:
+            return None
+        return Grant(name, lock_id, shared, next(_XACT_TOKENS), conn=conn, data=_XACT)
 
     def _transaction_connection(self, transaction: Any) -> Any:
         if transaction is True:
             if not isinstance(self._source, _OneConnection):
                 raise ConfigurationError(
-                    "transaction=True needs a Locker made from your psycopg connection "
+                    "transaction=True needs a locker made from your psycopg connection "
                     "(Locker(conn)); otherwise pass the connection itself: transaction=conn"
                 )
             conn = self._source.session.conn
@@ -509,7 +645,8 @@ class PostgresBackend(Backend):
             conn = transaction
         else:
             raise ConfigurationError(
-                f"transaction must be True or a psycopg Connection inside a transaction, not {type(transaction).__qualname__}"
+                "transaction must be True or a psycopg Connection inside a transaction, "
+                f"not {type(transaction).__qualname__}"
             )
         pg.check_transaction_status(conn, "with conn.transaction():")
         if conn.info.transaction_status == pg.ACTIVE:
@@ -523,9 +660,14 @@ class PostgresBackend(Backend):
         requests: Sequence[LockRequest],
         *,
         timeout: float | None = None,
+        ttl: float | None = None,
         on_wait: Callable[[], None] = NO_WAIT_CALLBACK,
-    ) -> list[int] | None:
+    ) -> list[Grant] | None:
         """All or none: the local queue key by key, then one statement on one connection."""
+        if ttl is not None:
+            raise NotSupportedError(
+                "the postgresql backend has no leases: a lock lives as long as its connection; drop ttl="
+            )
         if not requests:
             return []
         if self.fencing or not self._source.closes:
@@ -534,22 +676,27 @@ class PostgresBackend(Backend):
         deadline = None if timeout is None else _monotonic() + timeout
         local = self._local
         local_tokens: list[int] = []
-        pinned = False
+        grants: list[Grant] | None = None
         try:
             for request in requests:
-                remaining = None if deadline is None else max(0.0, deadline - _monotonic())
-                local_token = local.acquire(request.lock_id, request.shared, remaining, None)
+                local_token: int = local.acquire(request.lock_id, request.shared, 0.0, None)
                 if not local_token:
-                    return None
+                    if timeout == 0:
+                        return None
+                    on_wait()
+                    on_wait = NO_WAIT_CALLBACK
+                    remaining = None if deadline is None else max(0.0, deadline - _monotonic())
+                    local_token = table_acquire(local, request.lock_id, request.shared, remaining, None)
+                    if not local_token:
+                        return None
                 local_tokens.append(local_token)
             remaining = None if deadline is None else max(0.0, deadline - _monotonic())
-            taken = self._acquire_many_on_server(requests, local_tokens, remaining, on_wait)
-            pinned = taken is not None
-            return taken
+            grants = self._acquire_many_on_server(requests, local_tokens, remaining, on_wait)
+            return grants
         finally:
-            if not pinned:  # not taken: hand the local queue on
+            if grants is None:  # not taken: hand the local queue on
                 for request, local_token in zip(requests, local_tokens):
-                    local.release(request.lock_id, local_token)
+                    table_release(local, request.lock_id, local_token)
 
     def _acquire_many_on_server(
         self,
@@ -557,14 +704,15 @@ class PostgresBackend(Backend):
         local_tokens: list[int],
         timeout: float | None,
         on_wait: Callable[[], None],
-    ) -> list[int] | None:
+    ) -> list[Grant] | None:
         params = sql.many_params([r.lock_id for r in requests], [r.shared for r in requests])
-        session = self._source.get()
+        source = self._source
+        session = source.get()
         try:
-            if session.conn not in self._checked:
+            if not session.checked:
                 self._check_connection(session)
             # The session holds nothing yet, so TRY_MANY may give back everything on failure.
-            taken = False
+            taken, pid = False, None
             if pg.try_first(session.conn, timeout, on_wait):
                 taken, _, pid = session.run(sql.TRY_MANY, params)
             if not taken and timeout != 0:
@@ -575,74 +723,107 @@ class PostgresBackend(Backend):
                 else:
                     taken, pid = True, row[1]
         except BaseException as exc:
-            self._source.discard(session)
+            finish(source.discard(session))  # closing it frees whatever it took
             if isinstance(exc, Exception) and pg.is_driver_error(exc):
                 raise sql.translate_error(exc, f"acquiring {len(requests)} locks") from exc
             raise
         if not taken:
-            self._source.put(session)
+            source.put(session)
             return None
-        for request, local_token in zip(requests, local_tokens):
-            session.holds += 1
-            self._pins[request.lock_id, local_token] = _Pin(request.name, session, pid, local_token, request.shared)
-        return local_tokens
+        session.holds += len(requests)
+        return [
+            Grant(
+                request.name,
+                request.lock_id,
+                request.shared,
+                local_token,
+                conn=session,
+                pid=pid,
+                data=local_token,
+            )
+            for request, local_token in zip(requests, local_tokens)
+        ]
 
     # -- inspection ---------------------------------------------------------
 
-    def _query(self, statement: str, params: Any = None) -> list[Any]:
-        session = self._source.get()
+    def _query(self, statement: str, params: Any = None, *, what: str = "reading pg_locks") -> list[Any]:
+        source = self._source
+        session = source.get()
         try:
-            rows = session.conn.execute(statement, params).fetchall()
-        except Exception as exc:
-            self._source.discard(session)
-            if pg.is_driver_error(exc):
-                raise sql.translate_error(exc, "reading pg_locks") from exc
+            rows: list[Any] = session.run(statement, params, every=True)
+        except BaseException as exc:
+            finish(source.discard(session))
+            if isinstance(exc, Exception) and pg.is_driver_error(exc):
+                raise sql.translate_error(exc, what) from exc
             raise
         if session.holds == 0:
-            self._source.put(session)
-        return rows  # type: ignore[no-any-return]
+            source.put(session)
+        return rows
 
     def held(self, name: str, lock_id: int) -> bool:
-        return bool(self._query(sql.HELD, sql.split_lock_id(lock_id))[0][0])
+        return bool((self._query(sql.HELD, sql.split_lock_id(lock_id)))[0][0])
 
     def holders(self, name: str, lock_id: int) -> list[Holder]:
-        return [sql.holder_from_row(row, name) for row in self._query(sql.HOLDERS, sql.split_lock_id(lock_id))]
+        return [
+            sql.holder_from_row(row, name) for row in self._query(sql.HOLDERS, sql.split_lock_id(lock_id))
+        ]
 
     def list_held(self) -> list[Holder]:
-        # The server knows IDs only; names are known for the locks this backend holds.
-        names = {lock_id: pin.name for (lock_id, _token), pin in list(self._pins.items())}
-        return [sql.holder_from_row(row, names.get(row[0])) for row in self._query(sql.LIST_HELD)]
+        # The server knows IDs only: a lock is named by its ID (#<id>).
+        return [sql.holder_from_row(row, None) for row in self._query(sql.LIST_HELD)]
+
+    def force_release(self, name: str, lock_id: int, *, terminate: bool = False) -> int:
+        """Free ``name`` whoever holds it: only by ending the holders' sessions (``terminate=True``).
+
+        PostgreSQL unlocks a session lock only in the session that holds it, so
+        without ``terminate`` this refuses (NotSupportedError naming each
+        holder's PID and application) when someone holds it, and returns 0 when
+        nobody does. With it, ``pg_terminate_backend`` ends every session
+        holding the key (never the one asking) and waits for each to be gone;
+        returns how many ended.
+        """
+        if not terminate:
+            holders = self.holders(name, lock_id)
+            if not holders:
+                return 0
+            raise NotSupportedError(
+                f"the lock {name!r} is held by {'; '.join(h.describe() for h in holders)}: PostgreSQL frees a "
+                "session lock only in the session holding it. Pass terminate=True to end that session "
+                "(pg_terminate_backend), which also rolls back its work and frees all its locks.",
+                key=name,
+                holder=holders[0],
+            )
+        source = self._source
+        session = source.get()
+        try:
+            if session.conn.info.server_version >= 140000:
+                params: tuple[Any, ...] = (sql.TERMINATE_WAIT_MS, *sql.split_lock_id(lock_id))
+                (ended,) = session.run(sql.TERMINATE_HOLDERS, params, apart=True)
+            else:
+                (ended,) = session.run(sql.TERMINATE_HOLDERS_PRE14, sql.split_lock_id(lock_id), apart=True)
+        except BaseException as exc:
+            finish(source.discard(session))
+            if isinstance(exc, Exception) and pg.is_driver_error(exc):
+                raise sql.translate_error(exc, f"ending the sessions holding {name!r}", key=name) from exc
+            raise
+        if session.holds == 0:
+            source.put(session)
+        return int(ended)
 
     # -- life cycle ---------------------------------------------------------
 
     def open_connections(self) -> int:
         """How many connections this backend has opened so far (URL lockers; 0 otherwise)."""
-        return getattr(self._source, "opened", 0)
+        return getattr(self._source, "opened", 0)  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        pins, self._pins = self._pins, {}
-        for (lock_id, _token), pin in pins.items():
-            self._local.release(lock_id, pin.local_token)
-        if not self._source.closes and pins:
-            # The user's connection stays open: give back what kannuki took on it.
-            params = sql.many_params([lock_id for lock_id, _ in pins], [pin.shared for pin in pins.values()])
-            try:
-                self._source.get().run(sql.UNDO_MANY, params)
-            except Exception:  # closing anyway; the locks end with the user's connection
-                pass
-        for session in {id(pin.session): pin.session for pin in pins.values()}.values():
-            if self._source.closes:
-                self._source.discard(session)
+        # The hold owner has released every hold: what is left is idle.
         self._source.close()
 
     def after_fork_in_child(self) -> None:
         # The parent's connections are the parent's: drop them without a word on their sockets.
-        _ORPHANED_IN_CHILD.extend(pin.session.conn for pin in self._pins.values())
-        self._pins = {}
-        self._source.forget()  # the local table is emptied by kannuki.backends._tables
+        # (The local table is emptied by kannuki.backends._tables.)
+        self._source.forget()
 
     def describe(self) -> str:
         return self._where
-
-
-_monotonic = time.monotonic

@@ -1,53 +1,84 @@
-"""``redis://``: leases in Redis, driven by redis-py.
+# WARNING: generated from src/kannuki/backends/redis_async.py by tools/async_to_sync.py.
+# Do not edit: change the async source and run `python tools/async_to_sync.py`.
+"""``redis://``: leases in Redis or Valkey, driven by redis-py (async source; ``redis.py`` is generated).
 
-Every acquisition is a lease: a key that expires unless renewed (the locker's
-renewal thread extends it every ttl/3). Each change is one server-side Lua
-script, so it is one round trip and atomic:
+It drives a ``redis.Redis`` client, or any client with its interface
+(valkey-py's, a fake ...). Every acquisition is a lease: a key that expires unless renewed (the hold owner renews it every
+ttl/3 through ``renew``). Each change is one Lua script, so it is one round
+trip and atomic:
 
 - acquire: ``INCR`` the key's token counter and ``SET ... PX ttl`` the lock
   key, only when no one holds it (exclusive) or no writer holds it (shared);
-- release: compare-and-delete by fencing token, then ``PUBLISH`` so waiters
-  wake at once instead of polling;
-- renew: compare-and-extend by fencing token.
+- release: compare-and-delete by the acquisition's owner value, then
+  ``PUBLISH`` so waiters wake at once instead of polling;
+- renew: compare-and-extend by owner value; check: compare only.
 
 Keys, under the ``namespace`` (default ``kannuki``) and the full lock name::
 
-    {namespace}:lock:{name}      exclusive holder: "token|pid|since_ms|host", expires
-    {namespace}:readers:{name}   shared holders: hash token -> "expires_ms|pid|since_ms|host"
+    {namespace}:lock:{name}      exclusive holder: "owner|token|pid|since_ms|host", expires
+    {namespace}:readers:{name}   shared holders: hash owner -> "expires_ms|token|pid|since_ms|host"
     {namespace}:token:{name}     the fencing-token counter (kept, so tokens only grow)
     {namespace}:released:{name}  the pub/sub channel a release publishes on
 
+The owner value is random per acquisition and made by the client, so an
+acquire whose reply was lost (a cancelled task, Ctrl-C, a timeout while
+reading) can still be undone by compare-and-delete, and a stale holder can
+never free a newer one even if tokens repeated. Tokens do not repeat: the
+counter never goes below the server's clock in microseconds, so a Redis that
+lost its data (restart without persistence, failover to a lagging replica,
+FLUSHALL) still hands out tokens above every earlier one.
+
 Times in scripts come from the server's clock (``TIME``), so clients with
-skewed clocks agree on who expired. Threads of one process queue on an
-in-process lock table first, so one thread per key per process talks to Redis.
+skewed clocks agree on who expired. Only waiters queue in-process (threads on
+a lock table, tasks on the event loop): the first one waits on Redis (pub/sub,
+or capped backoff for clients without pub/sub) and the rest wait behind it, so
+an uncontended acquire is one round trip and a holder never holds the queue.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
-import socket
+import sys
 import time
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
-from kannuki import _core
-from kannuki.backends.base import NO_WAIT_CALLBACK, Backend, Holder, reject_unknown_options
+from kannuki._compat import finish, sleep, table_acquire, table_release
+from kannuki._core import Backoff, LockTable
+from kannuki._core import lock_id as compute_lock_id
+from kannuki.backends._lease import DEFAULT_TTL, HOST, check_ttl
+from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, reject_unknown_options
+from kannuki.backends.base import Backend
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
 
 __all__ = ["RedisBackend"]
 
-DEFAULT_TTL = 30.0
 DEFAULT_NAMESPACE = "kannuki"
 DEFAULT_SOCKET_TIMEOUT = 5.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 # list_held stops after this many locks: it is a diagnostic, not a full export.
 LIST_HELD_LIMIT = 10_000
+# Between tries of a busy key: exponential from 10 ms, capped at 1 s, full jitter. A release
+# wakes the waiter at once through pub/sub; the schedule only bounds how long it may miss one.
+WAIT_FIRST = 0.01
+WAIT_CAP = 1.0
+# valkey:// and valkeys:// are spelled redis:// and rediss:// for redis-py.
+URL_ALIASES = {"valkey": "redis", "valkeys": "rediss"}
 
-# The server's clock in milliseconds. replicate_commands() lets Redis < 5 write after TIME.
-_NOW = """
+# Helpers of every script. replicate_commands() lets Redis < 5 write after TIME. Numbers go into
+# strings through d(): Lua's own tostring() would write a 16-digit token as 1.79e+15.
+_PRELUDE = """
 if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function d(x) return string.format('%d', x) end
+local function server_time()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function owned_by(value, owner)
+  return type(value) == 'string' and string.sub(value, 1, #owner + 1) == owner .. '|'
+end
 """
 
 # Drop expired shared holders; return how many are left and the ms until the first one expires.
@@ -56,7 +87,7 @@ local function live_readers(key, now)
   local fields = redis.call('HGETALL', key)
   local live, soonest = 0, -1
   for i = 1, #fields, 2 do
-    local expires = tonumber(string.match(fields[i + 1], '^(%d+)'))
+    local expires = tonumber(string.match(fields[i + 1], '^(%d+)')) or 0
     if expires <= now then
       redis.call('HDEL', key, fields[i])
     else
@@ -68,86 +99,166 @@ local function live_readers(key, now)
 end
 """
 
-# KEYS: lock, readers, counter. ARGV: shared ("1"/"0"), ttl_ms, pid, host.
+# KEYS: lock, readers, counter. ARGV: shared ("1"/"0"), ttl_ms, owner, pid, host.
 # Returns {token, 0} when acquired, else {0, ms until the blocking holder's lease ends (-1: unknown)}.
+# A second run with the same owner (a client that retried after losing the reply) finds its own
+# lease and answers with its token. The token is the counter + 1, but never below the server's
+# clock in microseconds (exact in Lua's doubles until the year 2255), so it never repeats.
 _ACQUIRE = (
-    _NOW
+    _PRELUDE
     + _PURGE_READERS
     + """
-local ttl = tonumber(ARGV[2])
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl ~= -2 then return {0, pttl} end
-if ARGV[1] == '1' then
-  live_readers(KEYS[2], now)
+local ttl, owner = tonumber(ARGV[2]), ARGV[3]
+local function next_token(now_us)
   local token = redis.call('INCR', KEYS[3])
-  redis.call('HSET', KEYS[2], token, (now + ttl) .. '|' .. ARGV[3] .. '|' .. now .. '|' .. ARGV[4])
+  if token < now_us then
+    token = now_us
+    redis.call('SET', KEYS[3], d(token))
+  end
+  return token
+end
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl ~= -2 then
+  if ARGV[1] ~= '1' then
+    local value = redis.pcall('GET', KEYS[1])
+    if owned_by(value, owner) then return {tonumber(string.match(value, '^[^|]*|(%d+)')), 0} end
+  end
+  return {0, pttl}
+end
+local now, now_us = server_time()
+if ARGV[1] == '1' then
+  local mine = redis.call('HGET', KEYS[2], owner)
+  if mine then return {tonumber(string.match(mine, '^%d+|(%d+)')), 0} end
+  live_readers(KEYS[2], now)
+  local token = next_token(now_us)
+  redis.call('HSET', KEYS[2], owner, d(now + ttl) .. '|' .. d(token) .. '|' .. ARGV[4] .. '|' .. d(now) .. '|' .. ARGV[5])
   if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
   return {token, 0}
 end
 local live, soonest = live_readers(KEYS[2], now)
 if live > 0 then return {0, soonest} end
-local token = redis.call('INCR', KEYS[3])
-redis.call('SET', KEYS[1], token .. '|' .. ARGV[3] .. '|' .. now .. '|' .. ARGV[4], 'PX', ttl)
+local token = next_token(now_us)
+redis.call('SET', KEYS[1], owner .. '|' .. d(token) .. '|' .. ARGV[4] .. '|' .. d(now) .. '|' .. ARGV[5], 'PX', ttl)
 return {token, 0}
 """
 )
 
-# KEYS: lock, readers, channel. ARGV: token. Returns 1 when released, 0 when the token no longer held.
+# KEYS: lock, readers, channel. ARGV: owner, shared ("1"/"0").
+# Returns 1 when released, 0 when the owner no longer held (a reader past its lease is removed, 0).
 _RELEASE = (
-    _NOW
+    _PRELUDE
     + """
-local prefix = ARGV[1] .. '|'
-local value = redis.call('GET', KEYS[1])
-if value and string.sub(value, 1, #prefix) == prefix then
+local owner = ARGV[1]
+if ARGV[2] ~= '1' then
+  if not owned_by(redis.pcall('GET', KEYS[1]), owner) then return 0 end
   redis.call('DEL', KEYS[1])
   redis.call('PUBLISH', KEYS[3], '1')
   return 1
 end
-local reader = redis.call('HGET', KEYS[2], ARGV[1])
+local reader = redis.call('HGET', KEYS[2], owner)
 if not reader then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
+local now = server_time()
+redis.call('HDEL', KEYS[2], owner)
 if redis.call('HLEN', KEYS[2]) == 0 then redis.call('PUBLISH', KEYS[3], '1') end
-if tonumber(string.match(reader, '^(%d+)')) <= now then return 0 end
+if (tonumber(string.match(reader, '^(%d+)')) or 0) <= now then return 0 end
 return 1
 """
 )
 
-# KEYS: lock, readers. ARGV: token, ttl_ms. Returns 1 when extended, 0 when the token no longer held.
+# KEYS: lock, readers. ARGV: owner, shared ("1"/"0"), ttl_ms. Returns 1 when extended, 0 when no longer held.
 _RENEW = (
-    _NOW
+    _PRELUDE
     + """
-local prefix = ARGV[1] .. '|'
-local ttl = tonumber(ARGV[2])
-local value = redis.call('GET', KEYS[1])
-if value and string.sub(value, 1, #prefix) == prefix then
+local owner, ttl = ARGV[1], tonumber(ARGV[3])
+if ARGV[2] ~= '1' then
+  if not owned_by(redis.pcall('GET', KEYS[1]), owner) then return 0 end
   redis.call('PEXPIRE', KEYS[1], ttl)
   return 1
 end
-local reader = redis.call('HGET', KEYS[2], ARGV[1])
+local reader = redis.call('HGET', KEYS[2], owner)
 if not reader then return 0 end
+local now = server_time()
 local expires, rest = string.match(reader, '^(%d+)(|.*)$')
-if tonumber(expires) <= now then
-  redis.call('HDEL', KEYS[2], ARGV[1])
+if not expires or tonumber(expires) <= now then
+  redis.call('HDEL', KEYS[2], owner)
   return 0
 end
-redis.call('HSET', KEYS[2], ARGV[1], (now + ttl) .. rest)
+redis.call('HSET', KEYS[2], owner, d(now + ttl) .. rest)
 if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
 return 1
 """
 )
 
-# KEYS: lock, readers. Returns {now_ms, exclusive value or false, its pttl, reader values...}.
-_INSPECT = (
-    _NOW
+# KEYS: lock, readers. ARGV: owner, shared ("1"/"0"). Returns 1 while the owner holds, else 0. Writes nothing.
+_CHECK = (
+    _PRELUDE
     + """
-local out = {now, redis.call('GET', KEYS[1]) or false, redis.call('PTTL', KEYS[1])}
-local fields = redis.call('HGETALL', KEYS[2])
-for i = 2, #fields, 2 do
-  local expires = tonumber(string.match(fields[i], '^(%d+)'))
-  if expires > now then out[#out + 1] = fields[i - 1] .. '|' .. fields[i] end
+if ARGV[2] ~= '1' then
+  if owned_by(redis.pcall('GET', KEYS[1]), ARGV[1]) then return 1 end
+  return 0
+end
+local reader = redis.call('HGET', KEYS[2], ARGV[1])
+if not reader then return 0 end
+local now = server_time()
+if (tonumber(string.match(reader, '^(%d+)')) or 0) <= now then return 0 end
+return 1
+"""
+)
+
+# KEYS: lock, readers, channel. Deletes every holder's record; returns how many live holders it freed.
+_FORCE = (
+    _PRELUDE
+    + """
+local freed = redis.call('EXISTS', KEYS[1])
+local now = server_time()
+local fields = redis.pcall('HGETALL', KEYS[2])
+if fields.err then
+  freed = freed + 1
+else
+  for i = 2, #fields, 2 do
+    if (tonumber(string.match(fields[i], '^(%d+)')) or 0) > now then freed = freed + 1 end
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+if freed > 0 then redis.call('PUBLISH', KEYS[3], '1') end
+return freed
+"""
+)
+
+# KEYS: lock, readers. Returns {now_ms, exclusive value or false, its pttl, "owner|reader value"...}.
+_INSPECT = (
+    _PRELUDE
+    + """
+local now = server_time()
+local value = redis.pcall('GET', KEYS[1])
+if type(value) ~= 'string' then value = false end
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl ~= -2 and not value then value = '?' end
+local out = {now, value, pttl}
+local fields = redis.pcall('HGETALL', KEYS[2])
+if not fields.err then
+  for i = 2, #fields, 2 do
+    local expires = tonumber(string.match(fields[i], '^(%d+)')) or 0
+    if expires > now then out[#out + 1] = fields[i - 1] .. '|' .. fields[i] end
+  end
 end
 return out
 """
+)
+
+
+class _Script:
+    """A Lua script and its SHA1, run by EVALSHA (EVAL the first time a server has not seen it)."""
+
+    __slots__ = ("sha", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+
+ACQUIRE, RELEASE, RENEW, CHECK, FORCE, INSPECT = map(
+    _Script, (_ACQUIRE, _RELEASE, _RENEW, _CHECK, _FORCE, _INSPECT)
 )
 
 
@@ -166,7 +277,8 @@ def _positive_seconds(value: Any, name: str) -> float:
     return float(value)
 
 
-def _import_redis() -> Any:
+def _driver() -> Any:
+    """redis-py's client module (imported on first use: redis is an optional extra)."""
     try:
         import redis
     except ModuleNotFoundError:
@@ -174,56 +286,136 @@ def _import_redis() -> Any:
     return redis
 
 
-class RedisBackend(Backend):
-    """Leases in one Redis server (not Redis Cluster), with fencing tokens and pub/sub wake-ups.
+def _driver_errors(client: Any) -> tuple[type[BaseException], ...]:
+    """What a client raises for a server or network failure: redis-py's RedisError, its own package's, OSError."""
+    found: list[type[BaseException]] = [OSError]
+    package = sys.modules.get(type(client).__module__.split(".")[0])
+    for name in ("RedisError", "ValkeyError"):
+        cls = getattr(package, name, None)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            found.append(cls)
+    try:
+        import redis
+    except ModuleNotFoundError:
+        pass
+    else:
+        found.append(redis.RedisError)
+    return tuple(dict.fromkeys(found))
 
-    Build it with ``Locker("redis://host:6379/0")`` (also ``rediss://`` and
-    ``unix:///path/redis.sock``) or ``Locker(redis.Redis(...))``. Options:
-    ``ttl`` (lease seconds, default 30), ``namespace`` (key prefix, default
-    "kannuki"), and for URLs ``socket_timeout`` / ``connect_timeout``
-    (seconds, default 5; an unreachable server is a BackendError after them).
+
+def _looks_like_client(obj: Any) -> bool:
+    """Has redis-py's interface (a connection pool and the commands kannuki sends): redis, valkey, fakes ..."""
+    return hasattr(obj, "connection_pool") and all(
+        callable(getattr(obj, name, None)) for name in ("eval", "evalsha", "set")
+    )
+
+
+def _is_async_client(obj: Any) -> bool:
+    """Is it an asyncio client (its commands are coroutines)?"""
+    return any(
+        inspect.iscoroutinefunction(getattr(obj, name, None)) for name in ("execute_command", "evalsha")
+    )
+
+
+def _is_noscript(exc: BaseException) -> bool:
+    return type(exc).__name__ == "NoScriptError" or str(exc).startswith("NOSCRIPT")
+
+
+def _reply_lost(exc: BaseException) -> bool:
+    """May the server have run a command whose reply never came (so the acquire must be undone)?"""
+    if isinstance(exc, BackendError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if not isinstance(exc, Exception):
+        return True  # interrupted (cancellation, KeyboardInterrupt, SystemExit): it may have run
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & {"ResponseError", "AuthenticationError"}:
+        return False  # the server answered with an error: the script wrote nothing
+    # redis-py says "connecting" when it could not open a connection: nothing was sent.
+    return "connecting" not in str(exc)
+
+
+def _holder(
+    name: str, lock_id: int, shared: bool, record: str, expires_ms: int | None, offset: float
+) -> Holder:
+    """Parse "owner|token|pid|since_ms|host"; a value kannuki did not write still counts as a holder."""
+    expires_at = None if expires_ms is None else expires_ms / 1000 + offset
+    try:
+        _owner, token, pid, since, host = record.split("|", 4)
+        return Holder(
+            name=name,
+            lock_id=lock_id,
+            shared=shared,
+            token=int(token),
+            pid=int(pid),
+            host=host,
+            since=int(since) / 1000 + offset,
+            expires_at=expires_at,
+        )
+    except ValueError:
+        return Holder(name=name, lock_id=lock_id, shared=shared, expires_at=expires_at)
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+class RedisBackend(Backend):
+    """Leases in one Redis or Valkey server (not a cluster), with fencing tokens and pub/sub wake-ups.
+
+    Build it with ``Locker("redis://host:6379/0")`` (also ``rediss://``,
+    ``valkey://``, ``valkeys://`` and ``unix:///path/redis.sock``) or
+    ``Locker(client)`` for a ``redis.Redis`` client, or any client
+    with its interface, that the caller made. Options: ``ttl`` (lease seconds,
+    default 30), ``namespace`` (key prefix, default "kannuki"), and for URLs
+    ``socket_timeout`` / ``connect_timeout`` (seconds, default 5; an
+    unreachable server is a BackendError after them).
     """
 
     scheme = "redis"
     supports_shared = True
     supports_ttl = True
-    # Lease losses are found and reported by the locker's renewal thread.
-    reports_loss = True
 
     def __init__(
-        self, client: Any, *, ttl: float = DEFAULT_TTL, namespace: str = DEFAULT_NAMESPACE, url: str = ""
+        self,
+        client: Any,
+        *,
+        ttl: float = DEFAULT_TTL,
+        namespace: str = DEFAULT_NAMESPACE,
+        url: str = "",
+        connect: Callable[[], Any] | None = None,
     ) -> None:
         if not isinstance(namespace, str) or not namespace:
             raise ConfigurationError(f"namespace must be a non-empty str, not {namespace!r}")
         self.client = client
-        self.ttl = _positive_seconds(ttl, "ttl")
+        self.ttl = check_ttl(ttl, "redis")
         self.namespace = namespace
         self._url = url
+        # Makes a new client for this backend's URL; None for a client the caller owns (never closed here).
+        self._connect = connect
         self._lock_prefix = f"{namespace}:lock:"
         self._readers_prefix = f"{namespace}:readers:"
         self._counter_prefix = f"{namespace}:token:"
         self._channel_prefix = f"{namespace}:released:"
-        self._acquire_script = client.register_script(_ACQUIRE)
-        self._release_script = client.register_script(_RELEASE)
-        self._renew_script = client.register_script(_RENEW)
-        self._inspect_script = client.register_script(_INSPECT)
-        self._redis_error: type[BaseException] = _import_redis().RedisError
-        self._host = socket.gethostname()
-        # Threads of this process queue here (by lock ID) before one of them asks Redis.
-        self._table = _core.LockTable()
-        # (name, token) -> (local table token, lease ms): what this process holds.
-        self._held: dict[tuple[str, int], tuple[int, int]] = {}
+        self._errors = _driver_errors(client)
+        self._pubsub = callable(getattr(client, "pubsub", None))
+        # Waiters of this process queue here (by full name); the first of them waits on Redis.
+        self._table = LockTable()
 
     # -- construction -------------------------------------------------------
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBackend:
-        """``redis://[user:password@]host[:port][/db]``, ``rediss://...`` or ``unix:///path?db=N``."""
-        redis = _import_redis()
+        """``redis://[user:password@]host[:port][/db]``, ``rediss://``, ``valkey://``, ``valkeys://``, ``unix:///path?db=N``."""
+        driver = _driver()
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        ttl = options.pop("ttl", DEFAULT_TTL)
+        ttl = check_ttl(options.pop("ttl", DEFAULT_TTL), "redis")
         namespace = options.pop("namespace", DEFAULT_NAMESPACE)
         socket_timeout = _positive_seconds(
             options.pop("socket_timeout", DEFAULT_SOCKET_TIMEOUT), "socket_timeout"
@@ -232,30 +424,39 @@ class RedisBackend(Backend):
             options.pop("connect_timeout", DEFAULT_CONNECT_TIMEOUT), "connect_timeout"
         )
         reject_unknown_options("redis", options)
-        try:
-            # No automatic retry: re-running an acquire whose reply was lost would wait on our own lease.
-            client = redis.Redis.from_url(
-                url,
+        scheme = urlsplit(url).scheme.lower()
+        target = URL_ALIASES[scheme] + url[len(scheme) :] if scheme in URL_ALIASES else url
+
+        def connect() -> Any:
+            # No automatic retry: a retried acquire would find its own lease (the script answers it
+            # with its token), but a retried release or renew could report a loss that was not one.
+            return driver.Redis.from_url(
+                target,
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=connect_timeout,
                 retry=Retry(NoBackoff(), 0),
             )
+
+        try:
+            client = connect()
         except ValueError as exc:
-            raise ConfigurationError(f"bad redis url {cls._redact(url)!r}: {exc}") from None
-        return cls(client, ttl=ttl, namespace=namespace, url=url)
+            raise ConfigurationError(f"bad redis url {_redact(url)!r}: {exc}") from None
+        return cls(client, ttl=ttl, namespace=namespace, url=url, connect=connect)
 
     @classmethod
     def wraps(cls, obj: Any) -> bool:
-        module = type(obj).__module__
-        return (module == "redis" or module.startswith("redis.")) and hasattr(obj, "register_script")
+        """A client with redis-py's interface: ``redis.Redis``, valkey's, a fake ... (duck-typed)."""
+        if not _looks_like_client(obj):
+            return False
+        return not _is_async_client(obj)
 
     @classmethod
     def from_connection(cls, obj: Any, **options: Any) -> RedisBackend:
-        """Drive a ``redis.Redis`` client the caller made (its own timeouts and retries apply)."""
-        module = type(obj).__module__
-        if module.startswith(("redis.asyncio", "redis.cluster")):
+        """Drive a ``redis.Redis`` client the caller made (its own timeouts and retries apply; never closed here)."""
+        if not cls.wraps(obj):
             raise ConfigurationError(
-                f"url: a {type(obj).__qualname__} from {module} is not supported; pass a redis.Redis client"
+                f"url: a {type(obj).__qualname__} from {type(obj).__module__} is not supported; "
+                "pass a redis.Redis client (one server, not a cluster)"
             )
         ttl = options.pop("ttl", DEFAULT_TTL)
         namespace = options.pop("namespace", DEFAULT_NAMESPACE)
@@ -274,119 +475,147 @@ class RedisBackend(Backend):
         ttl: float | None = None,
         on_wait: Callable[[], None] = NO_WAIT_CALLBACK,
         transaction: Any = None,
-    ) -> int:
-        if transaction is not None:
+    ) -> Grant | None:
+        if transaction is not None and transaction is not False:
             raise NotSupportedError("the redis backend has no transactions; drop transaction=")
-        ttl_ms = max(1, int((self.ttl if ttl is None else ttl) * 1000))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        local = self._table.acquire(lock_id, shared, 0.0)
-        waited = False
-        if not local:
-            if timeout == 0:
-                return 0
-            on_wait()
-            waited = True
-            local = self._table.acquire(
-                lock_id, shared, timeout if deadline is None else max(0.0, deadline - time.monotonic())
-            )
-            if not local:
-                return 0
+        lease = self.ttl if ttl is None else ttl
+        keys = [self._lock_prefix + name, self._readers_prefix + name, self._counter_prefix + name]
+        args = ["1" if shared else "0", max(1, int(lease * 1000)), os.urandom(8).hex(), os.getpid(), HOST]
+        deadline = None if timeout is None or timeout == 0 else time.monotonic() + timeout
+        grant, _wait_ms = self._try(name, lock_id, shared, keys, args, lease)
+        if grant is not None or timeout == 0:
+            return grant
+        on_wait()
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        gate = table_acquire(self._table, name, shared, remaining, None)
+        if not gate:
+            return None
         try:
-            keys = [self._lock_prefix + name, self._readers_prefix + name, self._counter_prefix + name]
-            args = ["1" if shared else "0", ttl_ms, os.getpid(), self._host]
-            token, wait_ms = self._call(self._acquire_script, keys, args)
-            if not token and timeout != 0:
-                token = self._wait(
-                    name, keys, args, deadline, int(wait_ms), NO_WAIT_CALLBACK if waited else on_wait
-                )
-        except BaseException:
-            self._table.release(lock_id, local)
+            return self._wait(name, lock_id, shared, keys, args, lease, deadline)
+        finally:
+            table_release(self._table, name, gate)
+
+    def _try(
+        self, name: str, lock_id: int, shared: bool, keys: list[str], args: list[Any], lease: float
+    ) -> tuple[Grant | None, int]:
+        """One acquire script: (grant, 0), or (None, ms until the blocking lease ends; -1: unknown).
+
+        The script runs to its end even if the task is cancelled meanwhile;
+        when its reply was lost to an interruption or a broken connection, its
+        lease (if it took one) is deleted again by owner value before the
+        error goes on.
+        """
+        try:
+            token, wait_ms = finish(self._eval(ACQUIRE, keys, args, name))
+        except BaseException as exc:
+            if _reply_lost(exc):
+                finish(self._delete(name, args[2], shared))
             raise
         if not token:
-            self._table.release(lock_id, local)
-            return 0
-        self._held[name, int(token)] = (local, ttl_ms)
-        return int(token)
+            return None, int(wait_ms)
+        return Grant(name, lock_id, shared, int(token), ttl=lease, data=args[2]), 0
 
     def _wait(
         self,
         name: str,
+        lock_id: int,
+        shared: bool,
         keys: list[str],
         args: list[Any],
+        lease: float,
         deadline: float | None,
-        wait_ms: int,
-        on_wait: Callable[[], None],
-    ) -> int:
+    ) -> Grant | None:
         """Try again until ``deadline``: woken by a release, or at the latest when the holder's lease ends."""
-        on_wait()
-        backoff = _core.Backoff("exponential", 0.01, 1.0, "full")
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        backoff = Backoff("exponential", WAIT_FIRST, WAIT_CAP, "full")
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True) if self._pubsub else None
         try:
-            try:
-                pubsub.subscribe(self._channel_prefix + name)
-            except self._redis_error as exc:
-                raise BackendError(f"redis failed while waiting for {name!r}: {exc}", key=name) from exc
+            if pubsub is not None:
+                try:
+                    pubsub.subscribe(self._channel_prefix + name)
+                except self._errors as exc:
+                    raise BackendError(f"redis failed while waiting for {name!r}: {exc}", key=name) from exc
             while True:
                 # Subscribed before this try, so a release after it cannot go unnoticed.
-                token, wait_ms = self._call(self._acquire_script, keys, args)
-                if token:
-                    return int(token)
+                grant, wait_ms = self._try(name, lock_id, shared, keys, args, lease)
+                if grant is not None:
+                    return grant
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    return 0
+                    return None
                 delay = backoff.next_delay(remaining)
                 if wait_ms >= 0:  # never sleep past the holder's lease
                     delay = min(delay, wait_ms / 1000 + 0.001)
+                if pubsub is None:
+                    sleep(delay)
+                    continue
                 try:
                     pubsub.get_message(timeout=delay)
-                except self._redis_error as exc:
+                except self._errors as exc:
                     raise BackendError(f"redis failed while waiting for {name!r}: {exc}", key=name) from exc
         finally:
-            try:
-                pubsub.close()
-            except (self._redis_error, OSError):  # a broken subscription must not mask the outcome
-                pass
+            if pubsub is not None:
+                finish(self._close_quietly(pubsub))
 
-    def release(self, name: str, lock_id: int, token: int) -> None:
-        held = self._held.pop((name, token), None)
-        try:
-            released = self._call(
-                self._release_script,
-                [self._lock_prefix + name, self._readers_prefix + name, self._channel_prefix + name],
-                [token],
-            )
-        finally:
-            if held is not None:
-                self._table.release(lock_id, held[0])
-        if not released:
+    def release(self, grant: Grant) -> None:
+        keys = [
+            self._lock_prefix + grant.name,
+            self._readers_prefix + grant.name,
+            self._channel_prefix + grant.name,
+        ]
+        args = [grant.data, "1" if grant.shared else "0"]
+        if not finish(self._eval(RELEASE, keys, args, grant.name)):
             raise LockLostError(
-                f"the lock {name!r} (token {token}) was lost before release: its lease expired "
-                "and another holder may have taken it",
-                key=name,
+                f"the lock {grant.name!r} (token {grant.token}) was lost before release: its lease expired "
+                "or was deleted, and another holder may have taken it",
+                key=grant.name,
             )
 
-    def renew(self, name: str, lock_id: int, token: int, ttl: float | None = None) -> bool:
-        held = self._held.get((name, token))
-        if ttl is not None:
-            ttl_ms = max(1, int(ttl * 1000))
-        else:
-            ttl_ms = held[1] if held is not None else max(1, int(self.ttl * 1000))
-        renewed = self._call(
-            self._renew_script, [self._lock_prefix + name, self._readers_prefix + name], [token, ttl_ms]
-        )
-        if renewed:
-            return True
-        # Lost: let the next thread of this process try for it now.
-        held = self._held.pop((name, token), None)
-        if held is not None:
-            self._table.release(lock_id, held[0])
-        return False
+    def abort(self, grant: Grant) -> None:
+        finish(self._delete(grant.name, grant.data, grant.shared))
 
-    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    def _delete(self, name: str, owner: str, shared: bool) -> None:
+        """Compare-and-delete by owner value, never raising: the undo of an acquire, or an abort."""
+        keys = [self._lock_prefix + name, self._readers_prefix + name, self._channel_prefix + name]
         try:
-            return script(keys=keys, args=args)
-        except self._redis_error as exc:
-            raise BackendError(f"redis at {self.describe()} failed: {exc}", key=keys[0]) from exc
+            self._eval(RELEASE, keys, [owner, "1" if shared else "0"], name)
+        except Exception:  # the store is down or the key is not ours: the lease runs out on its own
+            pass
+
+    def renew(self, grant: Grant, ttl: float | None = None) -> bool:
+        lease = grant.ttl if ttl is None else ttl
+        ttl_ms = max(1, int((self.ttl if lease is None else lease) * 1000))
+        keys = [self._lock_prefix + grant.name, self._readers_prefix + grant.name]
+        return bool(self._eval(RENEW, keys, [grant.data, "1" if grant.shared else "0", ttl_ms], grant.name))
+
+    def check(self, grant: Grant) -> bool:
+        keys = [self._lock_prefix + grant.name, self._readers_prefix + grant.name]
+        return bool(self._eval(CHECK, keys, [grant.data, "1" if grant.shared else "0"], grant.name))
+
+    def force_release(self, name: str, lock_id: int, *, terminate: bool = False) -> int:
+        """Delete the lock's records whoever holds them (leases: nothing to terminate); how many holders were freed."""
+        keys = [self._lock_prefix + name, self._readers_prefix + name, self._channel_prefix + name]
+        return int(self._eval(FORCE, keys, [], name))
+
+    def _eval(self, script: _Script, keys: list[str], args: list[Any], name: str) -> Any:
+        client = self.client
+        try:
+            try:
+                return client.evalsha(script.sha, len(keys), *keys, *args)
+            except self._errors as exc:
+                if not _is_noscript(exc):
+                    raise
+            # First use on this server (or after SCRIPT FLUSH): EVAL runs it and caches it for EVALSHA.
+            return client.eval(script.text, len(keys), *keys, *args)
+        except self._errors as exc:
+            raise BackendError(
+                f"redis at {self.describe()} failed on the lock {name!r}: {exc}", key=name
+            ) from exc
+
+    def _close_quietly(self, thing: Any) -> None:
+        try:
+            thing.close()
+        except self._errors:  # a broken connection must not mask the outcome; it is gone either way
+            pass
 
     # -- inspection ---------------------------------------------------------
 
@@ -394,39 +623,19 @@ class RedisBackend(Backend):
         return bool(self.holders(name, lock_id))
 
     def holders(self, name: str, lock_id: int) -> list[Holder]:
-        reply = self._call(self._inspect_script, [self._lock_prefix + name, self._readers_prefix + name], [])
+        reply = self._eval(INSPECT, [self._lock_prefix + name, self._readers_prefix + name], [], name)
         now_ms, value, pttl = int(reply[0]), reply[1], int(reply[2])
         offset = time.time() - now_ms / 1000  # server clock -> this host's clock
         out = []
         if value:
             out.append(
-                self._holder(name, lock_id, False, _text(value), now_ms + pttl if pttl >= 0 else None, offset)
+                _holder(name, lock_id, False, _text(value), now_ms + pttl if pttl >= 0 else None, offset)
             )
         for entry in reply[3:]:
-            token, expires, record = _text(entry).split("|", 2)
-            out.append(self._holder(name, lock_id, True, f"{token}|{record}", int(expires), offset))
+            parts = _text(entry).split("|", 2)  # owner, expires_ms, "token|pid|since_ms|host"
+            expires_ms = int(parts[1])  # the script sent only entries that start with a number
+            out.append(_holder(name, lock_id, True, "|".join(parts[:1] + parts[2:]), expires_ms, offset))
         return out
-
-    @staticmethod
-    def _holder(
-        name: str, lock_id: int, shared: bool, record: str, expires_ms: int | None, offset: float
-    ) -> Holder:
-        """Parse "token|pid|since_ms|host"; a value kannuki did not write still counts as a holder."""
-        expires_at = None if expires_ms is None else expires_ms / 1000 + offset
-        try:
-            token, pid, since, host = record.split("|", 3)
-            return Holder(
-                name=name,
-                lock_id=lock_id,
-                shared=shared,
-                token=int(token),
-                pid=int(pid),
-                host=host,
-                since=int(since) / 1000 + offset,
-                expires_at=expires_at,
-            )
-        except ValueError:
-            return Holder(name=name, lock_id=lock_id, shared=shared, expires_at=expires_at)
 
     def list_held(self) -> list[Holder]:
         """Holders of every lock in the namespace (by SCAN, which never blocks the server; bounded)."""
@@ -437,39 +646,35 @@ class RedisBackend(Backend):
                     names.add(_text(key)[len(prefix) :])
                     if len(names) >= LIST_HELD_LIMIT:
                         break
-        except self._redis_error as exc:
+        except self._errors as exc:
             raise BackendError(f"redis at {self.describe()} failed: {exc}") from exc
         out: list[Holder] = []
         for name in sorted(names):
-            out.extend(self.holders(name, _core.lock_id(name)))
+            out.extend(self.holders(name, compute_lock_id(name)))
         return out
 
     # -- life cycle ---------------------------------------------------------
 
     def close(self) -> None:
-        self._held.clear()
-        try:
-            self.client.close()
-        except (self._redis_error, OSError):  # best effort: the leases expire on their own
-            pass
+        if self._connect is not None:  # a client the caller passed in stays open: it is theirs
+            self._close_quietly(self.client)
 
     def after_fork_in_child(self) -> None:
-        # redis-py pools notice the new pid and reconnect; the parent's leases are not ours.
-        self._held.clear()
+        # The parent's leases are not ours and its sockets must not be shared: forget them, never close.
         self._table.reset_after_fork()
+        if self._connect is not None:
+            self.client = self._connect()
+            return
+        reset = getattr(getattr(self.client, "connection_pool", None), "reset", None)
+        if callable(reset):
+            try:
+                reset()
+            except Exception:  # a pool we cannot reset reconnects by itself (redis-py checks the pid)
+                pass
 
     def describe(self) -> str:
         if not self._url:
             kwargs = getattr(getattr(self.client, "connection_pool", None), "connection_kwargs", {})
             where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
             return f"redis://{where}/{kwargs.get('db', 0)}"
-        return self._redact(self._url)
-
-    @staticmethod
-    def _redact(url: str) -> str:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        user = f"{parts.username}:***@" if parts.username else ":***@"
-        return urlunsplit(parts._replace(netloc=user + netloc))
+        return _redact(self._url)

@@ -1,3 +1,5 @@
+# WARNING: generated from src/kannuki/backends/sqlite_async.py by tools/async_to_sync.py.
+# Do not edit: change the async source and run `python tools/async_to_sync.py`.
 """``sqlite:///path``: leases in a SQLite file, for the processes of one machine.
 
 The embedded default of the command line: no server, only the standard
@@ -15,10 +17,20 @@ come from a per-key counter row in ``kannuki_tokens`` and strictly increase.
   free. Release is ``DELETE ... WHERE name=? AND token=? AND expires_at > now``
   (compare-and-delete: a stale holder frees nothing), renew an ``UPDATE`` with
   the same guard. A holder killed with SIGKILL keeps its row until its lease
-  expires; then the next acquirer takes over.
-- Waiting polls with backoff; threads of one process queue locally first.
+  expires; then the next acquirer takes over. The grant's ``ttl`` is the
+  lease, which the hold owner renews every ttl/3.
+- Waiting polls with backoff; threads (and tasks) of one process queue
+  locally first, so only one of them polls the file per key.
+- Every sqlite3 call blocks: the sync backend makes it directly, the async one
+  in a worker thread, so an event loop never waits on SQLite. Connections
+  (WAL, ``synchronous=NORMAL``), at most ``MAX_CONNECTIONS`` per backend, are
+  shared by all threads: each call borrows one for its few statements and
+  gives it back, so short-lived threads leave no connections behind.
 - Leases use wall-clock time (``time.time``), which every process shares.
   Machines with one clock only: SQLite over a network filesystem is unsafe.
+
+The async module is the source; the sync one is generated from it by
+``tools/async_to_sync.py``.
 """
 
 from __future__ import annotations
@@ -30,11 +42,13 @@ import time
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
-from kannuki.backends._lease import DEFAULT_TTL, HOST, LocalGate, check_ttl
-from kannuki.backends.base import NO_WAIT_CALLBACK, Backend, Holder, reject_unknown_options
+from kannuki._compat import run_blocking, sleep, table_acquire, table_release
+from kannuki.backends._lease import DEFAULT_TTL, HOST, LocalGate, check_ttl, poll_backoff
+from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, reject_unknown_options
+from kannuki.backends.base import Backend
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
 
-__all__ = ["SQLiteBackend"]
+__all__ = ["MAX_CONNECTIONS", "SQLiteBackend", "path_from_url"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kannuki_locks (
@@ -55,6 +69,27 @@ CREATE TABLE IF NOT EXISTS kannuki_tokens (
 """
 
 _BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
+
+# Connections per backend, shared by all its threads (see _Connections), and how long a call
+# waits for one beyond busy_timeout before it is a BackendError.
+MAX_CONNECTIONS = 4
+CONNECTION_WAIT = 30.0
+
+# One-statement steps; ``:now`` is bound to the clock inside the blocking step.
+_RELEASE = "DELETE FROM kannuki_locks WHERE name = :name AND token = :token AND expires_at > :now"
+_DROP = "DELETE FROM kannuki_locks WHERE name = :name AND token = :token"
+_RENEW = (
+    "UPDATE kannuki_locks SET expires_at = :now + :ttl"
+    " WHERE name = :name AND token = :token AND expires_at > :now"
+)
+_CHECK = "SELECT 1 FROM kannuki_locks WHERE name = :name AND token = :token AND expires_at > :now LIMIT 1"
+_FORCE = "DELETE FROM kannuki_locks WHERE name = :name AND expires_at > :now"
+_HOLDERS = (
+    "SELECT name, lock_id, shared, token, pid, host, acquired_at, expires_at FROM kannuki_locks"
+    " WHERE expires_at > :now {and_name} ORDER BY name, token LIMIT :limit"
+)
+_HOLDERS_OF_ONE = _HOLDERS.format(and_name="AND name = :name")
+_HOLDERS_OF_ALL = _HOLDERS.format(and_name="")
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -81,46 +116,58 @@ def path_from_url(url: str) -> str:
     return path
 
 
-class SQLiteBackend(Backend):
-    """Leases in a SQLite database file shared by the processes of one machine."""
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    try:
+        conn.close()  # rolls back an open transaction
+    except sqlite3.Error:
+        pass
 
-    scheme = "sqlite"
-    supports_shared = True
-    supports_ttl = True
-    reports_loss = True
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        ttl: float = DEFAULT_TTL,
-        busy_timeout: float = 5.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.path = os.path.abspath(path)
-        self.ttl = check_ttl(ttl, "sqlite")
-        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) or not busy_timeout >= 0:
-            raise ConfigurationError(f"busy_timeout must be a number of seconds >= 0, not {busy_timeout!r}")
-        self.busy_timeout = float(busy_timeout)
-        self._now = clock
-        self._gate = LocalGate()
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._guard = threading.Lock()
+class _Connections:
+    """At most ``size`` connections of one backend to its database file, shared by every thread.
 
-    @classmethod
-    def from_url(cls, url: str, **options: Any) -> "SQLiteBackend":
-        path = path_from_url(url)
-        known = {name: options.pop(name) for name in ("ttl", "busy_timeout") if name in options}
-        reject_unknown_options("sqlite", options)
-        return cls(path, **known)
+    ``take`` hands out an idle connection, opens one while fewer than ``size``
+    exist, or waits (``CONNECTION_WAIT`` at most) for one to come back;
+    ``give_back`` returns it, ``discard`` closes one that failed (its place
+    is free again). A call holds a connection only for its few statements, so
+    a handful serve any number of threads, and threads that come and go leave
+    no connections behind (one per thread would leak theirs; opening one per
+    call would pay WAL setup every time, and SQLite defers closing the file of
+    a connection while another one in the process holds a lock on it, so
+    short-lived connections pile up descriptors). A connection is used by one
+    thread at a time (``check_same_thread=False`` only lets it change threads
+    between calls), and never goes back while a transaction is open on it.
+    Called from worker threads in the async backend: a real lock guards it.
+    """
 
-    # -- connections ----------------------------------------------------------
+    def __init__(self, path: str, busy_timeout: float, size: int = MAX_CONNECTIONS) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.size = size
+        self._idle: list[sqlite3.Connection] = []
+        self._count = 0  # open connections: idle and lent
+        self._cond = threading.Condition(threading.Lock())
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
+    def take(self) -> sqlite3.Connection:
+        deadline = time.monotonic() + CONNECTION_WAIT + self.busy_timeout
+        with self._cond:
+            while not self._idle and self._count >= self.size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BackendError(
+                        f"all {self.size} connections to the sqlite lock database {self.path} stayed busy"
+                    )
+                self._cond.wait(remaining)
+            if self._idle:
+                return self._idle.pop()
+            self._count += 1
+        try:
+            return self._open()
+        except BaseException:
+            self._lost()
+            raise
+
+    def _open(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
@@ -135,41 +182,108 @@ class SQLiteBackend(Backend):
                 raise
         except sqlite3.Error as exc:
             raise BackendError(f"cannot open the sqlite lock database {self.path}: {exc}") from exc
-        self._local.conn = conn
-        with self._guard:
-            self._connections.append(conn)
         return conn
 
-    def _fail(self, conn: sqlite3.Connection | None, what: str, exc: sqlite3.Error) -> BackendError:
-        if conn is not None and conn.in_transaction:
-            try:
-                conn.rollback()
-            except sqlite3.Error:
-                pass
-        return BackendError(f"sqlite {what} failed on {self.path}: {exc}")
+    def _lost(self) -> None:
+        with self._cond:
+            self._count -= 1
+            self._cond.notify()
 
-    # -- locking --------------------------------------------------------------
+    def give_back(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            self.discard(conn)
+            return
+        with self._cond:
+            self._idle.append(conn)
+            self._cond.notify()
 
-    def acquire(
+    def discard(self, conn: sqlite3.Connection) -> None:
+        _close_quietly(conn)
+        self._lost()
+
+    def close(self) -> None:
+        """Close the idle connections (lent ones come back and are kept for later use)."""
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._count -= len(idle)
+            self._cond.notify_all()
+        for conn in idle:
+            _close_quietly(conn)
+
+    def forget(self) -> None:
+        """In a forked child: the parent's connections must not be used nor closed here."""
+        self._idle = []
+        self._count = 0
+        self._cond = threading.Condition(threading.Lock())
+
+
+class SQLiteBackend(Backend):
+    """Leases in a SQLite database file shared by the processes of one machine."""
+
+    scheme = "sqlite"
+    supports_shared = True
+    supports_ttl = True
+
+    def __init__(
         self,
-        name: str,
-        lock_id: int,
+        path: str,
         *,
-        shared: bool = False,
-        timeout: float | None = None,
-        ttl: float | None = None,
-        on_wait: Callable[[], None] = NO_WAIT_CALLBACK,
-        transaction: Any = None,
-    ) -> int:
-        if transaction is not None:
-            raise NotSupportedError("the sqlite backend has no transaction-level locks; drop transaction=")
-        lease = self.ttl if ttl is None else ttl
-        return self._gate.acquire(name, shared, timeout, on_wait, lambda: self._try_acquire(name, lock_id, shared, lease))
+        ttl: float = DEFAULT_TTL,
+        busy_timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = os.path.abspath(path)
+        self.ttl = self._lease = check_ttl(ttl, "sqlite")
+        if (
+            isinstance(busy_timeout, bool)
+            or not isinstance(busy_timeout, (int, float))
+            or not busy_timeout >= 0
+        ):
+            raise ConfigurationError(f"busy_timeout must be a number of seconds >= 0, not {busy_timeout!r}")
+        self.busy_timeout = float(busy_timeout)
+        self._now = clock
+        self._gate = LocalGate()
+        self._connections = _Connections(self.path, self.busy_timeout)
 
-    def _try_acquire(self, name: str, lock_id: int, shared: bool, ttl: float) -> int:
-        conn = None
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SQLiteBackend:
+        path = path_from_url(url)
+        known = {name: options.pop(name) for name in ("ttl", "busy_timeout") if name in options}
+        reject_unknown_options("sqlite", options)
+        return cls(path, **known)
+
+    # -- blocking steps (run directly by the sync backend, in a worker thread by the async one) --
+
+    def _using(self, what: str, work: Callable[[sqlite3.Connection], Any], busy: Any = None) -> Any:
+        """``work(conn)`` on a borrowed connection; ``busy`` (when not None) is the answer to SQLITE_BUSY.
+
+        A connection that failed, or was interrupted midway, is closed rather
+        than given back; any other sqlite error is BackendError.
+        """
+        conn = self._connections.take()
         try:
-            conn = self._conn()
+            result = work(conn)
+        except sqlite3.Error as exc:
+            if busy is not None and _is_busy(exc) and not conn.in_transaction:
+                self._connections.give_back(conn)
+                return busy  # SQLite's own write lock stayed busy: poll again, like a held lock
+            self._connections.discard(conn)
+            raise BackendError(f"sqlite {what} failed on {self.path}: {exc}") from exc
+        except BaseException:
+            self._connections.discard(conn)
+            raise
+        self._connections.give_back(conn)
+        return result
+
+    def _try_acquire(self, name: str, lock_id: int, shared: bool, ttl: float, taken: list[int]) -> int:
+        """One ``BEGIN IMMEDIATE`` try: the new token, or 0 when held (or SQLite stayed busy).
+
+        The token goes into ``taken`` just before COMMIT, and out again if the
+        transaction rolls back: so whoever is interrupted after this returns
+        (a cancelled task, Ctrl-C) finds in ``taken`` the row to delete.
+        """
+
+        def attempt(conn: sqlite3.Connection) -> int:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 now = self._now()
@@ -183,95 +297,148 @@ class SQLiteBackend(Backend):
                 if len(live) < len(rows):  # reap expired leases of this key
                     conn.execute("DELETE FROM kannuki_locks WHERE name = ? AND expires_at <= ?", (name, now))
                 row = conn.execute("SELECT last_token FROM kannuki_tokens WHERE name = ?", (name,)).fetchone()
-                token = (row[0] if row else 0) + 1
-                conn.execute("INSERT OR REPLACE INTO kannuki_tokens (name, last_token) VALUES (?, ?)", (name, token))
+                token: int = (row[0] if row else 0) + 1
+                conn.execute(
+                    "INSERT OR REPLACE INTO kannuki_tokens (name, last_token) VALUES (?, ?)", (name, token)
+                )
                 conn.execute(
                     "INSERT INTO kannuki_locks (name, token, lock_id, shared, pid, host, acquired_at, expires_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (name, token, lock_id, int(shared), os.getpid(), HOST, now, now + ttl),
                 )
+                taken.append(token)
                 conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:
+                if conn.in_transaction:  # not committed: nothing to undo (the token may be reused)
+                    taken.clear()
                     conn.rollback()
                 raise
-        except sqlite3.Error as exc:
-            if _is_busy(exc):
-                return 0  # SQLite's own write lock stayed busy: poll again, like a held lock
-            raise self._fail(conn, "acquire", exc) from exc
+            return token
+
+        token: int = self._using("acquire", attempt, busy=0)
         return token
 
-    def release(self, name: str, lock_id: int, token: int) -> None:
-        conn = None
-        try:
-            conn = self._conn()
-            deleted = conn.execute(
-                "DELETE FROM kannuki_locks WHERE name = ? AND token = ? AND expires_at > ?", (name, token, self._now())
-            ).rowcount
-        except sqlite3.Error as exc:
-            raise self._fail(conn, "release", exc) from exc
-        if not deleted:
-            raise LockLostError(
-                f"the lock {name!r} (token {token}) was lost before release: its lease expired", key=name
-            )
+    def _write(self, what: str, statement: str, params: dict[str, Any]) -> int:
+        """One autocommit statement (``:now`` bound here); the number of rows it changed."""
+        bound = dict(params, now=self._now())
+        count: int = self._using(what, lambda conn: conn.execute(statement, bound).rowcount)
+        return count
 
-    def renew(self, name: str, lock_id: int, token: int, ttl: float | None = None) -> bool:
-        conn = None
-        now = self._now()
-        try:
-            conn = self._conn()
-            updated = conn.execute(
-                "UPDATE kannuki_locks SET expires_at = ? WHERE name = ? AND token = ? AND expires_at > ?",
-                (now + (self.ttl if ttl is None else ttl), name, token, now),
-            ).rowcount
-        except sqlite3.Error as exc:
-            raise self._fail(conn, "renew", exc) from exc
-        return bool(updated)
+    def _read(self, what: str, statement: str, params: dict[str, Any]) -> list[Any]:
+        bound = dict(params, now=self._now())
+        rows: list[Any] = self._using(what, lambda conn: conn.execute(statement, bound).fetchall())
+        return rows
 
-    # -- inspection -----------------------------------------------------------
-
-    def _select(self, where: str, params: tuple[Any, ...], limit: int = -1) -> list[Holder]:
-        conn = None
-        try:
-            conn = self._conn()
-            rows = conn.execute(
-                "SELECT name, lock_id, shared, token, pid, host, acquired_at, expires_at FROM kannuki_locks"
-                f" WHERE expires_at > ? {where} ORDER BY name, token LIMIT ?",
-                (self._now(), *params, limit),
-            ).fetchall()
-        except sqlite3.Error as exc:
-            raise self._fail(conn, "query", exc) from exc
+    def _select(self, name: str | None, limit: int = -1) -> list[Holder]:
+        """The live holders of ``name`` (of every key when None), oldest token first."""
+        statement = _HOLDERS_OF_ALL if name is None else _HOLDERS_OF_ONE
+        rows = self._read("query", statement, {"name": name, "limit": limit})
         return [
             Holder(name=n, lock_id=i, shared=bool(s), token=t, pid=p, host=h, since=a, expires_at=e)
             for n, i, s, t, p, h, a, e in rows
         ]
 
+    # -- locking --------------------------------------------------------------
+
+    def acquire(
+        self,
+        name: str,
+        lock_id: int,
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+        ttl: float | None = None,
+        on_wait: Callable[[], None] = NO_WAIT_CALLBACK,
+        transaction: Any = None,
+    ) -> Grant | None:
+        if transaction is not None:
+            raise NotSupportedError("the sqlite backend has no transaction-level locks; drop transaction=")
+        lease = self._lease if ttl is None else ttl
+        taken: list[int] = []
+        try:
+            token = run_blocking(self._try_acquire, name, lock_id, shared, lease, taken)
+            if not token and timeout != 0:
+                on_wait()
+                token = self._wait(name, lock_id, shared, lease, timeout, taken)
+        except BaseException:
+            for stray in taken:  # committed, but the caller will never hear of it: delete it again
+                self._drop_quietly(name, stray)
+            raise
+        return Grant(name, lock_id, shared, token, lease) if token else None
+
+    def _wait(
+        self, name: str, lock_id: int, shared: bool, ttl: float, timeout: float | None, taken: list[int]
+    ) -> int:
+        """Queue behind this process's waiters for ``name``, then poll the file with backoff; token or 0."""
+        start = time.monotonic()
+        gate = table_acquire(self._gate.table, name, shared, timeout, None)
+        if not gate:
+            return 0
+        try:
+            backoff = poll_backoff()
+            while True:
+                token = run_blocking(self._try_acquire, name, lock_id, shared, ttl, taken)
+                if token:
+                    return token
+                remaining = None if timeout is None else timeout - (time.monotonic() - start)
+                if remaining is not None and remaining <= 0:
+                    return 0
+                sleep(backoff.next_delay(remaining))
+        finally:
+            table_release(self._gate.table, name, gate)
+
+    def _drop_quietly(self, name: str, token: int) -> None:
+        try:
+            run_blocking(self._write, "release", _DROP, {"name": name, "token": token})  # runs to its end
+        except Exception:  # the store is down: the row's lease runs out by itself
+            pass
+
+    def release(self, grant: Grant) -> None:
+        deleted = run_blocking(self._write, "release", _RELEASE, {"name": grant.name, "token": grant.token})
+        if not deleted:
+            raise LockLostError(
+                f"the lock {grant.name!r} (token {grant.token}) was lost before release: its lease expired"
+                " or its row was deleted",
+                key=grant.name,
+            )
+
+    def abort(self, grant: Grant) -> None:
+        # Whatever its lease says, this acquisition's row goes (compare-and-delete on the token).
+        self._drop_quietly(grant.name, grant.token)
+
+    def renew(self, grant: Grant, ttl: float | None = None) -> bool:
+        lease = ttl if ttl is not None else grant.ttl if grant.ttl is not None else self._lease
+        params = {"name": grant.name, "token": grant.token, "ttl": lease}
+        return bool(run_blocking(self._write, "renew", _RENEW, params))
+
+    def check(self, grant: Grant) -> bool:
+        return bool(run_blocking(self._read, "check", _CHECK, {"name": grant.name, "token": grant.token}))
+
+    def force_release(self, name: str, lock_id: int, *, terminate: bool = False) -> int:
+        # A lease is only a row: delete every live one of the key, whoever holds it. Their
+        # holders find out at their next renew / check / release (LockLostError).
+        freed: int = run_blocking(self._write, "force release", _FORCE, {"name": name})
+        return freed
+
+    # -- inspection -----------------------------------------------------------
+
     def held(self, name: str, lock_id: int) -> bool:
-        return bool(self._select("AND name = ?", (name,), limit=1))
+        return bool(run_blocking(self._select, name, 1))
 
     def holders(self, name: str, lock_id: int) -> list[Holder]:
-        return self._select("AND name = ?", (name,))
+        return run_blocking(self._select, name)
 
     def list_held(self) -> list[Holder]:
-        return self._select("", ())
+        return run_blocking(self._select, None)
 
     # -- life cycle -----------------------------------------------------------
 
     def close(self) -> None:
-        with self._guard:
-            connections, self._connections = self._connections, []
-        self._local = threading.local()
-        for conn in connections:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
+        run_blocking(self._connections.close)
 
     def after_fork_in_child(self) -> None:
         # SQLite connections must not cross fork(): abandon the parent's, unclosed.
-        self._local = threading.local()
-        self._connections = []
-        self._guard = threading.Lock()
+        self._connections.forget()
         self._gate.reset_after_fork()
 
     def describe(self) -> str:

@@ -48,18 +48,26 @@ def instrument(registry: CollectorRegistry | None = None) -> Callable[[], None]:
     made: list[Any] = []
     try:
         events = Counter(
-            "kannuki_lock_events", "kannuki lock events by backend and event name",
-            ["backend", "event"], registry=registry,
+            "kannuki_lock_events",
+            "kannuki lock events by backend and event name",
+            ["backend", "event"],
+            registry=registry,
         )
         made.append(events)
         wait = Histogram(
-            "kannuki_lock_wait_seconds", "Seconds spent waiting for a lock (acquired or timed out)",
-            ["backend"], registry=registry, buckets=BUCKETS,
+            "kannuki_lock_wait_seconds",
+            "Seconds spent waiting for a lock (acquired or timed out)",
+            ["backend"],
+            registry=registry,
+            buckets=BUCKETS,
         )
         made.append(wait)
         hold = Histogram(
-            "kannuki_lock_hold_seconds", "Seconds a lock was held (released or lost)",
-            ["backend"], registry=registry, buckets=BUCKETS,
+            "kannuki_lock_hold_seconds",
+            "Seconds a lock was held (released or lost)",
+            ["backend"],
+            registry=registry,
+            buckets=BUCKETS,
         )
         made.append(hold)
     except ValueError as exc:  # prometheus_client: "Duplicated timeseries"

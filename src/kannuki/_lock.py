@@ -1,0 +1,473 @@
+# WARNING: generated from src/kannuki/_lock_async.py by tools/async_to_sync.py.
+# Do not edit: change the async source and run `python tools/async_to_sync.py`.
+"""``Lock`` and ``MultiLock`` (async source; ``_lock.py`` with ``Lock`` / ``MultiLock`` is generated).
+
+A Lock is one key, acquired and released like a ``threading.Lock``. Strategies
+(blocking, non_blocking, retry), the circuit breaker and the wait events live
+here, once; what an acquisition holds is kept by the locker's hold owner
+(:mod:`kannuki._hold`). A Lock object is not reentrant and belongs to one
+acquirer at a time; make one per thread or task (``locker.lock(key)`` is cheap).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
+
+from kannuki import _fork
+from kannuki import events as _events
+from kannuki._compat import sleep
+from kannuki._core import Backoff
+from kannuki._hold import Hold, LostCallback, debugging
+from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, LockRequest
+from kannuki.errors import (
+    AlreadyHeldError,
+    BackendError,
+    LockLostError,
+    LockNotAcquiredError,
+    NotHeldError,
+    NotSupportedError,
+)
+from kannuki.options import LockerOptions, check_seconds
+
+if TYPE_CHECKING:
+    from kannuki._locker import Locker
+
+__all__ = ["Lock", "MultiLock", "not_acquired_error", "retry_pauses"]
+
+_monotonic = time.monotonic
+
+
+class RetryPause(NamedTuple):
+    seconds: float
+    first: bool  # the first pause: the moment to emit ``waiting``
+
+
+def retry_pauses(options: LockerOptions, timeout: float | None) -> Iterator[RetryPause]:
+    """The pauses of the ``retry`` strategy, one before each further attempt, within attempts and ``timeout``."""
+    backoff = Backoff(
+        options.retry_backoff, options.retry_interval, options.retry_max_interval, options.retry_jitter
+    )
+    deadline = None if timeout is None else _monotonic() + timeout
+    for attempt in range(1, options.retry_attempts):
+        remaining = None if deadline is None else deadline - _monotonic()
+        if remaining is not None and remaining <= 0:
+            return
+        yield RetryPause(backoff.next_delay(remaining), attempt == 1)
+
+
+def not_acquired_error(lock: Any, holders: Sequence[Holder]) -> LockNotAcquiredError:
+    """The LockNotAcquiredError for ``lock`` that its strategy could not take."""
+    who = f"; held by {holders[0].describe()}" if holders else ""
+    if lock.strategy == "non_blocking" or lock.timeout == 0:
+        how = "at once"
+    elif lock.strategy == "retry":
+        how = f"after {lock.locker.options.retry_attempts} attempts"
+    else:
+        how = f"within {lock.timeout:g}s" if lock.timeout is not None else ""
+    return LockNotAcquiredError(
+        f"could not acquire the lock {lock.key!r} {how}{who}".rstrip(),
+        key=lock.key,
+        holder=holders[0] if holders else None,
+    )
+
+
+class Lock:
+    """An advisory lock on one key, owned by this object while it holds it.
+
+    Create it with :meth:`Locker.lock`. ``with lock:`` acquires by
+    the lock's strategy and raises :class:`~kannuki.LockNotAcquiredError` when
+    it cannot; ``lock.acquire()`` returns a bool like ``threading.Lock.acquire``.
+    """
+
+    __slots__ = (
+        "locker",
+        "key",
+        "name",
+        "lock_id",
+        "shared",
+        "timeout",
+        "strategy",
+        "ttl",
+        "transaction",
+        "on_lost",
+        "cancel_on_lost",
+        "_hold",
+        "_busy",
+        "_task",
+        "_cancelled_for_loss",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        locker: Locker,
+        key: str,
+        name: str,
+        lock_id: int,
+        timeout: float | None,
+        shared: bool,
+        strategy: str,
+        ttl: float | None = None,
+        transaction: Any = None,
+        on_lost: LostCallback | None = None,
+        cancel_on_lost: bool = False,
+    ) -> None:
+        # Positional parameters: Locker.lock() passes them so (no kwargs dict on the hot path).
+        self.locker = locker
+        self.key = key
+        self.name = name  # the full name: prefix and key
+        self.lock_id = lock_id
+        self.shared = shared
+        self.timeout = timeout
+        self.strategy = strategy
+        self.ttl = ttl
+        self.transaction = transaction
+        self.on_lost = on_lost
+        self.cancel_on_lost = cancel_on_lost
+        self._hold: Hold | None = None
+        self._busy = False
+        self._task: Any = None
+        self._cancelled_for_loss = False
+
+    def __repr__(self) -> str:
+        state = "held" if self.locked() else "lost" if self.lost else "free"
+        mode = " shared" if self.shared else ""
+        return f"<kannuki.Lock {self.key!r}{mode} id={self.lock_id} {state} on {self.locker.scheme}>"
+
+    def __del__(self) -> None:
+        hold = self._hold
+        if hold is not None and hold.lost is None and hold.generation == _fork.GENERATION:
+            try:
+                self.locker._keeper.abandon(hold)
+            except Exception:  # at interpreter exit the modules may be half gone
+                pass
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def token(self) -> int | None:
+        """The fencing token of the current acquisition, or None when not held."""
+        hold = self._hold
+        return hold.grant.token if hold is not None and hold.generation == _fork.GENERATION else None
+
+    @property
+    def grant(self) -> Grant | None:
+        """What the store holds for the current acquisition (connection, server PID, lease), or None."""
+        hold = self._hold
+        return hold.grant if hold is not None and hold.generation == _fork.GENERATION else None
+
+    @property
+    def lost(self) -> bool:
+        """True once the store reported the current acquisition gone (until the next acquire)."""
+        hold = self._hold
+        return hold is not None and hold.lost is not None and hold.generation == _fork.GENERATION
+
+    def locked(self) -> bool:
+        """True when THIS lock object holds its lock now (not whether anyone does: see ``held()``)."""
+        hold = self._hold
+        return hold is not None and hold.lost is None and hold.generation == _fork.GENERATION
+
+    def held(self) -> bool:
+        """True when anyone, anywhere, holds this key."""
+        return self.locker.held(self.key)
+
+    def holders(self) -> list[Holder]:
+        """Who holds this key now, as far as the store can tell."""
+        return self.locker.backend.holders(self.name, self.lock_id)
+
+    def ensure_held(self) -> None:
+        """Ask the store now (one round trip at most) whether this lock still holds; LockLostError if not.
+
+        Raises NotHeldError when this object never acquired (or already released) the lock.
+        """
+        hold = self._hold
+        if hold is None or hold.generation != _fork.GENERATION:
+            raise NotHeldError(
+                f"ensure_held() of the lock {self.key!r}, which this object does not hold", key=self.key
+            )
+        self.locker._keeper.check(hold, self)
+
+    def extend(self, ttl: float | None = None) -> None:
+        """Renew this lock's lease now, optionally to a new ``ttl`` (seconds).
+
+        Raises LockLostError if it was already lost, NotHeldError if not held,
+        NotSupportedError on a store (or a lock) without a lease.
+        """
+        if ttl is not None:
+            ttl = check_seconds(ttl, "ttl")
+            if not ttl:
+                raise ValueError("ttl must be > 0 seconds, or None")
+        hold = self._hold
+        if hold is None or hold.generation != _fork.GENERATION:
+            raise NotHeldError(
+                f"extend() of the lock {self.key!r}, which this object does not hold", key=self.key
+            )
+        if hold.grant.ttl is None:
+            raise NotSupportedError(
+                f"the lock {self.key!r} is not a lease on the {self.locker.scheme} store", key=self.key
+            )
+        self.locker._keeper.extend(hold, ttl, self)
+
+    # -- acquire / release ----------------------------------------------------
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Acquire the lock; True when acquired.
+
+        ``blocking=False`` tries once. Otherwise the lock's strategy applies,
+        waiting up to ``timeout`` seconds (None: the timeout this lock was
+        made with, which may itself be None for "forever").
+
+        Raises AlreadyHeldError if this object already holds the lock,
+        ValueError for a bad timeout, BackendError when the store fails.
+        """
+        if timeout is None:
+            timeout = self.timeout
+        elif not blocking:
+            raise ValueError("timeout cannot be given for a non-blocking acquire (blocking=False)")
+        else:
+            timeout = check_seconds(timeout, "timeout")
+        hold = self._hold
+        if hold is not None and hold.lost is None and hold.generation == _fork.GENERATION:
+            raise AlreadyHeldError(
+                f"this Lock object already holds {self.key!r}; kannuki locks are not reentrant", key=self.key
+            )
+        if self._busy:
+            raise AlreadyHeldError(
+                f"another caller is acquiring {self.key!r} with this same Lock object", key=self.key
+            )
+        locker = self.locker
+        keeper = locker._keeper
+        fast = locker._fast
+        if fast is not None and self.ttl is None and self.transaction is None:
+            # A plain lock: the uncontended case is one C call. Its try is the first one of every
+            # strategy; on 0 the general path below does the rest.
+            token = fast.try_acquire(self.name, self.shared)
+            if token:
+                self._hold = keeper.adopt(
+                    self.key, Grant(self.name, self.lock_id, self.shared, token), self, self.on_lost
+                )
+                return True
+        strategy = self.strategy if blocking else "non_blocking"
+        circuit = locker._circuit
+        if circuit is not None:
+            circuit.check(self.key)
+        start = _monotonic()
+        backend = keeper.backend
+        self._busy = True
+        try:
+            if strategy == "retry":
+                grant = self._acquire_retry(backend, timeout)
+            else:
+                grant = backend.acquire(
+                    self.name,
+                    self.lock_id,
+                    shared=self.shared,
+                    timeout=0.0 if strategy == "non_blocking" else timeout,
+                    ttl=self.ttl,
+                    on_wait=self._emit_waiting if _events.SUBSCRIBERS or debugging() else NO_WAIT_CALLBACK,
+                    transaction=self.transaction,
+                )
+            if grant is not None:
+                self._hold = keeper.adopt(self.key, grant, self, self.on_lost, _monotonic() - start)
+        except BackendError:
+            if circuit is not None:
+                circuit.failed()
+            raise
+        except BaseException:
+            if circuit is not None:
+                circuit.abandon_probe()  # interrupted: the next call may probe again
+            raise
+        finally:
+            self._busy = False
+        if circuit is not None:
+            circuit.succeeded()
+        if grant is None:
+            keeper.not_acquired(
+                self.key,
+                self.lock_id,
+                self.shared,
+                strategy == "blocking" and timeout != 0,
+                _monotonic() - start,
+            )
+            return False
+        return True
+
+    def release(self) -> None:
+        """Release the lock.
+
+        Raises NotHeldError when this object does not hold it, LockLostError
+        when the store lost it while it was held (the lock is gone either way).
+        """
+        hold = self._hold
+        if hold is None or hold.generation != _fork.GENERATION:
+            raise NotHeldError(
+                f"release() of the lock {self.key!r}, which this Lock object does not hold", key=self.key
+            )
+        self._hold = None
+        self.locker._keeper.release(hold, self)
+
+    def __enter__(self) -> Lock:
+        if not self.acquire():
+            raise self._not_acquired()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        # Three named parameters, not *exc_info: a call CPython specialises, no tuple built.
+        self._task = None
+        self.release()
+
+    # -- internals ------------------------------------------------------------
+
+    def _acquire_retry(self, backend: Any, timeout: float | None) -> Grant | None:
+        grant: Grant | None = backend.acquire(
+            self.name,
+            self.lock_id,
+            shared=self.shared,
+            timeout=0.0,
+            ttl=self.ttl,
+            transaction=self.transaction,
+        )
+        for pause in retry_pauses(self.locker.options, timeout):
+            if grant is not None:
+                break
+            if pause.first:
+                self._emit_waiting()
+            sleep(pause.seconds)
+            grant = backend.acquire(
+                self.name,
+                self.lock_id,
+                shared=self.shared,
+                timeout=0.0,
+                ttl=self.ttl,
+                transaction=self.transaction,
+            )
+        return grant
+
+    def _emit_waiting(self) -> None:
+        self.locker._keeper.waiting(self.key, self.lock_id, self.shared)
+
+    def _not_acquired(self) -> LockNotAcquiredError:
+        try:
+            holders = self.holders()
+        except Exception:  # who-holds-it is a courtesy; never mask the real outcome
+            holders = []
+        return not_acquired_error(self, holders)
+
+
+class MultiLock:
+    """Several keys taken all or none, in lock-ID order so two callers never deadlock.
+
+    Made by :meth:`Locker.lock_many`; used like a Lock. Each key's hold is
+    kept by the locker's hold owner like any other (renewed, watched, released).
+    """
+
+    __slots__ = ("locker", "keys", "locks", "timeout", "ttl", "_holds", "__weakref__")
+
+    def __init__(
+        self, locker: Locker, locks: Sequence[Lock], timeout: float | None, ttl: float | None = None
+    ) -> None:
+        self.locker = locker
+        # One lock per ID, ascending: every caller takes them in the same order.
+        unique = {lock.lock_id: lock for lock in locks}
+        self.locks = [unique[lock_id] for lock_id in sorted(unique)]
+        self.keys = [lock.key for lock in self.locks]
+        self.timeout = timeout
+        self.ttl = ttl
+        self._holds: list[Hold] | None = None
+
+    def __repr__(self) -> str:
+        return f"<kannuki.{type(self).__name__} {self.keys!r} {'held' if self.locked() else 'free'}>"
+
+    def __del__(self) -> None:
+        holds = self._holds
+        if holds:
+            try:
+                for hold in holds:
+                    if hold.lost is None and hold.generation == _fork.GENERATION:
+                        self.locker._keeper.abandon(hold)
+            except Exception:  # at interpreter exit the modules may be half gone
+                pass
+
+    def locked(self) -> bool:
+        """True while every key is held by this object."""
+        holds = self._holds
+        return holds is not None and all(h.lost is None and h.generation == _fork.GENERATION for h in holds)
+
+    @property
+    def lost(self) -> bool:
+        """True once any key of the current acquisition was reported gone."""
+        holds = self._holds
+        return holds is not None and any(h.lost is not None for h in holds)
+
+    @property
+    def tokens(self) -> list[int] | None:
+        holds = self._holds
+        if holds is None or any(h.generation != _fork.GENERATION for h in holds):
+            return None
+        return [hold.grant.token for hold in holds]
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Take every key or none; True when all are held."""
+        if self._holds is not None and all(h.generation == _fork.GENERATION for h in self._holds):
+            raise AlreadyHeldError(f"this MultiLock already holds {self.keys!r}", key=self.keys)
+        timeout = self.timeout if timeout is None else check_seconds(timeout, "timeout")
+        if not blocking:
+            timeout = 0.0
+        locker = self.locker
+        keeper = locker._keeper
+        circuit = locker._circuit
+        if circuit is not None:
+            circuit.check(self.keys[0])
+        requests = [LockRequest(lock.name, lock.lock_id, lock.shared) for lock in self.locks]
+        start = _monotonic()
+        try:
+            grants = keeper.backend.acquire_many(requests, timeout=timeout, ttl=self.ttl)
+            if grants is not None:
+                waited = _monotonic() - start
+                self._holds = [
+                    keeper.adopt(lock.key, grant, self, None, waited)
+                    for lock, grant in zip(self.locks, grants)
+                ]
+        except BackendError:
+            if circuit is not None:
+                circuit.failed()
+            raise
+        except BaseException:
+            if circuit is not None:
+                circuit.abandon_probe()
+            raise
+        if circuit is not None:
+            circuit.succeeded()
+        if grants is None:
+            first = self.locks[0]
+            keeper.not_acquired(first.key, first.lock_id, first.shared, timeout != 0, _monotonic() - start)
+            return False
+        return True
+
+    def release(self) -> None:
+        """Release every key, in reverse order; the first error (LockLostError ...) after all are done."""
+        holds = self._holds
+        if holds is None or any(h.generation != _fork.GENERATION for h in holds):
+            raise NotHeldError(
+                f"release() of {self.keys!r}, which this MultiLock does not hold", key=self.keys
+            )
+        self._holds = None
+        keeper = self.locker._keeper
+        first_error: BaseException | None = None
+        for hold in reversed(holds):
+            try:
+                keeper.release(hold, self)
+            except (LockLostError, BackendError) as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+
+    def __enter__(self) -> MultiLock:
+        if not self.acquire():
+            how = f" within {self.timeout:g}s" if self.timeout else " at once" if self.timeout == 0 else ""
+            raise LockNotAcquiredError(f"could not acquire all of {self.keys!r}{how}", key=self.keys)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()

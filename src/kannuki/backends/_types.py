@@ -1,0 +1,154 @@
+"""The small types every store speaks in, sync and async alike (not generated: one copy for both).
+
+A backend knows its driver and its server and nothing of ``Lock``, ``Locker``,
+strategies, events or stats. It is handed the validated full lock name and its
+64-bit ID and answers with a :class:`Grant` (or None: not acquired). The grant
+records what the acquisition pinned in the store (a connection, a server PID,
+a lease); the hold owner (``kannuki._hold``) keeps it and hands it back to
+``release`` / ``renew`` / ``check`` / ``abort``. Backends keep no map of their
+own acquisitions.
+
+Timeouts: ``None`` waits forever, ``0`` tries once, a positive float waits up
+to that many seconds. The API layer validates them before they get here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, ClassVar, Protocol
+
+from kannuki.errors import ConfigurationError
+
+__all__ = [
+    "NO_WAIT_CALLBACK",
+    "FastPath",
+    "Grant",
+    "Holder",
+    "LockRequest",
+    "StoreTraits",
+    "reject_unknown_options",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """Who holds a lock, as far as the backend can tell; unknown fields are None."""
+
+    name: str
+    lock_id: int
+    shared: bool = False
+    token: int | None = None
+    pid: int | None = None
+    host: str | None = None
+    user: str | None = None
+    application: str | None = None
+    since: float | None = None  # UNIX time the lock was taken
+    expires_at: float | None = None  # UNIX time a lease runs out
+
+    def describe(self) -> str:
+        """One human line: ``pid 1234 (app) on host since ...``."""
+        parts = []
+        if self.pid is not None:
+            parts.append(f"pid {self.pid}")
+        if self.application:
+            parts.append(f"({self.application})")
+        if self.user:
+            parts.append(f"user {self.user}")
+        if self.host:
+            parts.append(f"on {self.host}")
+        if self.shared:
+            parts.append("[shared]")
+        if self.since is not None:
+            parts.append("since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since)))
+        return " ".join(parts) or "another holder"
+
+
+@dataclasses.dataclass(frozen=True)
+class LockRequest:
+    """One key of a ``lock_many`` call."""
+
+    name: str
+    lock_id: int
+    shared: bool = False
+
+
+class Grant:
+    """What one acquisition holds in the store; made by the backend, kept by the hold owner.
+
+    ``token`` is the fencing token (> 0). ``ttl`` is the lease length in
+    seconds when the hold is a lease the owner must renew (None: no lease).
+    ``conn`` is the pinned connection or session, ``pid`` the server's session
+    ID at acquire, ``data`` anything else the store needs back (a local queue
+    token, a lease value ...).
+    """
+
+    __slots__ = ("name", "lock_id", "shared", "token", "ttl", "conn", "pid", "data")
+
+    def __init__(
+        self,
+        name: str,
+        lock_id: int,
+        shared: bool,
+        token: int,
+        ttl: float | None = None,
+        conn: Any = None,
+        pid: int | None = None,
+        data: Any = None,
+    ) -> None:
+        self.name = name
+        self.lock_id = lock_id
+        self.shared = shared
+        self.token = token
+        self.ttl = ttl
+        self.conn = conn
+        self.pid = pid
+        self.data = data
+
+    def __repr__(self) -> str:
+        lease = f" ttl={self.ttl:g}" if self.ttl else ""
+        return f"<Grant {self.name!r} token={self.token}{lease}>"
+
+
+class FastPath(Protocol):
+    """A store's uncontended entry (see ``Backend.fast_path``); arguments arrive already validated."""
+
+    def try_acquire(self, name: str, shared: bool, /) -> int:
+        """One try, never waiting: a token, or 0 (the caller then goes through ``Backend.acquire``)."""
+
+    def release(self, name: str, token: int, /) -> bool:
+        """Compare-and-delete: True when released; False sends the caller to ``Backend.release``."""
+
+
+def NO_WAIT_CALLBACK() -> None:
+    """The default ``on_wait``: nobody to tell."""
+
+
+class StoreTraits:
+    """What a store declares, sync or async: class attributes the API reads to refuse early."""
+
+    scheme: ClassVar[str] = ""
+    supports_shared: ClassVar[bool] = False
+    supports_transaction: ClassVar[bool] = False
+    supports_ttl: ClassVar[bool] = False
+    # The store's default lease length (seconds), or None when its holds are not leases.
+    ttl: float | None = None
+
+    @classmethod
+    def wraps(cls, obj: Any) -> bool:
+        """True when ``obj`` is a connection or pool this backend can drive (checked without importing drivers)."""
+        return False
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: forget (never close) the parent's connections."""
+
+    def describe(self) -> str:
+        """The store in one line for messages, without secrets (no password)."""
+        return f"{self.scheme}://"
+
+
+def reject_unknown_options(scheme: str, options: dict[str, Any]) -> None:
+    """Raise ConfigurationError naming the first option the backend does not know."""
+    if options:
+        name = sorted(options)[0]
+        raise ConfigurationError(f"unknown option {name!r} for the {scheme} backend")

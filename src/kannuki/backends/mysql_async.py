@@ -1,0 +1,1038 @@
+"""``mysql://`` / ``mariadb://``: session locks on GET_LOCK / RELEASE_LOCK through mysqlclient.
+
+Each acquisition pins one connection of the locker's own pool until release
+(``acquire_many`` takes all its keys on one connection). The grant carries the
+connection, its server connection ID (CONNECTION_ID(), read at connect) and
+the escaped server name; nothing else remembers the hold. Release is
+compare-and-delete in one statement (RELEASE_LOCK only on the session that
+took it), and a connection goes back to the pool only after the server
+confirmed that its lock is released; on any failure or interruption it is
+closed instead, which ends its server session and every lock of it.
+
+Waiting happens on the server (GET_LOCK's timeout), after in-process waiters
+for the same key have queued on the server's process-wide lock table
+(``kannuki.backends._tables``), so at most one connection per key per process
+waits on the server. The name sent to the server comes from
+:func:`mysql_lock_name` (64 characters at most, see ``_mysql_names``).
+
+mysqlclient has no async API: the async backend makes every blocking driver
+call in a worker thread and waits for GET_LOCK's answer with a reader on the
+event loop, so the loop never blocks and a cancelled wait stops at once; the
+sync backend makes the same calls directly and waits in ``poll()``.
+
+An interrupted wait (Ctrl-C in sync code, a cancelled task in async code) is
+ended on the server: a side connection sends KILL QUERY for the waiting
+connection, which is then closed, so nothing it may have been granted
+meanwhile survives. A wrapped connection cannot be killed from the side (its
+credentials are the caller's), so it waits in 1-second slices and an
+interruption takes effect at the end of the current one, followed by a
+RELEASE_LOCK of the name.
+
+``check`` asks in one round trip whether the pinned session still holds the
+name; ``abort`` closes the pinned connection; ``force_release`` refuses to
+free another session's lock unless ``terminate=True``, which KILLs the holding
+connection. A KILLed holder finds out at release: LockLostError.
+
+Options: ``connect_timeout`` (seconds, default 5), ``pool_size`` (idle
+connections kept, default 8), ``fencing`` (tokens from a server-side counter
+table), ``fencing_table``, ``allow_cluster`` (accept a Galera node).
+
+The async module is the source; the sync one is generated from it by
+``tools/async_to_sync.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio  # sync: import threading
+import functools
+import math
+import os
+import re
+import select
+import time
+from typing import Any, Callable, Sequence
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from kannuki._compat import AMutex, afinish, arun_blocking, atable_acquire, atable_release
+from kannuki._core import lock_id as compute_lock_id
+from kannuki.backends._mysql_names import NAMESPACE, mysql_lock_name
+from kannuki.backends._tables import object_table, process_table
+from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, LockRequest, reject_unknown_options
+from kannuki.backends.base_async import AsyncBackend
+from kannuki.errors import (
+    BackendError,
+    ConfigurationError,
+    DeadlockError,
+    LockLostError,
+    NotSupportedError,
+)
+
+# to-sync: _await_readable -> _wait_readable
+
+__all__ = ["AsyncMySQLBackend", "cluster_refusal", "mysql_lock_name"]
+
+_monotonic = time.monotonic
+# One statement at a time on a connection that several threads or tasks may use.
+_Guard = asyncio.Lock  # sync: _Guard = threading.Lock
+
+# One server-side wait lasts at most this long; "forever" re-issues it (MariaDB refuses -1).
+FOREVER_SLICE = 7 * 24 * 3600.0
+# On a wrapped connection nobody can KILL the wait from the side, so it waits
+# in short slices and Ctrl-C takes effect at the end of the current one.
+WRAPPED_SLICE = 1.0
+# Extra time to wait for the server's answer beyond GET_LOCK's own timeout.
+ANSWER_GRACE = 30.0
+# An idle pooled connection unused this long is pinged before reuse.
+STALE_AFTER = 30.0
+# Driver error codes: the connection is gone (server gone away, lost during a query).
+_CONNECTION_GONE = (2006, 2013)
+# ER_LOCK_DEADLOCK, ER_USER_LOCK_DEADLOCK: the server broke a wait-for cycle by failing this wait.
+_DEADLOCK = (1213, 3058)
+
+_IDENTIFIER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+# Who holds which user lock: MariaDB's METADATA_LOCK_INFO plugin, else MySQL's performance_schema.
+_LIST_SQL = (
+    (
+        b"SELECT m.TABLE_SCHEMA, m.THREAD_ID, p.USER, p.HOST FROM information_schema.METADATA_LOCK_INFO m"
+        b" LEFT JOIN information_schema.PROCESSLIST p ON p.ID = m.THREAD_ID WHERE m.LOCK_TYPE = 'User lock'"
+    ),
+    (
+        b"SELECT m.OBJECT_NAME, t.PROCESSLIST_ID, t.PROCESSLIST_USER, t.PROCESSLIST_HOST"
+        b" FROM performance_schema.metadata_locks m JOIN performance_schema.threads t"
+        b" ON t.THREAD_ID = m.OWNER_THREAD_ID WHERE m.OBJECT_TYPE = 'USER LEVEL LOCK'"
+    ),
+)
+
+
+def cluster_refusal(wsrep_on: str | None, allow_cluster: bool) -> str | None:
+    """Why locking on this server must be refused, or None.
+
+    ``wsrep_on`` is the server's ``wsrep_on`` variable (``"ON"``/``"OFF"``, or
+    None when the server has no such variable, as on MySQL). On a Galera
+    node GET_LOCK is local to that node and excludes nobody on the others.
+    """
+    if allow_cluster or wsrep_on is None or wsrep_on.upper() not in ("ON", "1"):
+        return None
+    return (
+        "this server is a Galera cluster node (wsrep_on=ON): GET_LOCK on it excludes nobody on the other "
+        "nodes. Point kannuki at one node that every client uses, or pass allow_cluster=True if they all do"
+    )
+
+
+class _Session:
+    """One server connection: the driver object, its server connection ID, how many locks it pins."""
+
+    __slots__ = ("broken", "checked", "conn_id", "db", "guard", "last_used", "locks", "mariadb", "owned")
+
+    def __init__(self, db: Any, owned: bool) -> None:
+        self.db = db
+        self.conn_id: int = db.thread_id()  # = CONNECTION_ID(), read from the handshake
+        self.locks = 0
+        self.owned = owned
+        self.mariadb = "mariadb" in db.get_server_info().lower()
+        self.last_used = _monotonic()
+        # A wrapped connection is shared by every lock of its locker (threads or tasks); a pooled
+        # one by the keys of one lock_many: one statement at a time.
+        self.guard = _Guard()
+        self.broken = False
+        self.checked = False  # the cluster check passed
+
+
+class _Pinned:
+    """What a grant needs back at release: the escaped server name and the in-process table's token."""
+
+    __slots__ = ("done", "literal", "table_token")
+
+    def __init__(self, literal: bytes, table_token: int) -> None:
+        self.literal = literal  # the escaped server name, ready for SQL
+        self.table_token = table_token
+        self.done = False  # released, or its connection written off: nothing more to undo
+
+
+_SERVER_NAME_CHARS = re.compile(r"[a-z0-9._:/@=+#\-]{1,64}").fullmatch
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_literal(name: str) -> bytes:
+    """The SQL string literal of ``mysql_lock_name(name)``, quoted by the driver, ready for a statement.
+
+    This is what ``cursor.execute("... %s", (server_name,))`` does (mysqlclient
+    binds parameters by quoting them on the client), done once per name and
+    cached. Twice safe: the server name is also built from a small alphabet with
+    no quote, backslash or NUL (checked here, so a change to the name rule
+    cannot open a hole).
+    """
+    from MySQLdb import _mysql
+
+    server_name = mysql_lock_name(name)
+    if not _SERVER_NAME_CHARS(server_name):
+        raise AssertionError(f"unsafe server lock name {server_name!r}")
+    return bytes(_mysql.string_literal(server_name.encode("ascii")))
+
+
+# -- blocking driver steps (the async backend runs each in a worker thread) -------------
+
+
+def _scalar(db: Any, sql: bytes) -> Any:
+    """Run ``sql`` and return the first column of its first row."""
+    db.query(sql)
+    return db.store_result().fetch_row()[0][0]
+
+
+def _rows(db: Any, sql: bytes, max_rows: int = 0) -> tuple[Any, ...]:
+    """Run ``sql`` and return its rows (all of them when ``max_rows`` is 0)."""
+    db.query(sql)
+    return tuple(db.store_result().fetch_row(max_rows))
+
+
+def _read_scalar(db: Any) -> Any:
+    """Read the answer of a statement sent with ``send_query``: the first column of its first row."""
+    db.read_query_result()
+    return db.store_result().fetch_row()[0][0]
+
+
+def _drain(db: Any, seconds: float) -> None:
+    """Read and drop the answer of a statement still running on ``db`` (at most ``seconds``); best effort."""
+    try:
+        if _wait_readable(db.fileno(), seconds):
+            db.read_query_result()
+            db.store_result()
+    except Exception:
+        pass  # the connection failed: its server session, and what it held, end with it
+
+
+def _close(db: Any) -> None:
+    try:
+        db.close()
+    except Exception:  # closing a broken connection may fail; it is gone either way
+        pass
+
+
+def _wait_readable(fd: int, seconds: float) -> bool:
+    """Wait for the server's answer; a signal handler's exception (Ctrl-C) propagates."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(seconds * 1000.0))
+
+
+async def _await_readable(fd: int, seconds: float) -> bool:  # async-only
+    """Wait on the event loop for the server's answer on socket ``fd``; a cancellation ends the wait at once."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    try:
+        loop.add_reader(fd, _set_ready, ready)
+    except NotImplementedError:  # a loop without readers (Windows' proactor): poll in short slices
+        deadline = _monotonic() + seconds
+        while True:
+            left = max(0.0, deadline - _monotonic())
+            if await arun_blocking(_wait_readable, fd, min(left, 0.25)):
+                return True
+            if left <= 0.0:
+                return False
+    try:
+        await asyncio.wait((ready,), timeout=seconds)
+        return ready.done()
+    finally:
+        loop.remove_reader(fd)
+
+
+def _set_ready(ready: Any) -> None:  # async-only
+    if not ready.done():
+        ready.set_result(None)
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith(("MySQLdb", "_mysql"))
+
+
+def _error_code(exc: BaseException) -> Any:
+    return exc.args[0] if _is_driver_error(exc) and exc.args else None
+
+
+class AsyncMySQLBackend(AsyncBackend):
+    """Session locks on MySQL 5.7+ / MariaDB 10.0.2+ via GET_LOCK."""
+
+    scheme = "mysql"
+    supports_shared = False
+    supports_transaction = False
+    supports_ttl = False
+
+    def __init__(
+        self,
+        params: dict[str, Any] | None = None,
+        *,
+        connection: Any = None,
+        connect_timeout: float = 5.0,
+        pool_size: int = 8,
+        fencing: bool = False,
+        fencing_table: str = "kannuki_fencing",
+        allow_cluster: bool = False,
+        scheme: str = "mysql",
+    ) -> None:
+        if not (isinstance(connect_timeout, (int, float)) and 0 < connect_timeout < math.inf):
+            raise ConfigurationError(
+                f"connect_timeout must be a positive number of seconds, not {connect_timeout!r}"
+            )
+        if not (isinstance(pool_size, int) and not isinstance(pool_size, bool) and pool_size >= 0):
+            raise ConfigurationError(f"pool_size must be an int >= 0, not {pool_size!r}")
+        if not isinstance(fencing, bool):
+            raise ConfigurationError(f"fencing must be True or False, not {fencing!r}")
+        if not (
+            isinstance(fencing_table, str)
+            and 0 < len(fencing_table) <= 64
+            and set(fencing_table) <= _IDENTIFIER_CHARS
+        ):
+            raise ConfigurationError(
+                f"fencing_table must be a plain table name (letters, digits, _), not {fencing_table!r}"
+            )
+        if not isinstance(allow_cluster, bool):
+            raise ConfigurationError(f"allow_cluster must be True or False, not {allow_cluster!r}")
+        if fencing and connection is not None:
+            raise ConfigurationError(
+                "fencing needs connections kannuki owns (its counter commits on its own); use a mysql:// URL"
+            )
+        self.scheme = scheme
+        self._params = dict(params or {})
+        self._params.update(
+            connect_timeout=max(1, math.ceil(connect_timeout)), autocommit=True, charset="utf8mb4"
+        )
+        self.pool_size = pool_size
+        self.fencing = fencing
+        self._fencing_sql = (
+            b"INSERT INTO `" + fencing_table.encode() + b"` (name, value) VALUES (%s, LAST_INSERT_ID(1))"
+            b" ON DUPLICATE KEY UPDATE value = LAST_INSERT_ID(value + 1)"
+        )
+        self._fencing_ddl = (
+            b"CREATE TABLE IF NOT EXISTS `"
+            + fencing_table.encode()
+            + b"` (name VARCHAR(64) CHARACTER SET ascii"
+            b" COLLATE ascii_bin NOT NULL PRIMARY KEY, value BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB"
+        )
+        self._fencing_ready = False
+        self.allow_cluster = allow_cluster
+        self._idle: list[_Session] = []
+        self._sessions: set[_Session] = set()  # every connection we opened and have not closed
+        self._pid = os.getpid()
+        self._mutex = AMutex()
+        self._wrapped: _Session | None = None
+        self._wrapped_obj = connection
+        # In-process queues, one per server (or per wrapped connection), shared by every locker on it,
+        # sync and async alike.
+        if connection is not None:
+            self._table = object_table("mysql", connection)
+        else:
+            where = (
+                self._params.get("unix_socket") or f"{self._params.get('host')}:{self._params.get('port')}"
+            )
+            self._table = process_table(("mysql", "server", where))
+        self._wait_slice = WRAPPED_SLICE if connection is not None else FOREVER_SLICE
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> AsyncMySQLBackend:
+        """``mysql://user:password@host:port/database?unix_socket=/path`` (also ``mariadb://``)."""
+        _driver()
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        params: dict[str, Any] = {"host": parts.hostname or "127.0.0.1"}
+        try:
+            params["port"] = parts.port or 3306
+        except ValueError:
+            raise ConfigurationError(f"bad port in url {_redact(url)!r}") from None
+        if parts.username:
+            params["user"] = unquote(parts.username)
+        if parts.password:
+            params["password"] = unquote(parts.password)
+        database = parts.path.lstrip("/")
+        if database:
+            params["database"] = unquote(database)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "unix_socket":
+                params["unix_socket"] = value
+            elif key == "connect_timeout":
+                options.setdefault("connect_timeout", _seconds_from_url(value))
+            else:
+                raise ConfigurationError(f"unknown query parameter {key!r} in the {scheme} url")
+        names = ("connect_timeout", "pool_size", "fencing", "fencing_table", "allow_cluster")
+        known = {k: options.pop(k) for k in names if k in options}
+        reject_unknown_options(scheme, options)
+        return cls(params, scheme=scheme, **known)
+
+    @classmethod
+    def wraps(cls, obj: Any) -> bool:
+        # mysqlclient has only blocking connections: the async backend drives them from worker threads.
+        return type(obj).__module__.startswith("MySQLdb")
+
+    @classmethod
+    def from_connection(cls, obj: Any, **options: Any) -> AsyncMySQLBackend:
+        """Lock on the caller's MySQLdb connection (every lock of this locker pins it)."""
+        known = {k: options.pop(k) for k in ("allow_cluster", "fencing") if k in options}
+        reject_unknown_options("mysql", options)
+        return cls(connection=obj, **known)
+
+    def describe(self) -> str:
+        if self._wrapped_obj is not None:
+            return f"{self.scheme}:// (wrapped connection)"
+        where = self._params.get("unix_socket") or f"{self._params['host']}:{self._params['port']}"
+        user = self._params.get("user")
+        database = self._params.get("database", "")
+        return f"{self.scheme}://{user + '@' if user else ''}{where}/{database}"
+
+    # -- connections --------------------------------------------------------
+
+    async def _connect(self) -> _Session:
+        driver = _driver()
+        try:
+            db = await arun_blocking(functools.partial(driver.connect, **self._params))
+        except driver.Error as exc:
+            raise BackendError(f"cannot connect to {self.describe()}: {exc}") from exc
+        session = _Session(db, owned=True)
+        self._sessions.add(session)
+        try:
+            await self._check_cluster(session)
+        except BaseException:
+            await afinish(self._discard(session))
+            raise
+        return session
+
+    async def _check_cluster(self, session: _Session) -> None:
+        try:
+            rows = await arun_blocking(_rows, session.db, b"SHOW VARIABLES LIKE 'wsrep_on'", 1)
+        except Exception as exc:
+            raise self._error("cannot read wsrep_on", exc) from exc
+        value = rows[0][1] if rows else None
+        reason = cluster_refusal(value.decode() if isinstance(value, bytes) else value, self.allow_cluster)
+        if reason:
+            raise NotSupportedError(reason)
+        session.checked = True
+
+    async def _checkout(self) -> _Session:
+        """A connection for one acquisition or question: the wrapped one, an idle pooled one, or a new one."""
+        if self._wrapped_obj is not None:
+            return await self._wrapped_session()
+        idle = self._idle
+        while idle:
+            try:
+                session = idle.pop()
+            except IndexError:  # another thread took the last one
+                break
+            if _monotonic() - session.last_used < STALE_AFTER:
+                return session
+            try:
+                await arun_blocking(
+                    _scalar, session.db, b"SELECT 1"
+                )  # may have died idle (wait_timeout, restart)
+                return session
+            except BaseException as exc:
+                await afinish(self._discard(session))
+                if not isinstance(exc, Exception):
+                    raise
+        return await self._connect()
+
+    async def _wrapped_session(self) -> _Session:
+        if os.getpid() != self._pid:
+            raise BackendError(
+                "this locker wraps a connection of the parent process; open a new one in the child"
+            )
+        with self._mutex:
+            session = self._wrapped
+            if session is None:
+                session = self._wrapped = _Session(self._wrapped_obj, owned=False)
+        if not session.checked:
+            async with session.guard:
+                if not session.checked:
+                    await self._check_cluster(session)
+        return session
+
+    async def _checkin(self, session: _Session) -> None:
+        """Back to the pool if it pins nothing and is healthy; closed when the pool is full."""
+        if not session.owned or session.locks or session.broken:
+            return
+        session.last_used = _monotonic()
+        if len(self._idle) < self.pool_size:
+            self._idle.append(session)
+        else:
+            await self._discard(session)
+
+    async def _discard(self, session: _Session) -> None:
+        """Drop a connection; closing it ends its server session, which frees every lock it held.
+
+        A wrapped connection is the caller's: it is never closed nor written off.
+        """
+        if not session.owned or session.broken:
+            return
+        session.broken = True
+        self._sessions.discard(session)
+        await arun_blocking(_close, session.db)
+
+    def _error(self, what: str, exc: BaseException) -> BackendError:
+        """The BackendError (DeadlockError for the server's deadlock report) for a failed statement."""
+        if _error_code(exc) in _DEADLOCK:
+            return DeadlockError(f"{what}: the server reports a deadlock on {self.describe()}: {exc}")
+        return BackendError(f"{what} on {self.describe()}: {exc}")
+
+    # -- locking ------------------------------------------------------------
+
+    async def acquire(
+        self,
+        name: str,
+        lock_id: int,
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+        ttl: float | None = None,
+        on_wait: Callable[[], None] = NO_WAIT_CALLBACK,
+        transaction: Any = None,
+    ) -> Grant | None:
+        if shared or transaction is not None or ttl is not None:
+            self._refuse(shared, transaction, ttl, name)
+        table = self._table
+        deadline = None if timeout is None else _monotonic() + timeout
+        table_token: int = table.acquire(lock_id, False, 0.0, None)
+        if not table_token:
+            if timeout == 0:
+                return None
+            on_wait()
+            on_wait = NO_WAIT_CALLBACK
+            table_token = await atable_acquire(table, lock_id, False, timeout, None)
+            if not table_token:
+                return None
+        literal = _name_literal(name)
+        session: _Session | None = None
+        try:
+            session = await self._checkout()
+            if await self._lock_on(session, literal, timeout, deadline, on_wait):
+                token = await self._token_for(session, literal, table_token)
+                pinned = _Pinned(literal, table_token)
+                return Grant(
+                    name, lock_id, False, token, None, conn=session, pid=session.conn_id, data=pinned
+                )
+        except BaseException:
+            # Failed or interrupted, maybe after the server granted it: leave nothing held.
+            await afinish(self._give_back(session, [literal], [(lock_id, table_token)], failed=True))
+            raise
+        await afinish(self._give_back(session, [], [(lock_id, table_token)], failed=False))
+        return None
+
+    def _refuse(self, shared: bool, transaction: Any, ttl: float | None, name: str) -> None:
+        if shared:
+            raise NotSupportedError(
+                f"the {self.scheme} backend has no shared locks (GET_LOCK is exclusive); use an exclusive lock, "
+                "or the postgresql backend for shared locks",
+                key=name,
+            )
+        if transaction is not None:
+            raise NotSupportedError(
+                f"the {self.scheme} backend has no transaction-level locks; use a session lock "
+                "(drop transaction=) and release it when the transaction ends, or the postgresql backend",
+                key=name,
+            )
+        raise NotSupportedError(
+            f"the {self.scheme} backend has no leases: a lock lives as long as its connection; drop ttl=",
+            key=name,
+        )
+
+    async def _lock_on(
+        self,
+        session: _Session,
+        literal: bytes,
+        timeout: float | None,
+        deadline: float | None,
+        on_wait: Callable[[], None],
+    ) -> bool:
+        """GET_LOCK on ``session``: True when taken, False when not within the timeout.
+
+        When it raises, the server may have granted the lock: the caller undoes
+        it (``_give_back(..., failed=True)``).
+        """
+        if timeout == 0 or on_wait is not NO_WAIT_CALLBACK:
+            async with session.guard:
+                try:
+                    got = await arun_blocking(_scalar, session.db, b"SELECT GET_LOCK(%s, 0)" % literal)
+                except Exception as exc:
+                    raise self._error("GET_LOCK failed", exc) from exc
+            if self._granted(session, got):
+                return True
+            if timeout == 0:
+                return False
+            on_wait()
+        return await self._wait_on_server(session, literal, deadline)
+
+    async def _wait_on_server(self, session: _Session, literal: bytes, deadline: float | None) -> bool:
+        db = session.db
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - _monotonic())
+            wait = self._wait_slice if remaining is None else min(remaining, self._wait_slice)
+            seconds = b"%.6f" % wait if session.mariadb else b"%d" % math.ceil(wait)  # MySQL: whole seconds
+            async with session.guard:
+                try:
+                    await arun_blocking(db.send_query, b"SELECT GET_LOCK(%s, %s)" % (literal, seconds))
+                    if not await _await_readable(db.fileno(), wait + ANSWER_GRACE):
+                        raise TimeoutError(
+                            f"no answer from the server {ANSWER_GRACE:g}s after GET_LOCK's timeout"
+                        )
+                    got = await arun_blocking(_read_scalar, db)
+                except BaseException as exc:  # Ctrl-C and cancellation included: end the wait on the server
+                    await afinish(self._end_wait(session, exc, wait))
+                    if isinstance(exc, Exception):
+                        raise self._error("GET_LOCK failed", exc) from exc
+                    raise
+            if self._granted(session, got):
+                return True
+            if remaining is not None and wait >= remaining:
+                return False
+
+    async def _end_wait(self, session: _Session, exc: BaseException, wait: float) -> None:
+        """A GET_LOCK wait on ``session`` failed or was interrupted: stop it on the server.
+
+        Our own connection: KILL QUERY from a side connection (the caller then
+        closes it). The caller's connection cannot be killed from the side: an
+        interrupted wait runs out its slice (a second at most) and its answer
+        is read, so the connection is in step for the RELEASE_LOCK that follows.
+        """
+        if _is_driver_error(exc):
+            return  # the statement itself failed: nothing runs on the server
+        if session.owned:
+            await arun_blocking(self._kill_query, session.conn_id)
+        elif not isinstance(exc, Exception):
+            await arun_blocking(_drain, session.db, wait + ANSWER_GRACE)
+
+    def _kill_query(self, conn_id: int) -> None:
+        """End the statement running on server connection ``conn_id`` from a side connection; best effort."""
+        try:
+            side = _driver().connect(**self._params)
+        except Exception:
+            return  # the server sees the closed socket instead
+        try:
+            side.query(b"KILL QUERY %d" % conn_id)
+        except Exception:
+            pass
+        finally:
+            _close(side)
+
+    def _granted(self, session: _Session, got: Any) -> bool:
+        """GET_LOCK's answer: True when taken (counted on ``session``), False when its timeout ran out."""
+        if got == 1:
+            session.locks += 1
+            return True
+        if got is None:
+            raise BackendError(f"GET_LOCK returned NULL (a server error) on {self.describe()}")
+        return False
+
+    async def _token_for(self, session: _Session, literal: bytes, table_token: int) -> int:
+        """The acquisition's token: the server counter's next value with fencing, else the table token."""
+        if not self.fencing:
+            return table_token
+        async with session.guard:
+            try:
+                return await arun_blocking(self._next_token, session.db, literal)
+            except Exception as exc:
+                raise self._error("the fencing counter failed", exc) from exc
+
+    def _next_token(self, db: Any, literal: bytes) -> int:
+        if not self._fencing_ready:
+            db.query(self._fencing_ddl)
+            self._fencing_ready = True
+        db.query(self._fencing_sql % literal)
+        return int(db.insert_id())
+
+    async def _give_back(
+        self,
+        session: _Session | None,
+        literals: list[bytes],
+        table_tokens: list[tuple[int, int]],
+        *,
+        failed: bool,
+    ) -> None:
+        """Undo an acquisition that was not made: server locks on ``session``, then the in-process queue.
+
+        ``failed``: it raised or was interrupted, so the connection's state is
+        unknown: our own connection is closed (ending every lock of its
+        session), the caller's gets a RELEASE_LOCK of every name, granted or
+        not (harmless for a name it does not hold). Otherwise each of
+        ``literals`` (all granted) is released and the connection goes back
+        to the pool; if that fails, it is closed.
+        """
+        try:
+            if session is not None and (failed and session.owned):
+                await self._discard(session)
+            elif session is not None:
+                async with session.guard:
+                    for literal in reversed(literals):
+                        try:
+                            await arun_blocking(_scalar, session.db, b"SELECT RELEASE_LOCK(%s)" % literal)
+                        except Exception:
+                            await self._discard(session)
+                            break
+                        session.locks = max(0, session.locks - 1)
+                await self._checkin(session)
+        finally:
+            for lock_id, table_token in table_tokens:
+                await atable_release(self._table, lock_id, table_token)
+
+    async def release(self, grant: Grant) -> None:
+        pinned: _Pinned = grant.data
+        session: _Session = grant.conn
+        name = grant.name
+        if pinned.done:
+            raise LockLostError(f"the lock {name!r} is not held by this grant any more (released)", key=name)
+        pinned.done = True
+        free_queue = True
+        try:
+            if session.broken:
+                raise LockLostError(
+                    f"the lock {name!r} was lost: its connection failed while it was held", key=name
+                )
+            # Compare-and-delete in one statement: RELEASE_LOCK runs only on the session that took the
+            # lock (behind a proxy that switched server connections it answers -1 and frees nothing).
+            sql = b"SELECT IF(CONNECTION_ID() = %d, RELEASE_LOCK(%s), -1)" % (grant.pid, pinned.literal)
+            async with session.guard:
+                try:
+                    released = await arun_blocking(_scalar, session.db, sql)
+                except Exception as exc:
+                    await self._discard(session)
+                    raise LockLostError(
+                        f"the lock {name!r} was lost: its connection (id {grant.pid}) failed: {exc}", key=name
+                    ) from exc
+                except BaseException:
+                    # Interrupted: whether the server released it is unknown. Our own connection is
+                    # closed, never pooled while it may hold a lock. On the caller's, abort() releases
+                    # the name again and only then frees the in-process queue, so that no other lock
+                    # of ours takes the name on that connection before.
+                    if session.owned:
+                        await afinish(self._discard(session))
+                    else:
+                        pinned.done = False
+                        free_queue = False
+                    raise
+                if released == 1:
+                    session.locks -= 1
+                elif released == -1:
+                    now = await self._connection_id(session)
+                    why = f"its connection is now server session {now}, not {grant.pid} (a proxy?)"
+                else:
+                    why = "it is held by another connection" if released == 0 else "it no longer exists"
+            if released != 1:
+                await self._discard(session)  # it no longer holds what we think: trust nothing on it
+                raise LockLostError(f"the lock {name!r} was lost before release: {why}", key=name)
+            await self._checkin(session)
+        finally:
+            if free_queue:
+                await atable_release(self._table, grant.lock_id, pinned.table_token)
+
+    async def abort(self, grant: Grant) -> None:
+        """Make sure nothing stays held for ``grant``: close its connection (or RELEASE_LOCK on the caller's)."""
+        pinned: _Pinned = grant.data
+        session: _Session = grant.conn
+        try:
+            if pinned.done:
+                return
+            pinned.done = True
+            if session.owned:
+                await self._discard(session)  # ends the session: every lock of it is freed
+                return
+            if os.getpid() != self._pid:
+                return  # the parent's connection: not ours to touch
+            async with session.guard:
+                released = await arun_blocking(
+                    _scalar, session.db, b"SELECT RELEASE_LOCK(%s)" % pinned.literal
+                )
+                if released == 1:
+                    session.locks -= 1
+        except Exception:
+            pass  # the connection failed: its server session, and the lock, end with it
+        finally:
+            await atable_release(self._table, grant.lock_id, pinned.table_token)
+
+    async def check(self, grant: Grant) -> bool:
+        """One round trip on the pinned connection: does this very session still hold the name?"""
+        pinned: _Pinned = grant.data
+        session: _Session = grant.conn
+        if pinned.done or session.broken:
+            return False
+        sql = b"SELECT COALESCE(IS_USED_LOCK(%s) = CONNECTION_ID() AND CONNECTION_ID() = %d, 0)" % (
+            pinned.literal,
+            grant.pid,
+        )
+        try:
+            async with session.guard:
+                held = await arun_blocking(_scalar, session.db, sql)
+        except Exception:
+            await self._discard(session)  # its session is gone or unusable: so is the lock
+            return False
+        return bool(held)
+
+    async def _connection_id(self, session: _Session) -> Any:
+        try:
+            return await arun_blocking(_scalar, session.db, b"SELECT CONNECTION_ID()")
+        except Exception:
+            return "unknown"
+
+    async def acquire_many(
+        self,
+        requests: Sequence[LockRequest],
+        *,
+        timeout: float | None = None,
+        ttl: float | None = None,
+        on_wait: Callable[[], None] = NO_WAIT_CALLBACK,
+    ) -> list[Grant] | None:
+        """All or none, in the given order, on one connection; given back when one is not had in time."""
+        for request in requests:
+            if request.shared or ttl is not None:
+                self._refuse(request.shared, None, ttl, request.name)
+        deadline = None if timeout is None else _monotonic() + timeout
+        told: list[bool] = []
+
+        def wait_once() -> None:
+            if not told:
+                told.append(True)
+                on_wait()
+
+        tell = NO_WAIT_CALLBACK if on_wait is NO_WAIT_CALLBACK else wait_once
+        table = self._table
+        taken: list[tuple[int, int]] = []  # (lock_id, table token)
+        literals: list[bytes] = []  # taken (or being taken) on the server, in order
+        session: _Session | None = None
+        try:
+            for request in requests:
+                table_token = table.acquire(request.lock_id, False, 0.0, None)
+                if not table_token:
+                    if timeout == 0:
+                        break
+                    tell()
+                    remaining = None if deadline is None else max(0.0, deadline - _monotonic())
+                    table_token = await atable_acquire(table, request.lock_id, False, remaining, None)
+                    if not table_token:
+                        break
+                taken.append((request.lock_id, table_token))
+                if session is None:
+                    session = await self._checkout()
+                literal = _name_literal(request.name)
+                literals.append(literal)
+                remaining = None if deadline is None else max(0.0, deadline - _monotonic())
+                if not await self._lock_on(session, literal, remaining, deadline, tell):
+                    literals.pop()
+                    break
+            else:
+                assert session is not None or not requests
+                if session is None:
+                    return []
+                grants = []
+                for request, literal, (_lock_id, table_token) in zip(requests, literals, taken):
+                    token = await self._token_for(session, literal, table_token)
+                    pinned = _Pinned(literal, table_token)
+                    grants.append(
+                        Grant(
+                            request.name,
+                            request.lock_id,
+                            False,
+                            token,
+                            None,
+                            conn=session,
+                            pid=session.conn_id,
+                            data=pinned,
+                        )
+                    )
+                return grants
+        except BaseException:
+            await afinish(self._give_back(session, literals, taken, failed=True))
+            raise
+        await afinish(self._give_back(session, literals, taken, failed=False))
+        return None
+
+    # -- inspection ---------------------------------------------------------
+
+    async def _ask(self, sql: bytes, what: str, max_rows: int = 1) -> tuple[Any, ...]:
+        """The rows of a read-only statement, on a pooled connection (or the wrapped one)."""
+        session = await self._checkout()
+        try:
+            async with session.guard:
+                rows = await arun_blocking(_rows, session.db, sql, max_rows)
+        except BaseException as exc:
+            await afinish(self._discard(session))
+            if isinstance(exc, Exception):
+                raise self._error(what, exc) from exc
+            raise
+        await self._checkin(session)
+        return rows
+
+    async def held(self, name: str, lock_id: int) -> bool:
+        rows = await self._ask(
+            b"SELECT IS_USED_LOCK(%s)" % _name_literal(name), f"checking the lock {name!r}"
+        )
+        return rows[0][0] is not None
+
+    async def holders(self, name: str, lock_id: int) -> list[Holder]:
+        # One round trip; without the PROCESS privilege the processlist shows only our own
+        # connections, and user / host stay None. The server knows no tokens: token is None.
+        rows = await self._ask(
+            b"SELECT x.id, p.USER, p.HOST FROM (SELECT IS_USED_LOCK(%s) AS id) x"
+            b" LEFT JOIN information_schema.PROCESSLIST p ON p.ID = x.id" % _name_literal(name),
+            f"listing the holders of {name!r}",
+        )
+        if not rows or rows[0][0] is None:
+            return []
+        conn_id, user, host = rows[0]
+        return [Holder(name=name, lock_id=lock_id, pid=int(conn_id), user=_text(user), host=_text(host))]
+
+    async def list_held(self) -> list[Holder]:
+        """kannuki's locks on the server: needs MariaDB's METADATA_LOCK_INFO plugin or MySQL's
+        performance_schema (metadata_locks); without either the server cannot list them: []."""
+        session = await self._checkout()
+        rows: tuple[Any, ...] | None = None
+        try:
+            async with session.guard:
+                for sql in _LIST_SQL:
+                    try:
+                        rows = await arun_blocking(_rows, session.db, sql)
+                        break
+                    except Exception as exc:
+                        if not _is_driver_error(exc) or _error_code(exc) in _CONNECTION_GONE:
+                            raise
+        except BaseException as exc:
+            await afinish(self._discard(session))
+            if isinstance(exc, Exception):
+                raise self._error("listing locks failed", exc) from exc
+            raise
+        await self._checkin(session)
+        out: list[Holder] = []
+        for raw_name, conn_id, user, host in rows or ():
+            server_name = _text(raw_name) or ""
+            if not server_name.startswith(NAMESPACE):
+                continue
+            # A readable server name gives the full name back; a hashed one does not (lock_id 0).
+            readable = "#" not in server_name
+            name = server_name[len(NAMESPACE) :] if readable else server_name
+            out.append(
+                Holder(
+                    name=name,
+                    lock_id=compute_lock_id(name) if readable else 0,
+                    pid=conn_id,
+                    user=_text(user),
+                    host=_text(host),
+                )
+            )
+        return out
+
+    async def force_release(self, name: str, lock_id: int, *, terminate: bool = False) -> int:
+        """Free ``name`` whoever holds it: only with ``terminate=True``, by KILLing the holding connection.
+
+        GET_LOCK belongs to a server session; nobody else can release it. So
+        without ``terminate`` this refuses, naming the holder; with it, the
+        holder's connection is KILLed, which ends every lock and open
+        transaction of that session. Returns how many holds were freed (0 or 1).
+        """
+        literal = _name_literal(name)
+        session = await self._checkout()
+        refusal = None
+        holder = None
+        freed = 0
+        try:
+            async with session.guard:
+                rows = await arun_blocking(
+                    _rows,
+                    session.db,
+                    b"SELECT x.id, p.USER, p.HOST, CONNECTION_ID() FROM (SELECT IS_USED_LOCK(%s) AS id) x"
+                    b" LEFT JOIN information_schema.PROCESSLIST p ON p.ID = x.id" % literal,
+                    1,
+                )
+                conn_id, user, host, own_id = rows[0] if rows else (None, None, None, None)
+                if conn_id is None:
+                    pass
+                elif not terminate:
+                    holder = Holder(
+                        name=name, lock_id=lock_id, pid=int(conn_id), user=_text(user), host=_text(host)
+                    )
+                    refusal = (
+                        f"the lock {name!r} is held by {self.scheme} connection {conn_id} ({holder.describe()}); "
+                        "only its own session can release a GET_LOCK. Pass terminate=True to KILL that "
+                        "connection (it ends every lock and open transaction of that session)"
+                    )
+                elif conn_id == own_id:
+                    # The connection we ask on holds it (the wrapped one): release every nesting of it here.
+                    while await arun_blocking(_scalar, session.db, b"SELECT RELEASE_LOCK(%s)" % literal) == 1:
+                        freed = 1
+                else:
+                    try:
+                        await arun_blocking(_execute, session.db, b"KILL %d" % int(conn_id))
+                        freed = 1
+                    except Exception as exc:
+                        if _error_code(exc) != 1094:  # ER_NO_SUCH_THREAD: it ended meanwhile
+                            raise
+        except BaseException as exc:
+            await afinish(self._discard(session))
+            if isinstance(exc, Exception):
+                raise self._error(f"force-releasing the lock {name!r} failed", exc) from exc
+            raise
+        await self._checkin(session)
+        if refusal is not None:
+            raise NotSupportedError(refusal, key=name, holder=holder)
+        return freed
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close every connection kannuki opened (a lock still held on one is freed, and lost).
+
+        The caller's wrapped connection is left open; the hold owner has released its locks first.
+        """
+        self._idle = []
+        for session in list(self._sessions):
+            await self._discard(session)
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's connections without touching the parent's server sessions."""
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            for session in list(self._sessions):
+                # Point our copy of the socket at /dev/null: whatever the driver writes later
+                # (COM_QUIT when the object is freed) cannot end the parent's session.
+                try:
+                    os.dup2(devnull, session.db.fileno())
+                except Exception:
+                    pass
+                session.broken = True
+        finally:
+            os.close(devnull)
+        if self._wrapped is not None:
+            self._wrapped.broken = True
+        self._sessions = set()
+        self._idle = []
+        self._wrapped = None
+        self._mutex = AMutex()
+        self._pid = os.getpid()
+
+
+def _execute(db: Any, sql: bytes) -> None:
+    """Run a statement that returns no rows (KILL)."""
+    db.query(sql)
+
+
+def _text(value: Any) -> str | None:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _seconds_from_url(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"connect_timeout in the url must be a number of seconds, not {value!r}"
+        ) from None
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(":" + parts.password + "@", ":***@", 1)
+    return url
+
+
+def _driver() -> Any:
+    try:
+        import MySQLdb
+    except ImportError:
+        raise ConfigurationError("the mysql backend needs mysqlclient: install kannuki[mysql]") from None
+    return MySQLdb
