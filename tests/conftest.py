@@ -6,7 +6,8 @@ The server fixtures (``pg_url``, ``mysql_url``, ``redis_url``) and their URL opt
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -36,7 +37,9 @@ def pytest_configure(config: pytest.Config) -> None:
             try:
                 importlib.import_module(driver)
             except ImportError as exc:
-                raise pytest.UsageError(f"KANNUKI_REQUIRE_DBS=1 but the driver {driver} does not import: {exc}")
+                raise pytest.UsageError(
+                    f"KANNUKI_REQUIRE_DBS=1 but the driver {driver} does not import: {exc}"
+                ) from exc
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -9,9 +9,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import kannuki
@@ -56,8 +57,12 @@ def mysql_connect(url: str) -> Any:
 
     parts = urlsplit(url)
     return MySQLdb.connect(
-        host=parts.hostname, port=parts.port or 3306, user=parts.username or "root",
-        password=parts.password or "", database=parts.path.lstrip("/"), autocommit=True,
+        host=parts.hostname,
+        port=parts.port or 3306,
+        user=parts.username or "root",
+        password=parts.password or "",
+        database=parts.path.lstrip("/"),
+        autocommit=True,
     )
 
 
@@ -92,7 +97,9 @@ def contend(url: str, tmp_path: Path, processes: int = 4, rounds: int = 50) -> N
     counter.write_text("0")
     prefix = f"t-{uuid.uuid4().hex[:8]}"
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_increment, args=(url, prefix, str(counter), rounds)) for _ in range(processes)]
+    workers = [
+        ctx.Process(target=_increment, args=(url, prefix, str(counter), rounds)) for _ in range(processes)
+    ]
     for w in workers:
         w.start()
     assert join_all(workers, 90) == [0] * processes

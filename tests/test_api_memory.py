@@ -44,7 +44,9 @@ def test_lock_id_matches_module_function_with_prefix() -> None:
     """A lock's ID is kannuki.lock_id of prefix:key."""
     locker = unique_locker(key_prefix="billing")
     lock = locker.lock("invoice/1")
-    assert lock.lock_id == kannuki.lock_id("invoice/1", prefix="billing") == kannuki.lock_id("billing:invoice/1")
+    assert (
+        lock.lock_id == kannuki.lock_id("invoice/1", prefix="billing") == kannuki.lock_id("billing:invoice/1")
+    )
     assert lock.name == "billing:invoice/1"
     assert locker.lock_id("invoice/1") == lock.lock_id
 
@@ -102,9 +104,8 @@ def test_context_manager_raises_when_not_acquired_and_names_key() -> None:
 def test_context_manager_releases_when_body_raises() -> None:
     """An exception in the body releases the lock and propagates."""
     locker = unique_locker()
-    with pytest.raises(ZeroDivisionError):
-        with locker.lock("k"):
-            1 / 0
+    with pytest.raises(ZeroDivisionError), locker.lock("k"):
+        1 / 0
     assert not locker.held("k")
 
 
@@ -196,6 +197,7 @@ def test_waiters_are_served_in_fifo_order() -> None:
     order: list[int] = []
     threads = []
     for i in range(5):
+
         def wait(i: int = i) -> None:
             with locker.lock("fifo", timeout=JOIN):
                 order.append(i)
@@ -240,9 +242,8 @@ def test_non_blocking_strategy_tries_once() -> None:
     locker = unique_locker(strategy="non_blocking", default_timeout=30)
     with locker.lock("k"):
         started = time.monotonic()
-        with pytest.raises(LockNotAcquiredError, match="at once"):
-            with locker.lock("k"):
-                pass
+        with pytest.raises(LockNotAcquiredError, match="at once"), locker.lock("k"):
+            pass
         assert time.monotonic() - started < 10  # a generous bound: it must not wait 30 s
 
 
@@ -266,10 +267,9 @@ def test_retry_strategy_gives_up_after_attempts() -> None:
     seen: list[str] = []
     unsubscribe = kannuki.subscribe(lambda e: seen.append(e.name), events={"failed", "timeout", "waiting"})
     try:
-        with locker.lock("k"):
-            with pytest.raises(LockNotAcquiredError, match="after 3 attempts"):
-                with locker.lock("k"):
-                    pass
+        with locker.lock("k"), pytest.raises(LockNotAcquiredError, match="after 3 attempts"):
+            with locker.lock("k"):
+                pass
     finally:
         unsubscribe()
     assert seen == ["waiting", "failed"]
@@ -488,7 +488,13 @@ def test_lock_with_default_options_still_validates_the_key_and_given_options() -
     """locker.lock(key) checks the key; options given explicitly are checked even when falsy."""
     locker = unique_locker(default_timeout=3, strategy="non_blocking", key_prefix="p")
     lock = locker.lock("k")
-    assert (lock.timeout, lock.strategy, lock.shared, lock.ttl, lock.name) == (3, "non_blocking", False, None, "p:k")
+    assert (lock.timeout, lock.strategy, lock.shared, lock.ttl, lock.name) == (
+        3,
+        "non_blocking",
+        False,
+        None,
+        "p:k",
+    )
     with pytest.raises(TypeError, match="key"):
         locker.lock(42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="key"):

@@ -6,7 +6,8 @@ import asyncio
 import threading
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable
+from typing import Any, Callable
 
 import pytest
 
@@ -65,7 +66,10 @@ def test_three_verbs_accept_sync_and_async_functions(url: str) -> None:
         return 2 * x
 
     async def main() -> None:
-        async with AsyncLocker(url, key_prefix=prefix()) as locker, AsyncLocker(url, key_prefix=locker.options.key_prefix) as other:
+        async with (
+            AsyncLocker(url, key_prefix=prefix()) as locker,
+            AsyncLocker(url, key_prefix=locker.options.key_prefix) as other,
+        ):
             assert await locker.with_lock("k", double, 4) == 8
             assert await locker.try_lock("k", lambda: "sync") == "sync"
             assert await locker.lock_or_raise("k", double, x=1) == 2

@@ -1,8 +1,11 @@
-"""AsyncLocker on the real PostgreSQL: cancellation safety (SPEC §4 trap), lost connections, wrapped connections."""
+"""AsyncLocker on the real PostgreSQL: cancellation safety (SPEC §4 trap), lost connections, wrapped connections,
+and the sync tests' scenarios (fencing, poolers, fork, in-process queueing, pool reset hook) over AsyncLocker."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 import uuid
 from typing import Any
 
@@ -10,6 +13,7 @@ import pytest
 
 import kannuki
 from kannuki.aio import AsyncLocker
+from kannuki.backends import _pg_sql as sql
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -259,3 +263,300 @@ def test_own_connection_waits_under_its_own_timeout_not_the_sessions(
         assert advisory_rows(pg_conn, lock_id) == []
 
     run(main)
+
+
+# -- parity with the sync backend (one source: the same behaviour through AsyncLocker) ------------
+
+
+def prefix_() -> str:
+    return f"t-apg-{uuid.uuid4().hex[:8]}"
+
+
+async def wait_for_rows(conn: Any, lock_id: int, predicate: Any, seconds: float = WAIT) -> bool:
+    """Poll pg_locks for lock_id every 20 ms (at most ``seconds``) until ``predicate(rows)``."""
+    for _ in range(int(seconds / 0.02)):
+        if predicate(advisory_rows(conn, lock_id)):
+            return True
+        await asyncio.sleep(0.02)
+    return bool(predicate(advisory_rows(conn, lock_id)))
+
+
+def test_fencing_tokens_increase_across_async_lockers(pg_url: str, pg_conn: Any) -> None:
+    """fencing=True on AsyncLocker: server-counter tokens increase strictly across two lockers, try and wait paths."""
+
+    async def main() -> None:
+        prefix = prefix_()
+        a = AsyncLocker(pg_url, key_prefix=prefix, fencing=True)
+        b = AsyncLocker(pg_url, key_prefix=prefix, fencing=True)
+        lock_id = a.lock_id("fenced")
+        tokens = []
+        try:
+            for locker in (a, b, a, b):
+                async with locker.lock("fenced") as lock:
+                    tokens.append(lock.token)
+            pg_conn.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
+
+            async def unlock_once_waited_on() -> None:
+                assert await wait_for_rows(pg_conn, lock_id, lambda rows: any(not g for _p, g in rows))
+                pg_conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
+
+            unlocker = asyncio.ensure_future(unlock_once_waited_on())
+            async with b.lock("fenced", timeout=WAIT) as lock:  # the wait path
+                tokens.append(lock.token)
+            await asyncio.wait_for(unlocker, WAIT)
+            assert tokens == sorted(set(tokens)) and len(tokens) == 5
+        finally:
+            pg_conn.execute(f"DELETE FROM {sql.FENCING_TABLE} WHERE lock_id = %s", (lock_id,))
+            await a.aclose()
+            await b.aclose()
+
+    run(main)
+
+
+def test_async_pooler_release_unlocks_nothing_on_the_backend_it_landed_on(pg_url: str, pg_conn: Any) -> None:
+    """The PID check comes BEFORE the unlock: a release landing on another backend (simulated: the PID
+    recorded at acquire is another one) frees nothing there and is LockLostError."""
+
+    async def main() -> None:
+        aconn = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+        locker = AsyncLocker(aconn, key_prefix=prefix_())
+        try:
+            lock = locker.lock("landed")
+            assert await lock.acquire(blocking=False)
+            lock.grant.pid = pg_conn.info.backend_pid  # "taken on" another backend than this connection's
+            with pytest.raises(kannuki.LockLostError, match="PID"):
+                await lock.release()
+            assert advisory_rows(pg_conn, lock.lock_id) == [(aconn.info.backend_pid, True)]  # still held there
+        finally:
+            await locker.aclose()
+            await aconn.close()
+
+    run(main)
+
+
+def test_async_pooler_moving_the_session_is_lock_lost(pg_url: str, pg_conn: Any) -> None:
+    """Release on another server backend (the pinned connection swapped, as a transaction-mode pooler
+    would route it): LockLostError naming the PIDs; the lock was not freed by that release."""
+
+    async def main() -> None:
+        locker = AsyncLocker(pg_url, key_prefix=prefix_())
+        lock = locker.lock("moved")
+        assert await lock.acquire(blocking=False)
+        session = lock.grant.conn
+        original = session.conn
+        session.conn = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+        session._cursor = session.conn.cursor()
+        try:
+            with pytest.raises(kannuki.LockLostError, match="PID"):
+                await lock.release()
+            assert advisory_rows(pg_conn, lock.lock_id) == [(original.info.backend_pid, True)]
+        finally:
+            await original.close()
+        # The server ends the closed session (and its lock) asynchronously: wait for it, bounded.
+        assert await wait_for_rows(pg_conn, lock.lock_id, lambda rows: rows == [])
+        await locker.aclose()
+
+    run(main)
+
+
+def test_async_ensure_held_and_force_release(pg_url: str, pg_conn: Any) -> None:
+    """check() through ensure_held; force_release refuses naming the holder, then terminates its session."""
+
+    async def main() -> None:
+        prefix = prefix_()
+        holder_locker = AsyncLocker(pg_url, key_prefix=prefix, application_name="async-stranded")
+        locker = AsyncLocker(pg_url, key_prefix=prefix)
+        try:
+            lock = holder_locker.lock("stuck")
+            assert await lock.acquire(blocking=False)
+            await lock.ensure_held()
+            pid = lock.grant.pid
+            with pytest.raises(kannuki.NotSupportedError, match=rf"pid {pid} \(async-stranded\).*terminate=True"):
+                await locker.force_release("stuck")
+            assert await locker.held("stuck")
+            assert await locker.force_release("stuck", terminate=True) == 1
+            assert not await locker.held("stuck")
+            with pytest.raises(kannuki.LockLostError):
+                await lock.ensure_held()
+            with pytest.raises(kannuki.LockLostError):
+                await lock.release()
+            assert await holder_locker.lock("stuck").acquire(blocking=False)  # on a fresh connection
+        finally:
+            await holder_locker.aclose()
+            await locker.aclose()
+
+    run(main)
+
+
+def test_twenty_waiting_tasks_use_one_connection(pg_url: str, pg_conn: Any) -> None:
+    """20 tasks waiting for one key queue in-process: one server connection waits, and it serves them all in turn."""
+    app = f"kannuki-{uuid.uuid4().hex[:8]}"
+
+    def sessions() -> int:
+        return int(
+            pg_conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,)).fetchone()[0]
+        )
+
+    async def main() -> None:
+        locker = AsyncLocker(pg_url, key_prefix=prefix_(), application_name=app)
+        lock_id = locker.lock_id("hot")
+        counter = {"n": 0, "inside": 0, "overlap": 0}
+
+        async def work() -> None:
+            async with locker.lock("hot", timeout=WAIT):
+                counter["inside"] += 1
+                counter["overlap"] = max(counter["overlap"], counter["inside"])
+                await asyncio.sleep(0.001)
+                counter["n"] += 1
+                counter["inside"] -= 1
+
+        pg_conn.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
+        try:
+            tasks = [asyncio.ensure_future(work()) for _ in range(20)]
+            assert await wait_for_rows(pg_conn, lock_id, lambda rows: any(not g for _p, g in rows))
+            await asyncio.sleep(0.2)  # every task has had its chance to reach the server
+            assert [g for _p, g in advisory_rows(pg_conn, lock_id)].count(False) == 1
+            assert sessions() == 1
+        finally:
+            pg_conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
+        await asyncio.wait_for(asyncio.gather(*tasks), WAIT * 2)
+        assert counter["n"] == 20 and counter["overlap"] == 1
+        assert locker.backend.open_connections() == 1
+        await locker.aclose()
+
+    run(main)
+
+
+def test_async_pool_reset_hook_clears_a_stranded_lock(pg_url: str, pg_conn: Any) -> None:
+    """arelease_postgres_locks as AsyncConnectionPool's reset: a lock stranded by a borrower is freed at check-in."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from kannuki.backends.pool_hooks import arelease_postgres_locks
+
+    async def main() -> None:
+        name = f"{prefix_()}:stranded"
+        pool = AsyncConnectionPool(pg_url, min_size=1, max_size=1, reset=arelease_postgres_locks, open=False)
+        await pool.open(wait=True, timeout=WAIT)
+        try:
+            async with pool.connection() as conn:  # not autocommit: the hook must leave it idle too
+                await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (name,))
+                await conn.commit()
+                pid = conn.info.backend_pid
+            async with pool.connection() as conn:  # the same connection, after its reset
+                assert conn.info.backend_pid == pid and conn.info.transaction_status == 0
+                (free,) = pg_conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (name,)).fetchone()
+                assert free
+                pg_conn.execute("SELECT pg_advisory_unlock_all()")
+        finally:
+            await pool.close()
+
+    run(main)
+
+
+def test_cancel_on_a_pool_locker_gives_the_pool_a_clean_connection(pg_url: str, pg_conn: Any) -> None:
+    """AsyncLocker(pool): a task cancelled in its server wait leaves no lock or wait, and the pool gets its
+    connection back (closed and replaced, or clean): the next borrower holds nothing."""
+    from psycopg_pool import AsyncConnectionPool
+
+    async def main() -> None:
+        pool = AsyncConnectionPool(pg_url, min_size=1, max_size=1, kwargs={"autocommit": True}, open=False)
+        await pool.open(wait=True, timeout=WAIT)
+        locker = AsyncLocker(pool, key_prefix=prefix_())
+        lock_id = locker.lock_id("k")
+        pg_conn.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
+        try:
+            task = asyncio.ensure_future(locker.lock("k").acquire())
+            assert await wait_for_rows(pg_conn, lock_id, lambda rows: any(not g for _p, g in rows))
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, WAIT)
+            assert advisory_rows(pg_conn, lock_id) == [(pg_conn.info.backend_pid, True)]
+            async with pool.connection(timeout=WAIT) as conn:  # max_size=1: it came back
+                cursor = await conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory'"
+                )
+                assert (await cursor.fetchone())[0] == 0
+        finally:
+            pg_conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
+        async with locker.lock("k", timeout=WAIT):
+            assert await locker.held("k")
+        await locker.aclose()
+        await pool.close()
+
+    run(main)
+
+
+def test_cancel_while_lock_many_waits_leaves_nothing(pg_url: str, pg_conn: Any) -> None:
+    """A lock_many cancelled while it waits on the server for one key: none of its keys stays held or waited for."""
+
+    async def main() -> None:
+        locker = AsyncLocker(pg_url, key_prefix=prefix_())
+        ids = [locker.lock_id(k) for k in "abc"]
+        pg_conn.execute("SELECT pg_advisory_lock(%s)", (ids[1],))
+        try:
+            multi = locker.lock_many(["a", "b", "c"])
+            task = asyncio.ensure_future(multi.acquire(timeout=WAIT))
+            assert await wait_for_rows(pg_conn, ids[1], lambda rows: any(not g for _p, g in rows))
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, WAIT)
+            assert advisory_rows(pg_conn, ids[0]) == [] and advisory_rows(pg_conn, ids[2]) == []
+            assert advisory_rows(pg_conn, ids[1]) == [(pg_conn.info.backend_pid, True)]
+        finally:
+            pg_conn.execute("SELECT pg_advisory_unlock(%s)", (ids[1],))
+        async with locker.lock_many(["a", "b", "c"], timeout=WAIT):
+            assert all([await locker.held(k) for k in "abc"])
+        assert not any([await locker.held(k) for k in "abc"])
+        await locker.aclose()
+
+    run(main)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_of_an_async_locker_holds_nothing_and_closes_nothing(pg_url: str, pg_conn: Any) -> None:
+    """After fork() an AsyncLocker's child holds none of the parent's locks and, even closing its locker,
+    never touches the parent's connections (pinned or idle): the parent goes on using both."""
+    locker = AsyncLocker(pg_url, key_prefix=prefix_())
+    lock = locker.lock("parent")
+
+    async def before() -> None:
+        async with locker.lock("warm-up"):  # leaves an idle connection in the locker
+            pass
+        assert await lock.acquire(blocking=False)
+
+    async def in_child() -> int:
+        if lock.locked() or lock.grant is not None:
+            return 1
+        if not await locker.held("parent"):  # on a connection of its own
+            return 2
+        if await locker.lock("parent").acquire(blocking=False):
+            return 3
+        await locker.aclose()  # must not close the parent's connections
+        return 0
+
+    async def after() -> None:
+        await lock.release()  # the pinned connection still works
+        assert not await locker.held("parent")  # and so does the idle one
+        await locker.aclose()
+
+    asyncio.run(asyncio.wait_for(before(), WAIT))
+    pid = os.fork()
+    if pid == 0:  # child: no pytest machinery here, only an exit code
+        code = 4
+        try:
+            code = asyncio.run(asyncio.wait_for(in_child(), WAIT))
+        except BaseException:
+            pass
+        os._exit(code)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("child did not exit")
+    assert os.waitstatus_to_exitcode(status) == 0
+    asyncio.run(asyncio.wait_for(after(), WAIT))
+    assert advisory_rows(pg_conn, lock.lock_id) == []

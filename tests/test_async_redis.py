@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -19,7 +19,7 @@ from kannuki import AsyncLocker, LockLostError, LockNotAcquiredError
 from kannuki.backends.redis_async import AsyncRedisBackend
 
 redis = pytest.importorskip("redis")
-import redis.asyncio  # noqa: E402
+aioredis = pytest.importorskip("redis.asyncio")
 
 pytestmark = pytest.mark.redis
 
@@ -53,7 +53,7 @@ def namespace(url: str) -> Iterator[str]:
 
 
 async def subscribers(url: str, channel: str) -> int:
-    client = redis.asyncio.Redis.from_url(url)
+    client = aioredis.Redis.from_url(url)
     try:
         return int((await client.pubsub_numsub(channel))[0][1])
     finally:
@@ -73,7 +73,10 @@ def test_acquire_release_excludes_another_locker(url: str, namespace: str) -> No
     """A key held by one AsyncLocker cannot be taken by another until it is released."""
 
     async def main() -> None:
-        async with AsyncLocker(url, namespace=namespace) as first, AsyncLocker(url, namespace=namespace) as second:
+        async with (
+            AsyncLocker(url, namespace=namespace) as first,
+            AsyncLocker(url, namespace=namespace) as second,
+        ):
             lock = first.lock("job")
             assert await lock.acquire(timeout=0)
             assert lock.locked() and lock.token and lock.token > 0
@@ -95,7 +98,10 @@ def test_try_lock_and_waiter_woken_by_release(url: str, namespace: str) -> None:
     """try_lock gives up at once while held; a waiter wakes as soon as the holder releases."""
 
     async def main() -> None:
-        async with AsyncLocker(url, namespace=namespace) as first, AsyncLocker(url, namespace=namespace) as second:
+        async with (
+            AsyncLocker(url, namespace=namespace) as first,
+            AsyncLocker(url, namespace=namespace) as second,
+        ):
 
             async def work() -> str:
                 return "done"
@@ -123,7 +129,10 @@ def test_timeout_is_not_acquired(url: str, namespace: str) -> None:
     """A wait with a timeout ends after about that long; lock_or_raise raises LockNotAcquiredError."""
 
     async def main() -> None:
-        async with AsyncLocker(url, namespace=namespace) as first, AsyncLocker(url, namespace=namespace) as second:
+        async with (
+            AsyncLocker(url, namespace=namespace) as first,
+            AsyncLocker(url, namespace=namespace) as second,
+        ):
             async with first.lock("busy"):
                 started = time.monotonic()
                 assert not await second.lock("busy").acquire(timeout=0.3)
@@ -143,7 +152,10 @@ def test_shared_holders_coexist_and_exclude_writers(url: str, namespace: str) ->
     """Readers share a key; a writer waits for them all; readers wait for a writer."""
 
     async def main() -> None:
-        async with AsyncLocker(url, namespace=namespace) as first, AsyncLocker(url, namespace=namespace) as second:
+        async with (
+            AsyncLocker(url, namespace=namespace) as first,
+            AsyncLocker(url, namespace=namespace) as second,
+        ):
             reader1, reader2 = first.lock("doc", shared=True), second.lock("doc", shared=True)
             assert await reader1.acquire(timeout=0) and await reader2.acquire(timeout=0)
             holders = await first.holders("doc")
@@ -167,8 +179,11 @@ def test_tokens_strictly_increase_per_key(url: str, namespace: str) -> None:
     """Fencing tokens grow with every acquisition of a key, across lockers, modes and a lost counter."""
 
     async def main() -> None:
-        client = redis.asyncio.Redis.from_url(url)
-        async with AsyncLocker(url, namespace=namespace) as first, AsyncLocker(url, namespace=namespace) as second:
+        client = aioredis.Redis.from_url(url)
+        async with (
+            AsyncLocker(url, namespace=namespace) as first,
+            AsyncLocker(url, namespace=namespace) as second,
+        ):
             tokens = []
             for i in range(12):
                 lock = (first, second)[i % 2].lock("fence", shared=i % 3 == 0)
@@ -188,9 +203,10 @@ def test_lease_is_renewed_while_held_longer_than_its_ttl(url: str, namespace: st
     """A 0.6 s lease held for 2 s stays ours: renewed every ttl/3, and nobody else can take it."""
 
     async def main() -> None:
-        async with AsyncLocker(url, namespace=namespace, ttl=0.6) as holder, AsyncLocker(
-            url, namespace=namespace, ttl=30
-        ) as other:
+        async with (
+            AsyncLocker(url, namespace=namespace, ttl=0.6) as holder,
+            AsyncLocker(url, namespace=namespace, ttl=30) as other,
+        ):
             lock = holder.lock("renewed")
             assert await lock.acquire(timeout=0)
             assert lock.grant is not None and lock.grant.ttl == 0.6
@@ -216,7 +232,7 @@ def test_lease_deleted_behind_our_back_is_lost_at_release(url: str, namespace: s
     """A lease someone deleted is reported lost: release() raises LockLostError and lost is set."""
 
     async def main() -> None:
-        client = redis.asyncio.Redis.from_url(url)
+        client = aioredis.Redis.from_url(url)
         async with AsyncLocker(url, namespace=namespace, ttl=30) as locker:
             lock = locker.lock("stolen")
             assert await lock.acquire(timeout=0)
@@ -250,7 +266,10 @@ def test_cancelled_waiter_leaves_nothing_held(url: str, namespace: str) -> None:
     """A task cancelled while it waits holds nothing, leaves no subscription, and the key frees normally."""
 
     async def main() -> None:
-        async with AsyncLocker(url, namespace=namespace) as first, AsyncLocker(url, namespace=namespace) as second:
+        async with (
+            AsyncLocker(url, namespace=namespace) as first,
+            AsyncLocker(url, namespace=namespace) as second,
+        ):
             holder = first.lock("job")
             await holder.acquire()
             waiters = [asyncio.create_task(second.lock("job").acquire(timeout=WAIT)) for _ in range(3)]
@@ -311,7 +330,7 @@ def test_wraps_async_clients_only(url: str, namespace: str) -> None:
         with pytest.raises(kannuki.ConfigurationError, match="url"):
             AsyncRedisBackend.from_connection(redis.Redis())
         for decode in (False, True):
-            client = redis.asyncio.Redis.from_url(url, decode_responses=decode)
+            client = aioredis.Redis.from_url(url, decode_responses=decode)
             assert AsyncRedisBackend.wraps(client)
             backend = AsyncRedisBackend.from_connection(client, namespace=namespace, ttl=5)
             grant = await backend.acquire("wrapped", kannuki.lock_id("wrapped"), timeout=0)
@@ -344,7 +363,7 @@ def test_wraps_a_duck_typed_async_client(url: str, namespace: str) -> None:
     """Any async client with redis-py's interface works: acquire, wait, release, check."""
 
     async def main() -> None:
-        client = redis.asyncio.Redis.from_url(url)
+        client = aioredis.Redis.from_url(url)
         proxy = Proxy(client)
         assert AsyncRedisBackend.wraps(proxy)
         first = AsyncRedisBackend.from_connection(proxy, namespace=namespace, ttl=5)
@@ -353,7 +372,9 @@ def test_wraps_a_duck_typed_async_client(url: str, namespace: str) -> None:
         grant = await first.acquire(name, lock_id, timeout=0)
         assert grant is not None and await first.check(grant)
         assert await second.acquire(name, lock_id, timeout=0) is None
-        later = asyncio.get_running_loop().call_later(0.2, lambda: asyncio.ensure_future(first.release(grant)))
+        later = asyncio.get_running_loop().call_later(
+            0.2, lambda: asyncio.ensure_future(first.release(grant))
+        )
         other = await second.acquire(name, lock_id, timeout=WAIT)
         later.cancel()
         assert other is not None and other.token > grant.token

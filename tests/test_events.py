@@ -7,12 +7,12 @@ import logging
 import threading
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
 import kannuki
-from kannuki import LockEvent, LockerStats
+from kannuki import LockerStats, LockEvent
 
 
 @pytest.fixture
@@ -36,7 +36,9 @@ def names(events: list[LockEvent], key: str) -> list[str]:
     return [e.name for e in events if e.key == key]
 
 
-def test_acquired_and_released_carry_the_lock_details(locker: kannuki.Locker, events: list[LockEvent]) -> None:
+def test_acquired_and_released_carry_the_lock_details(
+    locker: kannuki.Locker, events: list[LockEvent]
+) -> None:
     """acquired (duration = wait) and released (duration = hold) name the key as given, id, backend, token."""
     lock = locker.lock("ev/a", shared=True)
     with lock:
@@ -45,7 +47,11 @@ def test_acquired_and_released_carry_the_lock_details(locker: kannuki.Locker, ev
     acquired, released = [e for e in events if e.key == "ev/a"]
     assert isinstance(acquired, LockEvent)
     assert (acquired.name, acquired.lock_id, acquired.backend, acquired.token, acquired.shared) == (
-        "acquired", locker.lock_id("ev/a"), "memory", token, True,
+        "acquired",
+        locker.lock_id("ev/a"),
+        "memory",
+        token,
+        True,
     )
     assert 0 <= acquired.duration < released.duration
     assert released.name == "released" and released.token == token and released.duration >= 0.02
@@ -62,7 +68,9 @@ def test_key_is_as_given_and_name_is_prefixed(events: list[LockEvent]) -> None:
     assert events[-1].lock_id == kannuki.lock_id("k1", "app")
 
 
-def test_failed_for_refused_try_and_exhausted_retries(locker: kannuki.Locker, events: list[LockEvent]) -> None:
+def test_failed_for_refused_try_and_exhausted_retries(
+    locker: kannuki.Locker, events: list[LockEvent]
+) -> None:
     """A non-blocking try refused and retries run out both give 'failed' (retries after one 'waiting')."""
     retry = kannuki.Locker(locker.backend, strategy="retry", retry_attempts=3, retry_interval=0.001)
     with locker.lock("ev/f"):
@@ -79,7 +87,7 @@ def test_blocking_timeout_emits_waiting_then_timeout(locker: kannuki.Locker, eve
     with locker.lock("ev/t"):
         assert not locker.lock("ev/t", timeout=0.05).acquire()
     assert names(events, "ev/t") == ["acquired", "waiting", "timeout", "released"]
-    timeout = [e for e in events if e.name == "timeout"][0]
+    timeout = next(e for e in events if e.name == "timeout")
     assert timeout.duration >= 0.05 and timeout.token is None
     stats = locker.stats()
     assert (stats.failed, stats.timeouts) == (1, 1)
@@ -184,7 +192,9 @@ def test_stats_counts_and_hold_time(locker: kannuki.Locker) -> None:
         stats.acquired = 5  # type: ignore[misc]
 
 
-def test_debug_logging_on_kannuki_logger_only(locker: kannuki.Locker, caplog: pytest.LogCaptureFixture) -> None:
+def test_debug_logging_on_kannuki_logger_only(
+    locker: kannuki.Locker, caplog: pytest.LogCaptureFixture
+) -> None:
     """acquire, wait and release log at debug on 'kannuki' (no subscriber needed); nothing on the root logger."""
     holder = locker.lock("log/k")
     with caplog.at_level(logging.DEBUG, logger="kannuki"):
@@ -201,7 +211,6 @@ def test_debug_logging_on_kannuki_logger_only(locker: kannuki.Locker, caplog: py
 
 def test_nothing_logged_when_debug_is_off(locker: kannuki.Locker, caplog: pytest.LogCaptureFixture) -> None:
     """At the default level a lock cycle logs nothing at all."""
-    with caplog.at_level(logging.INFO):
-        with locker.lock("quiet"):
-            pass
+    with caplog.at_level(logging.INFO), locker.lock("quiet"):
+        pass
     assert caplog.records == []

@@ -86,7 +86,9 @@ class Stores:
             await maybe(locker.aclose() if self.api == "async" else locker.close())
 
 
-def run(api: str, store: str, tmp_path: Path, request: pytest.FixtureRequest, body: Callable[[Stores], Any]) -> None:
+def run(
+    api: str, store: str, tmp_path: Path, request: pytest.FixtureRequest, body: Callable[[Stores], Any]
+) -> None:
     url, options = store_url(store, tmp_path, request)
     stores = Stores(api, url, options)
 
@@ -100,7 +102,9 @@ def run(api: str, store: str, tmp_path: Path, request: pytest.FixtureRequest, bo
 
 
 @pytest.mark.parametrize("store", LEASE_STORES)
-def test_lease_is_renewed_while_held(api: str, store: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_lease_is_renewed_while_held(
+    api: str, store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """A lease held three times its ttl is still ours: renewed every ttl/3, nobody else gets it."""
 
     async def body(stores: Stores) -> None:
@@ -118,7 +122,9 @@ def test_lease_is_renewed_while_held(api: str, store: str, tmp_path: Path, reque
 
 
 @pytest.mark.parametrize("store", LEASE_STORES)
-def test_lock_many_leases_are_renewed(api: str, store: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_lock_many_leases_are_renewed(
+    api: str, store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Every key of a lock_many is a renewed lease too: none expires while the MultiLock holds it."""
 
     async def body(stores: Stores) -> None:
@@ -135,7 +141,9 @@ def test_lock_many_leases_are_renewed(api: str, store: str, tmp_path: Path, requ
 
 
 @pytest.mark.parametrize("store", LEASE_STORES)
-def test_a_loss_is_reported_exactly_once(api: str, store: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_a_loss_is_reported_exactly_once(
+    api: str, store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """A lease deleted behind our back: on_lost (locker and lock), lost event, stats, lock.lost, once each."""
 
     async def body(stores: Stores) -> None:
@@ -218,7 +226,9 @@ def test_a_collected_held_lock_is_released_with_a_warning(
             del lock
             gc.collect()
             assert await wait_for(lambda: _not(locker.held("dropped-key")), 10)
-        assert any(issubclass(w.category, ResourceWarning) and "dropped-key" in str(w.message) for w in caught)
+        assert any(
+            issubclass(w.category, ResourceWarning) and "dropped-key" in str(w.message) for w in caught
+        )
 
     run(api, store, tmp_path, request, body)
 
@@ -228,7 +238,9 @@ async def _not(value: Any) -> bool:
 
 
 @pytest.mark.parametrize("store", ALL_STORES)
-def test_close_releases_every_hold(api: str, store: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_close_releases_every_hold(
+    api: str, store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Locker.close() releases its locks and its lock_many holds; another locker then gets them all."""
 
     async def body(stores: Stores) -> None:

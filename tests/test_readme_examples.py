@@ -19,7 +19,7 @@ import pytest
 from support import subprocess_env
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 SERVERS = {"postgresql://": "pg_url", "mysql://": "mysql_url", "redis://": "redis_url"}
 RUN_TESTS = """
 import kannuki.testing
@@ -51,7 +51,7 @@ def test_readme_example_runs(source: str, tmp_path: Path, request: pytest.Fixtur
     for scheme, fixture in SERVERS.items():
         if re.search(re.escape(scheme) + r"[^\s\"']*127\.0\.0\.1", code_only):
             request.getfixturevalue(fixture)  # skip, or fail under KANNUKI_REQUIRE_DBS=1
-    if re.search(r"^def test_", source, re.M):
+    if re.search(r"^def test_", source, re.MULTILINE):
         source += RUN_TESTS
     env = subprocess_env(PYTHONWARNINGS="error", XDG_STATE_HOME=str(tmp_path / "state"))
     env.pop("KANNUKI_URL", None)

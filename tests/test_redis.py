@@ -306,7 +306,9 @@ def test_ensure_held_asks_the_store(make_locker: object, redis_url: str, namespa
         lock.release()
 
 
-def test_tokens_survive_the_store_losing_its_data(make_locker: object, redis_url: str, namespace: str) -> None:
+def test_tokens_survive_the_store_losing_its_data(
+    make_locker: object, redis_url: str, namespace: str
+) -> None:
     """After the token counters are gone (FLUSHALL, a restart without persistence) tokens still only grow."""
     locker = make_locker()  # type: ignore[operator]
     tokens = []
@@ -496,8 +498,64 @@ def test_wraps_a_client_the_caller_made(redis_url: str, namespace: str) -> None:
         locker.close()
 
 
+class Proxy:
+    """A client that is not redis-py's but has its interface (like valkey-py's): duck-typed."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.connection_pool = client.connection_pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_wraps_a_duck_typed_client(redis_url: str, namespace: str) -> None:
+    """Any client with redis-py's interface is driven: acquire, contention, check, release."""
+    client = redis.Redis.from_url(redis_url)
+    proxy = Proxy(client)
+    assert RedisBackend.wraps(proxy)
+    first = RedisBackend.from_connection(proxy, namespace=namespace, ttl=5)
+    second = RedisBackend.from_url(redis_url, namespace=namespace)
+    name, lock_id = "duck", kannuki.lock_id("duck")
+    try:
+        grant = first.acquire(name, lock_id, timeout=0)
+        assert grant is not None and first.check(grant)
+        assert second.acquire(name, lock_id, timeout=0) is None
+        assert [h.token for h in first.holders(name, lock_id)] == [grant.token]
+        first.release(grant)
+        assert not second.held(name, lock_id)
+    finally:
+        first.close()
+        second.close()
+        client.close()
+    locker = kannuki.Locker(Proxy(redis.Redis.from_url(redis_url)), namespace=namespace)
+    try:
+        assert isinstance(locker.backend, RedisBackend)
+        with locker.lock("duck", timeout=5):
+            assert locker.held("duck")
+    finally:
+        locker.close()
+
+
+def test_valkey_urls_are_redis_urls(redis_url: str, namespace: str) -> None:
+    """valkey:// and valkeys:// reach the server as redis:// and rediss:// do, with the password hidden."""
+    valkey = kannuki.Locker(redis_url.replace("redis://", "valkey://", 1), namespace=namespace)
+    plain = kannuki.Locker(redis_url, namespace=namespace)
+    try:
+        assert isinstance(valkey.backend, RedisBackend)
+        with valkey.lock("v", timeout=5):
+            assert plain.held("v")
+    finally:
+        valkey.close()
+        plain.close()
+    tls = RedisBackend.from_url("valkeys://user:s3cret@127.0.0.1:6379/0")
+    assert "s3cret" not in tls.describe() and tls.describe().startswith("valkeys://")
+    assert "SSL" in tls.client.connection_pool.connection_class.__name__
+    tls.close()
+
+
 @pytest.mark.parametrize(
-    "options, word",
+    ("options", "word"),
     [
         ({"pool_size": 3}, "pool_size"),
         ({"ttl": 0}, "ttl"),

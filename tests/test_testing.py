@@ -7,8 +7,8 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -161,7 +161,9 @@ def test_decorators_and_records_use_the_test_table() -> None:
         id = 7
 
     testing.enable()
-    run = locked("import/{n}", on_conflict="skip", locker=kannuki.Locker(UNREACHABLE_URLS[1]))(lambda n: "ran")
+    run = locked("import/{n}", on_conflict="skip", locker=kannuki.Locker(UNREACHABLE_URLS[1]))(
+        lambda n: "ran"
+    )
     testing.simulate_lock_held("import/1")
     testing.simulate_lock_held("invoice/7/sync")
     assert run(1) is None and run(2) == "ran"
@@ -187,7 +189,11 @@ def test_after_it_test_mode_is_off_and_cleared():
 
 
 def run_pytest(
-    directory: Path, *args: str, python: str = sys.executable, pythonpath: str | None = None, autoload: bool = True
+    directory: Path,
+    *args: str,
+    python: str = sys.executable,
+    pythonpath: str | None = None,
+    autoload: bool = True,
 ) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     if not autoload:
@@ -196,7 +202,11 @@ def run_pytest(
         env["PYTHONPATH"] = pythonpath
     result = subprocess.run(
         [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", *args],
-        cwd=directory, capture_output=True, text=True, env=env, timeout=120,
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -226,14 +236,19 @@ def test_pytest_plugin_loads_through_its_entry_point(tmp_path: Path) -> None:
         site = tmp_path / "site"
         dist_info = site / "kannuki_entry_point_check-0.dist-info"
         dist_info.mkdir(parents=True)
-        (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: kannuki-entry-point-check\nVersion: 0\n")
+        (dist_info / "METADATA").write_text(
+            "Metadata-Version: 2.1\nName: kannuki-entry-point-check\nVersion: 0\n"
+        )
         lines = "".join(f"{name} = {target}\n" for name, target in declared.items())
         (dist_info / "entry_points.txt").write_text("[pytest11]\n" + lines)
         pythonpath = os.pathsep.join([str(site), src])
     else:
         # An installed kannuki (CI, a wheel): its own metadata must declare the plugin.
-        declared = {ep.name: ep.value for ep in importlib.metadata.distribution("kannuki").entry_points
-                    if ep.group == "pytest11"}
+        declared = {
+            ep.name: ep.value
+            for ep in importlib.metadata.distribution("kannuki").entry_points
+            if ep.group == "pytest11"
+        }
         pythonpath = None
     assert declared == {"kannuki": "kannuki.pytest_plugin"}
     out = run_pytest(tmp_path / "project", pythonpath=pythonpath)

@@ -202,10 +202,18 @@ def polish(text: str, filename: str) -> str:
     common = ["--stdin-filename", filename, "--config", str(ROOT / "pyproject.toml")]
     fixed = subprocess.run(
         [*ruff, "check", "--fix-only", "--select", "I,F401", "--quiet", *common, "-"],
-        input=text, capture_output=True, text=True, check=True, cwd=ROOT,
+        input=text,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     ).stdout
     return subprocess.run(
-        [*ruff, "format", "--quiet", *common, "-"], input=fixed or text, capture_output=True, text=True, check=True,
+        [*ruff, "format", "--quiet", *common, "-"],
+        input=fixed or text,
+        capture_output=True,
+        text=True,
+        check=True,
         cwd=ROOT,
     ).stdout
 
@@ -224,7 +232,9 @@ def generate(source: str) -> tuple[Path, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a generated file is stale")
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a generated file is stale"
+    )
     parser.add_argument("sources", nargs="*", help="only these sources (paths relative to src/kannuki)")
     args = parser.parse_args(argv)
     stale = []
@@ -242,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             dst.write_text(text)
             print(f"generated {dst.relative_to(ROOT)}")
     for path in stale:
-        print(f"{path} is out of date with its async source: run python tools/async_to_sync.py", file=sys.stderr)
+        print(
+            f"{path} is out of date with its async source: run python tools/async_to_sync.py", file=sys.stderr
+        )
     return 1 if stale else 0
 
 

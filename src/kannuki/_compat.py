@@ -32,7 +32,8 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Awaitable, Callable, Hashable, TypeVar
+from collections.abc import Awaitable, Coroutine, Hashable
+from typing import Any, Callable, TypeVar
 
 from kannuki._core import Backoff
 
@@ -80,7 +81,7 @@ def finish(result: T) -> T:
     return result
 
 
-def call(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+def call(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """Call a user's function (the async twin also awaits it when it is a coroutine function)."""
     return fn(*args, **kwargs)
 
@@ -184,10 +185,10 @@ async def afinish(work: Awaitable[T]) -> T:
             cancelled = True
         except BaseException:
             if cancelled:
-                raise asyncio.CancelledError() from None
+                raise asyncio.CancelledError from None
             raise
     if cancelled:
-        raise asyncio.CancelledError()
+        raise asyncio.CancelledError
     return result
 
 
@@ -210,7 +211,7 @@ async def acall(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     return result
 
 
-def aspawn(loop: Any, fn: Callable[..., Awaitable[object]], /, *args: Any) -> None:
+def aspawn(loop: Any, fn: Callable[..., Coroutine[Any, Any, object]], /, *args: Any) -> None:
     """Run the coroutine ``fn(*args)`` as a task on ``loop`` (from any thread; e.g. a finalizer).
 
     When the loop is gone there is nobody to run it: the work is dropped with a log line.
@@ -219,12 +220,12 @@ def aspawn(loop: Any, fn: Callable[..., Awaitable[object]], /, *args: Any) -> No
         running = asyncio.get_running_loop()
     except RuntimeError:
         running = None
-    target = running or loop
+    target: asyncio.AbstractEventLoop | None = running or loop
     if target is None or target.is_closed():
         log.warning("kannuki: no running event loop to finish %s on", getattr(fn, "__qualname__", fn))
         return
     if target is running:
-        task = target.create_task(fn(*args))
+        task: asyncio.Task[object] = target.create_task(fn(*args))
         _background.add(task)
         task.add_done_callback(_background.discard)
     else:
@@ -266,7 +267,9 @@ _turns: dict[tuple[int, int, Hashable], collections.deque[asyncio.Future[None]]]
 _wakeups: dict[tuple[int, int, Hashable], asyncio.Future[None]] = {}
 
 
-async def atable_acquire(table: Any, key: Hashable, shared: bool, timeout: float | None, ttl: float | None) -> int:
+async def atable_acquire(
+    table: Any, key: Hashable, shared: bool, timeout: float | None, ttl: float | None
+) -> int:
     """Take ``key`` in an in-process lock table without blocking the event loop.
 
     One non-blocking try first (a C call). Then the tasks of this loop that
@@ -347,7 +350,7 @@ class AWorker:
         loop = self._loop() if self._loop is not None else None
         return task is not None and not task.done() and loop is not None and not loop.is_closed()
 
-    def start(self, target: Callable[[AWorker], Awaitable[object]]) -> None:
+    def start(self, target: Callable[[AWorker], Coroutine[Any, Any, object]]) -> None:
         if self.alive:
             return
         loop = asyncio.get_running_loop()

@@ -37,7 +37,7 @@ from kannuki._compat import Mutex, Worker, cancelled, finish, spawn
 from kannuki.backends._types import Grant
 from kannuki.errors import LockLostError
 
-__all__ = ["HoldKeeper", "Hold", "IDLE_STOP", "RETRY_CAP"]
+__all__ = ["IDLE_STOP", "RETRY_CAP", "HoldKeeper", "Hold"]
 
 log = logging.getLogger("kannuki")
 _monotonic = time.monotonic
@@ -70,16 +70,16 @@ class Hold:
     """One acquisition of one key, as its owner keeps it."""
 
     __slots__ = (
-        "key",
-        "grant",
         "backend",
-        "since",
-        "lost",
-        "owner",
-        "on_lost",
         "due",
         "expires",
         "generation",
+        "grant",
+        "key",
+        "lost",
+        "on_lost",
+        "owner",
+        "since",
     )
 
     def __init__(

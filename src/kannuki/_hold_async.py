@@ -35,7 +35,7 @@ from kannuki._compat import AMutex, AWorker, acancelled, afinish, aspawn
 from kannuki.backends._types import Grant
 from kannuki.errors import LockLostError
 
-__all__ = ["AsyncHoldKeeper", "Hold", "IDLE_STOP", "RETRY_CAP"]
+__all__ = ["IDLE_STOP", "RETRY_CAP", "AsyncHoldKeeper", "Hold"]
 
 log = logging.getLogger("kannuki")
 _monotonic = time.monotonic
@@ -55,6 +55,7 @@ def debugging() -> bool:
     """True when the ``kannuki`` logger logs at DEBUG (cheap when it does not)."""
     return _cached_level(_DEBUG) is not False and log.isEnabledFor(_DEBUG)
 
+
 # Longest pause between retries of a renewal that raised.
 RETRY_CAP = 1.0
 # Seconds with nothing to renew before the worker stops (the next lease starts it again).
@@ -66,7 +67,18 @@ LostCallback = Callable[[Any, str], object]
 class Hold:
     """One acquisition of one key, as its owner keeps it."""
 
-    __slots__ = ("key", "grant", "backend", "since", "lost", "owner", "on_lost", "due", "expires", "generation")
+    __slots__ = (
+        "backend",
+        "due",
+        "expires",
+        "generation",
+        "grant",
+        "key",
+        "lost",
+        "on_lost",
+        "owner",
+        "since",
+    )
 
     def __init__(
         self, key: str, grant: Grant, backend: Any, since: float, owner: Any, on_lost: LostCallback | None
@@ -153,7 +165,12 @@ class AsyncHoldKeeper:
     # -- taking ---------------------------------------------------------------
 
     def adopt(
-        self, key: str, grant: Grant, owner: Any = None, on_lost: LostCallback | None = None, waited: float = 0.0
+        self,
+        key: str,
+        grant: Grant,
+        owner: Any = None,
+        on_lost: LostCallback | None = None,
+        waited: float = 0.0,
     ) -> Hold:
         """Record a grant the backend just made: from here on this keeper owns it.
 
@@ -204,7 +221,9 @@ class AsyncHoldKeeper:
             recorded = self._held.pop(id(hold), None) is hold
             self._leases.pop(id(hold), None)
         if not recorded or hold.generation != _fork.GENERATION:
-            raise LockLostError(f"the lock {hold.key!r} is no longer held: {hold.lost or 'released'}", key=hold.key)
+            raise LockLostError(
+                f"the lock {hold.key!r} is no longer held: {hold.lost or 'released'}", key=hold.key
+            )
         if hold.lost is not None:
             await afinish(hold.backend.abort(hold.grant))
             raise LockLostError(f"the lock {hold.key!r} was lost while held: {hold.lost}", key=hold.key)
@@ -265,7 +284,9 @@ class AsyncHoldKeeper:
         grant = hold.grant
         held_for = _monotonic() - hold.since
         self.stats.add("lost")
-        log.warning("kannuki lost the lock %r (token %s) after %.3fs: %s", hold.key, grant.token, held_for, reason)
+        log.warning(
+            "kannuki lost the lock %r (token %s) after %.3fs: %s", hold.key, grant.token, held_for, reason
+        )
         if self.instrumented and _events.SUBSCRIBERS:
             _emit("lost", hold.key, grant.lock_id, self.scheme, held_for, grant.token, grant.shared)
         if owner is None and hold.owner is not None:
@@ -280,12 +301,16 @@ class AsyncHoldKeeper:
             if await hold.backend.check(hold.grant):
                 return
             self.lose(hold, "the store no longer holds it", owner)
-        raise LockLostError(f"the lock {hold.key!r} was lost while held: {hold.lost or 'released'}", key=hold.key)
+        raise LockLostError(
+            f"the lock {hold.key!r} was lost while held: {hold.lost or 'released'}", key=hold.key
+        )
 
     async def extend(self, hold: Hold, ttl: float | None, owner: Any = None) -> None:
         """Renew ``hold``'s lease now, optionally to a new ``ttl``; LockLostError if it is already gone."""
         if not self.is_held(hold):
-            raise LockLostError(f"the lock {hold.key!r} was lost while held: {hold.lost or 'released'}", key=hold.key)
+            raise LockLostError(
+                f"the lock {hold.key!r} was lost while held: {hold.lost or 'released'}", key=hold.key
+            )
         grant = hold.grant
         started = _monotonic()
         if not await hold.backend.renew(grant, grant.ttl if ttl is None else ttl):

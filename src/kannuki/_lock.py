@@ -12,7 +12,8 @@ acquirer at a time; make one per thread or task (``locker.lock(key)`` is cheap).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kannuki import _fork
 from kannuki import events as _events
@@ -81,22 +82,22 @@ class Lock:
     """
 
     __slots__ = (
-        "locker",
-        "key",
-        "name",
-        "lock_id",
-        "shared",
-        "timeout",
-        "strategy",
-        "ttl",
-        "transaction",
-        "on_lost",
-        "cancel_on_lost",
-        "_hold",
-        "_busy",
-        "_task",
-        "_cancelled_for_loss",
         "__weakref__",
+        "_busy",
+        "_cancelled_for_loss",
+        "_hold",
+        "_task",
+        "cancel_on_lost",
+        "key",
+        "lock_id",
+        "locker",
+        "name",
+        "on_lost",
+        "shared",
+        "strategy",
+        "timeout",
+        "transaction",
+        "ttl",
     )
 
     def __init__(
@@ -174,7 +175,7 @@ class Lock:
 
     def holders(self) -> list[Holder]:
         """Who holds this key now, as far as the store can tell."""
-        return self.locker.backend.holders(self.name, self.lock_id)
+        return list(self.locker.backend.holders(self.name, self.lock_id))
 
     def ensure_held(self) -> None:
         """Ask the store now (one round trip at most) whether this lock still holds; LockLostError if not.
@@ -250,8 +251,7 @@ class Lock:
                 return True
         strategy = self.strategy if blocking else "non_blocking"
         circuit = locker._circuit
-        if circuit is not None:
-            circuit.check(self.key)
+        probe = circuit is not None and circuit.check(self.key)
         start = _monotonic()
         backend = keeper.backend
         self._busy = True
@@ -275,8 +275,8 @@ class Lock:
                 circuit.failed()
             raise
         except BaseException:
-            if circuit is not None:
-                circuit.abandon_probe()  # interrupted: the next call may probe again
+            if probe and circuit is not None:
+                circuit.abandon_probe()  # the probe was interrupted: the next call may probe again
             raise
         finally:
             self._busy = False
@@ -362,7 +362,7 @@ class MultiLock:
     kept by the locker's hold owner like any other (renewed, watched, released).
     """
 
-    __slots__ = ("locker", "keys", "locks", "timeout", "ttl", "_holds", "__weakref__")
+    __slots__ = ("__weakref__", "_holds", "keys", "locker", "locks", "timeout", "ttl")
 
     def __init__(
         self, locker: Locker, locks: Sequence[Lock], timeout: float | None, ttl: float | None = None
@@ -410,15 +410,14 @@ class MultiLock:
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Take every key or none; True when all are held."""
         if self._holds is not None and all(h.generation == _fork.GENERATION for h in self._holds):
-            raise AlreadyHeldError(f"this MultiLock already holds {self.keys!r}", key=self.keys)
+            raise AlreadyHeldError(f"this MultiLock already holds {self.keys!r}", keys=self.keys)
         timeout = self.timeout if timeout is None else check_seconds(timeout, "timeout")
         if not blocking:
             timeout = 0.0
         locker = self.locker
         keeper = locker._keeper
         circuit = locker._circuit
-        if circuit is not None:
-            circuit.check(self.keys[0])
+        probe = circuit is not None and circuit.check(self.keys[0])
         requests = [LockRequest(lock.name, lock.lock_id, lock.shared) for lock in self.locks]
         start = _monotonic()
         try:
@@ -434,7 +433,7 @@ class MultiLock:
                 circuit.failed()
             raise
         except BaseException:
-            if circuit is not None:
+            if probe and circuit is not None:
                 circuit.abandon_probe()
             raise
         if circuit is not None:
@@ -450,7 +449,7 @@ class MultiLock:
         holds = self._holds
         if holds is None or any(h.generation != _fork.GENERATION for h in holds):
             raise NotHeldError(
-                f"release() of {self.keys!r}, which this MultiLock does not hold", key=self.keys
+                f"release() of {self.keys!r}, which this MultiLock does not hold", keys=self.keys
             )
         self._holds = None
         keeper = self.locker._keeper
@@ -466,7 +465,7 @@ class MultiLock:
     def __enter__(self) -> MultiLock:
         if not self.acquire():
             how = f" within {self.timeout:g}s" if self.timeout else " at once" if self.timeout == 0 else ""
-            raise LockNotAcquiredError(f"could not acquire all of {self.keys!r}{how}", key=self.keys)
+            raise LockNotAcquiredError(f"could not acquire all of {self.keys!r}{how}", keys=self.keys)
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -10,7 +10,8 @@ acquirer at a time; make one per thread or task (``locker.lock(key)`` is cheap).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kannuki import _fork
 from kannuki import events as _events
@@ -43,7 +44,9 @@ class RetryPause(NamedTuple):
 
 def retry_pauses(options: LockerOptions, timeout: float | None) -> Iterator[RetryPause]:
     """The pauses of the ``retry`` strategy, one before each further attempt, within attempts and ``timeout``."""
-    backoff = Backoff(options.retry_backoff, options.retry_interval, options.retry_max_interval, options.retry_jitter)
+    backoff = Backoff(
+        options.retry_backoff, options.retry_interval, options.retry_max_interval, options.retry_jitter
+    )
     deadline = None if timeout is None else _monotonic() + timeout
     for attempt in range(1, options.retry_attempts):
         remaining = None if deadline is None else deadline - _monotonic()
@@ -77,22 +80,22 @@ class AsyncLock:
     """
 
     __slots__ = (
-        "locker",
-        "key",
-        "name",
-        "lock_id",
-        "shared",
-        "timeout",
-        "strategy",
-        "ttl",
-        "transaction",
-        "on_lost",
-        "cancel_on_lost",
-        "_hold",
-        "_busy",
-        "_task",
-        "_cancelled_for_loss",
         "__weakref__",
+        "_busy",
+        "_cancelled_for_loss",
+        "_hold",
+        "_task",
+        "cancel_on_lost",
+        "key",
+        "lock_id",
+        "locker",
+        "name",
+        "on_lost",
+        "shared",
+        "strategy",
+        "timeout",
+        "transaction",
+        "ttl",
     )
 
     def __init__(
@@ -170,7 +173,7 @@ class AsyncLock:
 
     async def holders(self) -> list[Holder]:
         """Who holds this key now, as far as the store can tell."""
-        return await self.locker.backend.holders(self.name, self.lock_id)
+        return list(await self.locker.backend.holders(self.name, self.lock_id))
 
     async def ensure_held(self) -> None:
         """Ask the store now (one round trip at most) whether this lock still holds; LockLostError if not.
@@ -179,7 +182,9 @@ class AsyncLock:
         """
         hold = self._hold
         if hold is None or hold.generation != _fork.GENERATION:
-            raise NotHeldError(f"ensure_held() of the lock {self.key!r}, which this object does not hold", key=self.key)
+            raise NotHeldError(
+                f"ensure_held() of the lock {self.key!r}, which this object does not hold", key=self.key
+            )
         await self.locker._keeper.check(hold, self)
 
     async def extend(self, ttl: float | None = None) -> None:
@@ -194,9 +199,13 @@ class AsyncLock:
                 raise ValueError("ttl must be > 0 seconds, or None")
         hold = self._hold
         if hold is None or hold.generation != _fork.GENERATION:
-            raise NotHeldError(f"extend() of the lock {self.key!r}, which this object does not hold", key=self.key)
+            raise NotHeldError(
+                f"extend() of the lock {self.key!r}, which this object does not hold", key=self.key
+            )
         if hold.grant.ttl is None:
-            raise NotSupportedError(f"the lock {self.key!r} is not a lease on the {self.locker.scheme} store", key=self.key)
+            raise NotSupportedError(
+                f"the lock {self.key!r} is not a lease on the {self.locker.scheme} store", key=self.key
+            )
         await self.locker._keeper.extend(hold, ttl, self)
 
     # -- acquire / release ----------------------------------------------------
@@ -223,7 +232,9 @@ class AsyncLock:
                 f"this Lock object already holds {self.key!r}; kannuki locks are not reentrant", key=self.key
             )
         if self._busy:
-            raise AlreadyHeldError(f"another caller is acquiring {self.key!r} with this same Lock object", key=self.key)
+            raise AlreadyHeldError(
+                f"another caller is acquiring {self.key!r} with this same Lock object", key=self.key
+            )
         locker = self.locker
         keeper = locker._keeper
         fast = locker._fast
@@ -238,8 +249,7 @@ class AsyncLock:
                 return True
         strategy = self.strategy if blocking else "non_blocking"
         circuit = locker._circuit
-        if circuit is not None:
-            circuit.check(self.key)
+        probe = circuit is not None and circuit.check(self.key)
         start = _monotonic()
         backend = keeper.backend
         self._busy = True
@@ -263,8 +273,8 @@ class AsyncLock:
                 circuit.failed()
             raise
         except BaseException:
-            if circuit is not None:
-                circuit.abandon_probe()  # interrupted: the next call may probe again
+            if probe and circuit is not None:
+                circuit.abandon_probe()  # the probe was interrupted: the next call may probe again
             raise
         finally:
             self._busy = False
@@ -272,7 +282,11 @@ class AsyncLock:
             circuit.succeeded()
         if grant is None:
             keeper.not_acquired(
-                self.key, self.lock_id, self.shared, strategy == "blocking" and timeout != 0, _monotonic() - start
+                self.key,
+                self.lock_id,
+                self.shared,
+                strategy == "blocking" and timeout != 0,
+                _monotonic() - start,
             )
             return False
         return True
@@ -285,7 +299,9 @@ class AsyncLock:
         """
         hold = self._hold
         if hold is None or hold.generation != _fork.GENERATION:
-            raise NotHeldError(f"release() of the lock {self.key!r}, which this Lock object does not hold", key=self.key)
+            raise NotHeldError(
+                f"release() of the lock {self.key!r}, which this Lock object does not hold", key=self.key
+            )
         self._hold = None
         await self.locker._keeper.release(hold, self)
 
@@ -309,7 +325,12 @@ class AsyncLock:
 
     async def _acquire_retry(self, backend: Any, timeout: float | None) -> Grant | None:
         grant: Grant | None = await backend.acquire(
-            self.name, self.lock_id, shared=self.shared, timeout=0.0, ttl=self.ttl, transaction=self.transaction
+            self.name,
+            self.lock_id,
+            shared=self.shared,
+            timeout=0.0,
+            ttl=self.ttl,
+            transaction=self.transaction,
         )
         for pause in retry_pauses(self.locker.options, timeout):
             if grant is not None:
@@ -318,7 +339,12 @@ class AsyncLock:
                 self._emit_waiting()
             await asleep(pause.seconds)
             grant = await backend.acquire(
-                self.name, self.lock_id, shared=self.shared, timeout=0.0, ttl=self.ttl, transaction=self.transaction
+                self.name,
+                self.lock_id,
+                shared=self.shared,
+                timeout=0.0,
+                ttl=self.ttl,
+                transaction=self.transaction,
             )
         return grant
 
@@ -341,7 +367,9 @@ class AsyncLock:
             if user_callback is not None:  # async-only
                 user_callback(lock, reason)  # async-only
             self._cancelled_for_loss = True  # async-only
-            loop.call_soon_threadsafe(task.cancel, f"kannuki lost the lock {self.key!r}: {reason}")  # async-only
+            loop.call_soon_threadsafe(
+                task.cancel, f"kannuki lost the lock {self.key!r}: {reason}"
+            )  # async-only
 
         hold.on_lost = cancel_body  # async-only
 
@@ -360,9 +388,11 @@ class AsyncMultiLock:
     kept by the locker's hold owner like any other (renewed, watched, released).
     """
 
-    __slots__ = ("locker", "keys", "locks", "timeout", "ttl", "_holds", "__weakref__")
+    __slots__ = ("__weakref__", "_holds", "keys", "locker", "locks", "timeout", "ttl")
 
-    def __init__(self, locker: AsyncLocker, locks: Sequence[AsyncLock], timeout: float | None, ttl: float | None = None) -> None:
+    def __init__(
+        self, locker: AsyncLocker, locks: Sequence[AsyncLock], timeout: float | None, ttl: float | None = None
+    ) -> None:
         self.locker = locker
         # One lock per ID, ascending: every caller takes them in the same order.
         unique = {lock.lock_id: lock for lock in locks}
@@ -406,28 +436,30 @@ class AsyncMultiLock:
     async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Take every key or none; True when all are held."""
         if self._holds is not None and all(h.generation == _fork.GENERATION for h in self._holds):
-            raise AlreadyHeldError(f"this MultiLock already holds {self.keys!r}", key=self.keys)
+            raise AlreadyHeldError(f"this MultiLock already holds {self.keys!r}", keys=self.keys)
         timeout = self.timeout if timeout is None else check_seconds(timeout, "timeout")
         if not blocking:
             timeout = 0.0
         locker = self.locker
         keeper = locker._keeper
         circuit = locker._circuit
-        if circuit is not None:
-            circuit.check(self.keys[0])
+        probe = circuit is not None and circuit.check(self.keys[0])
         requests = [LockRequest(lock.name, lock.lock_id, lock.shared) for lock in self.locks]
         start = _monotonic()
         try:
             grants = await keeper.backend.acquire_many(requests, timeout=timeout, ttl=self.ttl)
             if grants is not None:
                 waited = _monotonic() - start
-                self._holds = [keeper.adopt(lock.key, grant, self, None, waited) for lock, grant in zip(self.locks, grants)]
+                self._holds = [
+                    keeper.adopt(lock.key, grant, self, None, waited)
+                    for lock, grant in zip(self.locks, grants)
+                ]
         except BackendError:
             if circuit is not None:
                 circuit.failed()
             raise
         except BaseException:
-            if circuit is not None:
+            if probe and circuit is not None:
                 circuit.abandon_probe()
             raise
         if circuit is not None:
@@ -442,7 +474,9 @@ class AsyncMultiLock:
         """Release every key, in reverse order; the first error (LockLostError ...) after all are done."""
         holds = self._holds
         if holds is None or any(h.generation != _fork.GENERATION for h in holds):
-            raise NotHeldError(f"release() of {self.keys!r}, which this MultiLock does not hold", key=self.keys)
+            raise NotHeldError(
+                f"release() of {self.keys!r}, which this MultiLock does not hold", keys=self.keys
+            )
         self._holds = None
         keeper = self.locker._keeper
         first_error: BaseException | None = None
@@ -457,7 +491,7 @@ class AsyncMultiLock:
     async def __aenter__(self) -> AsyncMultiLock:
         if not await self.acquire():
             how = f" within {self.timeout:g}s" if self.timeout else " at once" if self.timeout == 0 else ""
-            raise LockNotAcquiredError(f"could not acquire all of {self.keys!r}{how}", key=self.keys)
+            raise LockNotAcquiredError(f"could not acquire all of {self.keys!r}{how}", keys=self.keys)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

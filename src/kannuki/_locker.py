@@ -9,7 +9,8 @@ makes inherits, its stats, its circuit breaker and the owner of its holds.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Literal, TypeVar
+from collections.abc import Iterable
+from typing import Any, Callable, Literal, TypeVar, overload
 
 from kannuki import _core, _decorate, _override
 from kannuki._compat import call
@@ -26,6 +27,9 @@ from kannuki.options import DEFAULT, LockerOptions, check_seconds
 __all__ = ["Locker", "lock_arguments"]
 
 R = TypeVar("R")
+
+# Which twin this module is: the registry hands the async API the async backend classes.
+ASYNCHRONOUS = False
 
 
 def lock_arguments(
@@ -85,7 +89,7 @@ class Locker:
         self.options, backend_options = LockerOptions.split(options)
         if url_or_connection is None:
             url_or_connection = os.environ.get("KANNUKI_URL") or None
-        backend = backend_for(url_or_connection, **backend_options)
+        backend = backend_for(url_or_connection, asynchronous=ASYNCHRONOUS, **backend_options)
         self._own_backend = backend
         self.scheme: str = backend.scheme
         self._stats = _core.Counters()
@@ -265,15 +269,50 @@ class Locker:
 
     # -- decorators ----------------------------------------------------------------
 
+    @overload
     def locked(
-        self, key: Any, *, on_conflict: str = "wait", timeout: float | None = None, shared: bool = False
+        self,
+        key: str | Callable[..., str],
+        *,
+        on_conflict: Literal["skip"],
+        timeout: float | None = None,
+        shared: bool = False,
+    ) -> _decorate.SkipDecorator: ...
+
+    @overload
+    def locked(
+        self,
+        key: str | Callable[..., str],
+        *,
+        on_conflict: Literal["wait", "raise"] = "wait",
+        timeout: float | None = None,
+        shared: bool = False,
+    ) -> _decorate.LockDecorator: ...
+
+    def locked(
+        self,
+        key: str | Callable[..., str],
+        *,
+        on_conflict: str = "wait",
+        timeout: float | None = None,
+        shared: bool = False,
     ) -> Any:
         """Decorator: run the function holding ``key`` (a template or a callable); see :func:`kannuki.locked`."""
-        return _decorate.locked(key, on_conflict=on_conflict, timeout=timeout, shared=shared, locker=self)
+        return _decorate.locked(key, on_conflict=on_conflict, timeout=timeout, shared=shared, locker=self)  # type: ignore[call-overload]
+
+    @overload
+    def unique(
+        self, *, on_conflict: Literal["skip"] = "skip", timeout: float | None = None
+    ) -> _decorate.SkipDecorator: ...
+
+    @overload
+    def unique(
+        self, *, on_conflict: Literal["wait", "raise"], timeout: float | None = None
+    ) -> _decorate.LockDecorator: ...
 
     def unique(self, *, on_conflict: str = "skip", timeout: float | None = None) -> Any:
         """Decorator: one call per distinct arguments at a time; see :func:`kannuki.unique`."""
-        return _decorate.unique(on_conflict=on_conflict, timeout=timeout, locker=self)
+        return _decorate.unique(on_conflict=on_conflict, timeout=timeout, locker=self)  # type: ignore[call-overload]
 
     # -- stats and health -------------------------------------------------------
 

@@ -7,15 +7,16 @@ makes inherits, its stats, its circuit breaker and the owner of its holds.
 from __future__ import annotations
 
 import os
-from typing import Any, Awaitable, Callable, Iterable, Literal, TypeVar
+from collections.abc import Awaitable, Iterable
+from typing import Any, Callable, Literal, TypeVar, overload
 
 from kannuki import _core, _decorate, _override
 from kannuki._compat import acall
 from kannuki._hold_async import AsyncHoldKeeper, LostCallback
 from kannuki._lock_async import AsyncLock, AsyncMultiLock
+from kannuki.backends._types import Holder
 from kannuki.backends.memory_async import AsyncMemoryBackend
 from kannuki.backends.registry import backend_for
-from kannuki.backends._types import Holder
 from kannuki.circuit import CircuitBreaker, CircuitState
 from kannuki.errors import NotSupportedError
 from kannuki.events import LockerStats
@@ -24,6 +25,9 @@ from kannuki.options import DEFAULT, LockerOptions, check_seconds
 __all__ = ["AsyncLocker", "lock_arguments"]
 
 R = TypeVar("R")
+
+# Which twin this module is: the registry hands the async API the async backend classes.
+ASYNCHRONOUS = True  # sync: ASYNCHRONOUS = False
 
 
 def lock_arguments(
@@ -83,7 +87,7 @@ class AsyncLocker:
         self.options, backend_options = LockerOptions.split(options)
         if url_or_connection is None:
             url_or_connection = os.environ.get("KANNUKI_URL") or None
-        backend = backend_for(url_or_connection, asynchronous=True, **backend_options)  # sync: backend = backend_for(url_or_connection, **backend_options)
+        backend = backend_for(url_or_connection, asynchronous=ASYNCHRONOUS, **backend_options)
         self._own_backend = backend
         self.scheme: str = backend.scheme
         self._stats = _core.Counters()
@@ -160,11 +164,20 @@ class AsyncLocker:
                 options, self.backend, key, timeout, shared, strategy, ttl
             )
         if on_lost is not None and not callable(on_lost):
-            raise TypeError(f"on_lost must be a callable(lock, reason) or None, not {type(on_lost).__qualname__}")
-        return AsyncLock(self, key, name, lock_id, timeout, shared, strategy, ttl, transaction, on_lost, cancel_on_lost)
+            raise TypeError(
+                f"on_lost must be a callable(lock, reason) or None, not {type(on_lost).__qualname__}"
+            )
+        return AsyncLock(
+            self, key, name, lock_id, timeout, shared, strategy, ttl, transaction, on_lost, cancel_on_lost
+        )
 
     def lock_many(
-        self, keys: Iterable[str], *, timeout: float | None = DEFAULT, shared: bool = False, ttl: float | None = None
+        self,
+        keys: Iterable[str],
+        *,
+        timeout: float | None = DEFAULT,
+        shared: bool = False,
+        ttl: float | None = None,
     ) -> AsyncMultiLock:
         """A :class:`AsyncMultiLock` that takes every key or none, in a fixed (lock ID) order."""
         if isinstance(keys, str):
@@ -254,15 +267,50 @@ class AsyncLocker:
 
     # -- decorators ----------------------------------------------------------------
 
+    @overload
     def locked(
-        self, key: Any, *, on_conflict: str = "wait", timeout: float | None = None, shared: bool = False
+        self,
+        key: str | Callable[..., str],
+        *,
+        on_conflict: Literal["skip"],
+        timeout: float | None = None,
+        shared: bool = False,
+    ) -> _decorate.SkipDecorator: ...
+
+    @overload
+    def locked(
+        self,
+        key: str | Callable[..., str],
+        *,
+        on_conflict: Literal["wait", "raise"] = "wait",
+        timeout: float | None = None,
+        shared: bool = False,
+    ) -> _decorate.LockDecorator: ...
+
+    def locked(
+        self,
+        key: str | Callable[..., str],
+        *,
+        on_conflict: str = "wait",
+        timeout: float | None = None,
+        shared: bool = False,
     ) -> Any:
         """Decorator: run the function holding ``key`` (a template or a callable); see :func:`kannuki.locked`."""
-        return _decorate.locked(key, on_conflict=on_conflict, timeout=timeout, shared=shared, locker=self)
+        return _decorate.locked(key, on_conflict=on_conflict, timeout=timeout, shared=shared, locker=self)  # type: ignore[call-overload]
+
+    @overload
+    def unique(
+        self, *, on_conflict: Literal["skip"] = "skip", timeout: float | None = None
+    ) -> _decorate.SkipDecorator: ...
+
+    @overload
+    def unique(
+        self, *, on_conflict: Literal["wait", "raise"], timeout: float | None = None
+    ) -> _decorate.LockDecorator: ...
 
     def unique(self, *, on_conflict: str = "skip", timeout: float | None = None) -> Any:
         """Decorator: one call per distinct arguments at a time; see :func:`kannuki.unique`."""
-        return _decorate.unique(on_conflict=on_conflict, timeout=timeout, locker=self)
+        return _decorate.unique(on_conflict=on_conflict, timeout=timeout, locker=self)  # type: ignore[call-overload]
 
     # -- stats and health -------------------------------------------------------
 

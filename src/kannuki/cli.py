@@ -15,10 +15,11 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import kannuki
-from kannuki.backends.base import Holder
+from kannuki.backends._types import Holder
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
 
 __all__ = ["EXIT_BACKEND", "EXIT_NOT_ACQUIRED", "EXIT_USAGE", "default_url", "main"]
@@ -96,10 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     wait = run.add_mutually_exclusive_group()
-    wait.add_argument("--timeout", type=_seconds, metavar="S", help="wait at most S seconds (default: wait forever)")
-    wait.add_argument("--try", dest="try_once", action="store_true", help="do not wait: exit 75 at once if held")
+    wait.add_argument(
+        "--timeout", type=_seconds, metavar="S", help="wait at most S seconds (default: wait forever)"
+    )
+    wait.add_argument(
+        "--try", dest="try_once", action="store_true", help="do not wait: exit 75 at once if held"
+    )
     run.add_argument("--shared", action="store_true", help="take a shared (reader) lock")
-    run.add_argument("--ttl", type=_seconds, metavar="S", help="lease length on lease stores (renewed every S/3)")
+    run.add_argument(
+        "--ttl", type=_seconds, metavar="S", help="lease length on lease stores (renewed every S/3)"
+    )
     run.add_argument("key", metavar="KEY", help="the lock key")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...", help="the command to run")
 
@@ -109,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     held = sub.add_parser("held", parents=[common], help="exit 0 when KEY is held by anyone, 1 when free")
     held.add_argument("key", metavar="KEY")
 
-    listing = sub.add_parser("list", parents=[common], help="show the locks held in the store, with their holders")
+    listing = sub.add_parser(
+        "list", parents=[common], help="show the locks held in the store, with their holders"
+    )
     listing.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     return parser
 
@@ -131,7 +140,7 @@ def _locker(args: argparse.Namespace, **options: Any) -> kannuki.Locker:
     url = args.url or os.environ.get("KANNUKI_URL") or None
     if url is None:
         url = default_url()
-        os.makedirs(os.path.dirname(url[len("sqlite:///"):]), mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(url[len("sqlite:///") :]), mode=0o700, exist_ok=True)
     return kannuki.Locker(url, key_prefix=args.prefix, **options)
 
 
@@ -167,8 +176,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
         return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
     rows = [("NAME", "LOCK ID", "TOKEN", "PID", "HOST", "SINCE", "EXPIRES")] + [
-        (h.name + (" [shared]" if h.shared else ""), str(h.lock_id), str(h.token or "-"), str(h.pid or "-"),
-         h.host or "-", when(h.since), when(h.expires_at))
+        (
+            h.name + (" [shared]" if h.shared else ""),
+            str(h.lock_id),
+            str(h.token or "-"),
+            str(h.pid or "-"),
+            h.host or "-",
+            when(h.since),
+            when(h.expires_at),
+        )
         for h in holders
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -303,7 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         return EXIT_USAGE
     except BackendError as exc:
-        cause = f" ({exc.__cause__})" if exc.__cause__ is not None and str(exc.__cause__) not in str(exc) else ""
+        cause = (
+            f" ({exc.__cause__})" if exc.__cause__ is not None and str(exc.__cause__) not in str(exc) else ""
+        )
         _error(f"the lock store failed: {exc}{cause}")
         return EXIT_BACKEND
     except KeyboardInterrupt:

@@ -12,8 +12,8 @@ test mode turned off after the test. The fixture's value is
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Iterator
 
 import pytest
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 from kannuki import _core, _override
 from kannuki._locker import Locker

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 from kannuki._core import LockTable
 

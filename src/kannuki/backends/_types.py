@@ -83,7 +83,7 @@ class Grant:
     token, a lease value ...).
     """
 
-    __slots__ = ("name", "lock_id", "shared", "token", "ttl", "conn", "pid", "data")
+    __slots__ = ("conn", "data", "lock_id", "name", "pid", "shared", "token", "ttl")
 
     def __init__(
         self,
@@ -150,5 +150,5 @@ class StoreTraits:
 def reject_unknown_options(scheme: str, options: dict[str, Any]) -> None:
     """Raise ConfigurationError naming the first option the backend does not know."""
     if options:
-        name = sorted(options)[0]
+        name = min(options)
         raise ConfigurationError(f"unknown option {name!r} for the {scheme} backend")

@@ -21,7 +21,8 @@ Rules every store keeps:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from kannuki.backends._types import NO_WAIT_CALLBACK, FastPath, Grant, Holder, LockRequest, StoreTraits
 from kannuki.errors import NotSupportedError
@@ -114,7 +115,12 @@ class AsyncBackend(StoreTraits):
             for request in requests:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 grant = await self.acquire(
-                    request.name, request.lock_id, shared=request.shared, timeout=remaining, ttl=ttl, on_wait=on_wait
+                    request.name,
+                    request.lock_id,
+                    shared=request.shared,
+                    timeout=remaining,
+                    ttl=ttl,
+                    on_wait=on_wait,
                 )
                 if grant is None:
                     break

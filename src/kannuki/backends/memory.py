@@ -108,7 +108,8 @@ class MemoryBackend(Backend):
     def list_held(self) -> list[Holder]:
         out = []
         for key in self.table.keys():
-            out.extend(self.holders(key, compute_lock_id(key)))
+            name = str(key)  # this store keys its table by full lock names
+            out.extend(self.holders(name, compute_lock_id(name)))
         return out
 
     def force_release(self, name: str, lock_id: int, *, terminate: bool = False) -> int:

@@ -106,7 +106,8 @@ class AsyncMemoryBackend(AsyncBackend):
     async def list_held(self) -> list[Holder]:
         out = []
         for key in self.table.keys():
-            out.extend(await self.holders(key, compute_lock_id(key)))
+            name = str(key)  # this store keys its table by full lock names
+            out.extend(await self.holders(name, compute_lock_id(name)))
         return out
 
     async def force_release(self, name: str, lock_id: int, *, terminate: bool = False) -> int:

@@ -390,11 +390,12 @@ class AsyncRedisBackend(AsyncBackend):
         if not isinstance(namespace, str) or not namespace:
             raise ConfigurationError(f"namespace must be a non-empty str, not {namespace!r}")
         self.client = client
-        self.ttl = check_ttl(ttl, "redis")
+        self.ttl = self._default_ttl = check_ttl(ttl, "redis")
         self.namespace = namespace
         self._url = url
         # Makes a new client for this backend's URL; None for a client the caller owns (never closed here).
         self._connect = connect
+        self._parents_clients: list[Any] = []
         self._lock_prefix = f"{namespace}:lock:"
         self._readers_prefix = f"{namespace}:readers:"
         self._counter_prefix = f"{namespace}:token:"
@@ -476,7 +477,7 @@ class AsyncRedisBackend(AsyncBackend):
     ) -> Grant | None:
         if transaction is not None and transaction is not False:
             raise NotSupportedError("the redis backend has no transactions; drop transaction=")
-        lease = self.ttl if ttl is None else ttl
+        lease = self._default_ttl if ttl is None else ttl
         keys = [self._lock_prefix + name, self._readers_prefix + name, self._counter_prefix + name]
         args = ["1" if shared else "0", max(1, int(lease * 1000)), os.urandom(8).hex(), os.getpid(), HOST]
         deadline = None if timeout is None or timeout == 0 else time.monotonic() + timeout
@@ -571,17 +572,17 @@ class AsyncRedisBackend(AsyncBackend):
     async def abort(self, grant: Grant) -> None:
         await afinish(self._delete(grant.name, grant.data, grant.shared))
 
-    async def _delete(self, name: str, owner: str, shared: bool) -> None:
-        """Compare-and-delete by owner value, never raising: the undo of an acquire, or an abort."""
+    async def _delete(self, name: str, owner: str, shared: bool) -> bool:
+        """Compare-and-delete by owner value, never raising: the undo of an acquire, or an abort. Deleted?"""
         keys = [self._lock_prefix + name, self._readers_prefix + name, self._channel_prefix + name]
         try:
-            await self._eval(RELEASE, keys, [owner, "1" if shared else "0"], name)
+            return bool(await self._eval(RELEASE, keys, [owner, "1" if shared else "0"], name))
         except Exception:  # the store is down or the key is not ours: the lease runs out on its own
-            pass
+            return False
 
     async def renew(self, grant: Grant, ttl: float | None = None) -> bool:
         lease = grant.ttl if ttl is None else ttl
-        ttl_ms = max(1, int((self.ttl if lease is None else lease) * 1000))
+        ttl_ms = max(1, int((self._default_ttl if lease is None else lease) * 1000))
         keys = [self._lock_prefix + grant.name, self._readers_prefix + grant.name]
         return bool(
             await self._eval(RENEW, keys, [grant.data, "1" if grant.shared else "0", ttl_ms], grant.name)
@@ -611,11 +612,13 @@ class AsyncRedisBackend(AsyncBackend):
                 f"redis at {self.describe()} failed on the lock {name!r}: {exc}", key=name
             ) from exc
 
-    async def _close_quietly(self, thing: Any) -> None:
+    async def _close_quietly(self, thing: Any) -> bool:
+        """Close a client or subscription; False when that failed (a broken connection is gone either way)."""
         try:
             await thing.aclose()
-        except self._errors:  # a broken connection must not mask the outcome; it is gone either way
-            pass
+        except self._errors:  # must not mask the outcome of what the caller did
+            return False
+        return True
 
     # -- inspection ---------------------------------------------------------
 
@@ -663,6 +666,8 @@ class AsyncRedisBackend(AsyncBackend):
         # The parent's leases are not ours and its sockets must not be shared: forget them, never close.
         self._table.reset_after_fork()
         if self._connect is not None:
+            # Kept, not dropped: collecting the parent's client here would close its sockets.
+            self._parents_clients.append(self.client)
             self.client = self._connect()
             return
         reset = getattr(getattr(self.client, "connection_pool", None), "reset", None)

@@ -49,7 +49,9 @@ def backend_class(scheme: str, *, asynchronous: bool = False) -> type[Any]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name == module_name:
-            raise ConfigurationError(f"the {scheme!r} backend is not available in this version of kannuki") from None
+            raise ConfigurationError(
+                f"the {scheme!r} backend is not available in this version of kannuki"
+            ) from None
         raise
     return getattr(module, class_name)  # type: ignore[no-any-return]
 
@@ -65,7 +67,9 @@ def backend_for(target: Any, *, asynchronous: bool = False, **options: Any) -> A
         raise ConfigurationError("url is required: a URL string, or a connection or pool")
     if hasattr(target, "acquire") and hasattr(target, "fast_path") and hasattr(target, "scheme"):
         if options:
-            raise ConfigurationError(f"options {sorted(options)} cannot be applied to an already built backend")
+            raise ConfigurationError(
+                f"options {sorted(options)} cannot be applied to an already built backend"
+            )
         return target
     for scheme in CONNECTION_SCHEMES:
         try:
