@@ -12,8 +12,9 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -80,7 +81,7 @@ def test_acquire_release_and_holders(url: str) -> None:
 
 
 def test_try_and_timeout(url: str) -> None:
-    """A held key: one try fails at once, a timed wait fails after its timeout, the verbs answer False / raise."""
+    """A held key: one try fails at once, a timed wait after its timeout, the verbs answer False / raise."""
 
     async def main() -> None:
         async with AsyncLocker(url, key_prefix=prefix()) as locker:
@@ -107,7 +108,10 @@ def test_tokens_strictly_increase_across_lockers(url: str) -> None:
 
     async def main() -> None:
         key_prefix = prefix()
-        async with AsyncLocker(url, key_prefix=key_prefix) as one, AsyncLocker(url, key_prefix=key_prefix) as two:
+        async with (
+            AsyncLocker(url, key_prefix=key_prefix) as one,
+            AsyncLocker(url, key_prefix=key_prefix) as two,
+        ):
             tokens = []
             for i in range(10):
                 async with (one if i % 2 else two).lock("t", timeout=WAIT) as lock:
@@ -161,7 +165,7 @@ def test_lease_is_renewed_while_held_longer_than_its_ttl(url: str) -> None:
 
 
 def test_record_deleted_behind_our_back_is_lost_at_release(store: str, url: str, tmp_path: Path) -> None:
-    """Someone deletes the lease record: check says lost, another holder gets in, release raises LockLostError."""
+    """Someone deletes the lease record: another holder gets in, our release raises LockLostError."""
 
     async def main() -> None:
         async with AsyncLocker(url, key_prefix=prefix(), auto_renew=False) as locker:
@@ -293,7 +297,7 @@ MAX_LAG = 0.25
 
 
 class SlowClock:
-    """A wall clock that takes 0.4 s to read. The stores read it in every step, so it stands in for a slow disk."""
+    """A wall clock that takes 0.4 s to read: the stores read it in every step, so it plays a slow disk."""
 
     def __call__(self) -> float:
         time.sleep(0.4)
@@ -301,9 +305,9 @@ class SlowClock:
 
 
 def test_event_loop_keeps_ticking_while_a_task_waits(store: str, tmp_path: Path) -> None:
-    """Every store step takes 0.4 s here; while a task acquires, waits 1.5 s for a held key and releases, a 5 ms
-    ticker is never more than MAX_LAG late. A backend making its blocking calls on the loop thread stalls it for
-    each of them."""
+    """Every store step takes 0.4 s here: while a task acquires, waits 1.5 s for a held key and
+    releases, a 5 ms ticker is never more than MAX_LAG late. A backend making its blocking calls on
+    the loop thread stalls it for each of them."""
     from kannuki.backends.file_async import AsyncFileBackend
     from kannuki.backends.sqlite_async import AsyncSQLiteBackend
 

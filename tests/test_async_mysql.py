@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -56,7 +57,14 @@ def _scalar(conn: Any, sql: str, *args: Any) -> Any:
 def server_waits(raw: Any, name: str) -> int:
     """How many sessions wait in GET_LOCK for the full lock name ``name``."""
     pattern = f"%GET_LOCK('{mysql_lock_name(name)}'%"
-    return int(_scalar(raw, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE %s", pattern))
+    return int(
+        _scalar(raw, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE %s", pattern)
+    )
+
+
+def is_free(raw: Any, name: str) -> bool:
+    """No session holds the full lock name ``name``."""
+    return _scalar(raw, "SELECT IS_USED_LOCK(%s)", mysql_lock_name(name)) is None
 
 
 def hold_from_outside(raw: Any, name: str) -> None:
@@ -202,7 +210,7 @@ def test_killed_session_is_lock_lost_at_release(mysql_url: str, prefix: str, raw
         await lock.ensure_held()
         assert lock.grant is not None
         raw.cursor().execute(f"KILL {int(lock.grant.pid)}")
-        assert await until(lambda: _scalar(raw, "SELECT IS_USED_LOCK(%s)", mysql_lock_name(lock.name)) is None)
+        assert await until(lambda: is_free(raw, lock.name))
         with pytest.raises(LockLostError):
             await lock.release()
         assert locker.stats().lost == 1
@@ -232,7 +240,7 @@ def test_cancelled_waiter_leaves_nothing_and_its_server_wait_is_killed(
         assert await until(lambda: server_waits(raw, lock.name) == 0)
         assert not lock.locked()
         let_go_from_outside(raw, lock.name)
-        assert await until(lambda: _scalar(raw, "SELECT IS_USED_LOCK(%s)", mysql_lock_name(lock.name)) is None)
+        assert await until(lambda: is_free(raw, lock.name))
         # the in-process queue was given back too: the next acquire goes straight through
         assert await lock.acquire(timeout=0)
         await lock.release()
@@ -260,8 +268,7 @@ def test_cancel_around_the_grant_never_leaves_the_lock_held(mysql_url: str, pref
                 got = False
             if got:  # the grant won the race: the lock object holds it and gives it back
                 await lock.release()
-            name = mysql_lock_name(lock.name)
-            assert await until(lambda: _scalar(raw, "SELECT IS_USED_LOCK(%s)", name) is None), attempt
+            assert await until(lambda: is_free(raw, lock.name)), attempt
             assert not lock.locked()
         await locker.aclose()
 
@@ -273,7 +280,7 @@ def test_cancelled_release_leaves_nothing_held(mysql_url: str, prefix: str, raw:
 
     async def main() -> None:
         locker = AsyncLocker(mysql_url, key_prefix=prefix)
-        name = mysql_lock_name(locker.lock("released").name)
+        name = locker.lock("released").name
         for delay in (0.0, 0.0005, 0.002):
             lock = locker.lock("released")
             assert await lock.acquire(timeout=0)
@@ -284,10 +291,10 @@ def test_cancelled_release_leaves_nothing_held(mysql_url: str, prefix: str, raw:
                 await asyncio.wait_for(task, WAIT)
             except asyncio.CancelledError:
                 pass
-            assert await until(lambda: _scalar(raw, "SELECT IS_USED_LOCK(%s)", name) is None)
+            assert await until(lambda: is_free(raw, name))
             other = locker.lock("other")
             assert await other.acquire(timeout=0)  # from the pool: it must not hold "released"
-            assert _scalar(raw, "SELECT IS_USED_LOCK(%s)", name) is None
+            assert is_free(raw, name)
             await other.release()
         await locker.aclose()
 
@@ -395,6 +402,38 @@ def test_wrapped_connection(mysql_url: str, prefix: str) -> None:
             await locker.aclose()
             await other.aclose()
             assert _scalar(conn, "SELECT 1") == 1
+        finally:
+            conn.close()
+
+    run(main)
+
+
+def test_cancelled_waiter_on_a_wrapped_connection_keeps_it_usable(
+    mysql_url: str, prefix: str, raw: Any
+) -> None:
+    """On the caller's connection (no side KILL possible) a cancelled wait ends within its slice, holds nothing
+    and leaves the connection in step for the caller's next statement."""
+
+    async def main() -> None:
+        conn = mysql_connect(mysql_url)
+        try:
+            locker = AsyncLocker(conn, key_prefix=prefix)
+            lock = locker.lock("wrapped-wait")
+            hold_from_outside(raw, lock.name)
+            task = asyncio.ensure_future(lock.acquire())
+            assert await until(lambda: server_waits(raw, lock.name) == 1)
+            started = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, WAIT)
+            assert time.monotonic() - started < 5.0  # one slice (1 s) and the undo
+            assert server_waits(raw, lock.name) == 0
+            assert _scalar(conn, "SELECT 1") == 1  # in step: no unread answer left behind
+            let_go_from_outside(raw, lock.name)
+            assert is_free(raw, lock.name)
+            assert await lock.acquire(timeout=0)
+            await lock.release()
+            await locker.aclose()
         finally:
             conn.close()
 

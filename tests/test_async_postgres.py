@@ -235,7 +235,9 @@ def test_own_connection_waits_under_its_own_timeout_not_the_sessions(
         try:
             started = asyncio.get_running_loop().time()
             assert await long_default.lock("k", shared=shared).acquire(timeout=0.1) is False
-            assert asyncio.get_running_loop().time() - started < 30  # the acquire's 100 ms, not the session's 45 s
+            assert (
+                asyncio.get_running_loop().time() - started < 30
+            )  # the acquire's 100 ms, not the session's 45 s
             assert await idle_lock_timeout(long_default) == "45s"
 
             async def unlock_once_waited_on() -> str:
@@ -245,13 +247,17 @@ def test_own_connection_waits_under_its_own_timeout_not_the_sessions(
                         break
                     await asyncio.sleep(0.02)
                 await asyncio.sleep(0.3)  # past the session's 100 ms
-                (query,) = pg_conn.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", waiting).fetchone()
+                (query,) = pg_conn.execute(
+                    "SELECT query FROM pg_stat_activity WHERE pid = %s", waiting
+                ).fetchone()
                 pg_conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
                 return str(query)
 
             unlocker = asyncio.ensure_future(unlock_once_waited_on())
             lock = short_default.lock("k", shared=shared)
-            assert await lock.acquire(timeout=None)  # lock_timeout 0 in the statement outlasts the session's 100 ms
+            assert await lock.acquire(
+                timeout=None
+            )  # lock_timeout 0 in the statement outlasts the session's 100 ms
             waiting_query = await asyncio.wait_for(unlocker, WAIT)
             assert "set_config('lock_timeout'" in waiting_query  # setting and wait: one statement
             await lock.release()
@@ -326,7 +332,9 @@ def test_async_pooler_release_unlocks_nothing_on_the_backend_it_landed_on(pg_url
             lock.grant.pid = pg_conn.info.backend_pid  # "taken on" another backend than this connection's
             with pytest.raises(kannuki.LockLostError, match="PID"):
                 await lock.release()
-            assert advisory_rows(pg_conn, lock.lock_id) == [(aconn.info.backend_pid, True)]  # still held there
+            assert advisory_rows(pg_conn, lock.lock_id) == [
+                (aconn.info.backend_pid, True)
+            ]  # still held there
         finally:
             await locker.aclose()
             await aconn.close()
@@ -371,7 +379,9 @@ def test_async_ensure_held_and_force_release(pg_url: str, pg_conn: Any) -> None:
             assert await lock.acquire(blocking=False)
             await lock.ensure_held()
             pid = lock.grant.pid
-            with pytest.raises(kannuki.NotSupportedError, match=rf"pid {pid} \(async-stranded\).*terminate=True"):
+            with pytest.raises(
+                kannuki.NotSupportedError, match=rf"pid {pid} \(async-stranded\).*terminate=True"
+            ):
                 await locker.force_release("stuck")
             assert await locker.held("stuck")
             assert await locker.force_release("stuck", terminate=True) == 1
@@ -394,7 +404,9 @@ def test_twenty_waiting_tasks_use_one_connection(pg_url: str, pg_conn: Any) -> N
 
     def sessions() -> int:
         return int(
-            pg_conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,)).fetchone()[0]
+            pg_conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,)
+            ).fetchone()[0]
         )
 
     async def main() -> None:
@@ -444,7 +456,9 @@ def test_async_pool_reset_hook_clears_a_stranded_lock(pg_url: str, pg_conn: Any)
                 pid = conn.info.backend_pid
             async with pool.connection() as conn:  # the same connection, after its reset
                 assert conn.info.backend_pid == pid and conn.info.transaction_status == 0
-                (free,) = pg_conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (name,)).fetchone()
+                (free,) = pg_conn.execute(
+                    "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (name,)
+                ).fetchone()
                 assert free
                 pg_conn.execute("SELECT pg_advisory_unlock_all()")
         finally:
@@ -478,8 +492,8 @@ def test_cancel_on_a_pool_locker_gives_the_pool_a_clean_connection(pg_url: str, 
                 assert (await cursor.fetchone())[0] == 0
         finally:
             pg_conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
-        async with locker.lock("k", timeout=WAIT):
-            assert await locker.held("k")
+        async with locker.lock("k", timeout=WAIT):  # pins the pool's one connection
+            assert [granted for _pid, granted in advisory_rows(pg_conn, lock_id)] == [True]
         await locker.aclose()
         await pool.close()
 
@@ -520,9 +534,10 @@ def test_forked_child_of_an_async_locker_holds_nothing_and_closes_nothing(pg_url
     lock = locker.lock("parent")
 
     async def before() -> None:
+        assert await lock.acquire(blocking=False)
         async with locker.lock("warm-up"):  # leaves an idle connection in the locker
             pass
-        assert await lock.acquire(blocking=False)
+        assert len(locker.backend._source.idle) == 1
 
     async def in_child() -> int:
         if lock.locked() or lock.grant is not None:
@@ -535,8 +550,9 @@ def test_forked_child_of_an_async_locker_holds_nothing_and_closes_nothing(pg_url
         return 0
 
     async def after() -> None:
-        await lock.release()  # the pinned connection still works
-        assert not await locker.held("parent")  # and so does the idle one
+        assert await locker.held("parent")  # on the idle connection: the child did not close it
+        await lock.release()  # nor the pinned one
+        assert not await locker.held("parent")
         await locker.aclose()
 
     asyncio.run(asyncio.wait_for(before(), WAIT))

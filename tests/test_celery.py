@@ -60,9 +60,25 @@ def test_duplicate_unique_tasks_one_runs_one_is_skipped(redis_url: str, tmp_path
         "KANNUKI_CELERY_PREFIX": prefix,
     }
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "kannuki_celery_tasks", "worker", "--pool=threads",
-         "--concurrency=2", "--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel=WARNING"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "kannuki_celery_tasks",
+            "worker",
+            "--pool=threads",
+            "--concurrency=2",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel=WARNING",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     app = celery.Celery("kannuki_test_client", broker=broker, backend=broker)
     app.conf.update(broker_connection_retry_on_startup=True)
@@ -89,6 +105,7 @@ def test_duplicate_unique_tasks_one_runs_one_is_skipped(redis_url: str, tmp_path
             output, _ = worker.communicate(timeout=10)
         subprocess.run(
             [sys.executable, "-c", f"import redis; redis.Redis.from_url({broker!r}).delete({queue!r})"],
-            timeout=30, check=False,
+            timeout=30,
+            check=False,
         )
     assert "Traceback" not in (output or ""), output

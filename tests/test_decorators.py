@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -206,7 +206,9 @@ def test_shared_decorated_calls_share(locker: kannuki.Locker) -> None:
     assert reader() is None
 
 
-def test_module_level_decorators_find_the_default_locker_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_module_level_decorators_find_the_default_locker_at_call_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """kannuki's module-level locked/unique use the default locker configured after decoration."""
     monkeypatch.setattr(default_module, "_default", None)
     run = decorators.locked("late/{n}")(lambda n: kannuki.held(f"late/{n}"))
@@ -246,8 +248,14 @@ def test_unique_encoding_is_canonical_and_process_independent() -> None:
         pass
 
     args = ({"z": 1, "a": [1, 2.5, None, True]}, frozenset({"x", "y", "zz", "q"}))
-    kwargs = {"when": datetime.datetime(2024, 5, 6, 7, 8, 9), "day": datetime.date(2024, 1, 2),
-              "amount": decimal.Decimal("1.10"), "id": uuid.UUID(int=5), "raw": b"\x00\xff", "color": Color.RED}
+    kwargs = {
+        "when": datetime.datetime(2024, 5, 6, 7, 8, 9),
+        "day": datetime.date(2024, 1, 2),
+        "amount": decimal.Decimal("1.10"),
+        "id": uuid.UUID(int=5),
+        "raw": b"\x00\xff",
+        "color": Color.RED,
+    }
     here = decorators.unique_key(inspect.signature(f), args, kwargs)
     code = (
         "import datetime, decimal, enum, inspect, uuid, sys\n"
@@ -306,7 +314,9 @@ def test_unique_on_methods_needs_a_record_self(locker: kannuki.Locker) -> None:
 
         @locker.unique()
         def sync(self) -> bool:
-            return locker.held(f"{__name__}.{type(self).__qualname__}.sync" + '({"self":{"$record":"accounts/9"}})')
+            return locker.held(
+                f"{__name__}.{type(self).__qualname__}.sync" + '({"self":{"$record":"accounts/9"}})'
+            )
 
         @classmethod
         @locker.unique()
@@ -489,7 +499,9 @@ def test_async_locker_skip_raise_timeout_and_exception() -> None:
 
             @alocker.unique()
             async def once(n: int) -> bool:
-                return await alocker.held(f"{__name__}.{once.__qualname__}" + json.dumps({"n": n}, separators=(",", ":")).join("()"))
+                return await alocker.held(
+                    f"{__name__}.{once.__qualname__}" + json.dumps({"n": n}, separators=(",", ":")).join("()")
+                )
 
             async with alocker.lock("a"):
                 assert await skipper() is None

@@ -139,7 +139,9 @@ def test_long_non_ascii_key_record_is_read_whole(locker: kannuki.Locker, tmp_pat
     again.release()
 
 
-def test_force_release_replaces_the_file_and_keeps_the_counter(locker: kannuki.Locker, tmp_path: Path) -> None:
+def test_force_release_replaces_the_file_and_keeps_the_counter(
+    locker: kannuki.Locker, tmp_path: Path
+) -> None:
     """force_release frees a live holder's key: the holder's file is replaced, tokens go on from its token."""
     lock = locker.lock("stuck")
     assert lock.acquire(timeout=0)
@@ -156,7 +158,7 @@ def test_force_release_replaces_the_file_and_keeps_the_counter(locker: kannuki.L
 
 
 def test_forked_child_does_not_keep_the_parents_flock(locker: kannuki.Locker) -> None:
-    """A child forked while the parent holds the key: the parent's release frees the key although the child lives."""
+    """A child forked while the parent holds the key: the parent's release frees it while the child lives."""
     import multiprocessing
 
     lock = locker.lock("forked")

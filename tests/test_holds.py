@@ -182,6 +182,9 @@ def test_a_loss_found_by_release_is_reported_once(
         await maybe(stores.locker().force_release("found-at-release"))
         with pytest.raises(kannuki.LockLostError):
             await maybe(lock.release())
+        assert lock.lost and not lock.locked()
+        with pytest.raises(kannuki.NotHeldError):
+            await maybe(lock.release())
         await asyncio.sleep(0.3)
         assert len(calls) == 1 and locker.stats().lost == 1
 

@@ -12,7 +12,8 @@ import textwrap
 import threading
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -185,7 +186,7 @@ def test_long_hostile_and_colliding_keys(make_locker: Any, raw: Any) -> None:
         "case",
         "CASE",
         "'; DROP TABLE kannuki_x; --",
-        'quote " and \' and \\ backslash',
+        "quote \" and ' and \\ backslash",
         "nul\x00byte",
         "emoji 🔒 ключ",
     ]
@@ -467,7 +468,8 @@ def _can_list_locks(raw: Any) -> bool:
         pass
     try:
         return bool(_scalar(raw, "SELECT @@performance_schema")) and _scalar(
-            raw, "SELECT ENABLED FROM performance_schema.setup_instruments WHERE NAME = 'wait/lock/metadata/sql/mdl'"
+            raw,
+            "SELECT ENABLED FROM performance_schema.setup_instruments WHERE NAME = 'wait/lock/metadata/sql/mdl'",
         ) in ("YES", b"YES")
     except (MySQLdb.Error, TypeError):
         return False
@@ -517,14 +519,17 @@ _CTRL_C_CHILD = textwrap.dedent(
 )
 
 
-def test_ctrl_c_during_a_wait_ends_it_on_the_server(mysql_url: str, make_locker: Any, raw: Any, prefix: str) -> None:
+def test_ctrl_c_during_a_wait_ends_it_on_the_server(
+    mysql_url: str, make_locker: Any, raw: Any, prefix: str
+) -> None:
     """SIGINT while waiting in GET_LOCK raises KeyboardInterrupt and leaves no wait or lock on the server."""
     holder = make_locker()
     lock = holder.lock("ctrl-c")
     lock.acquire()
     env = subprocess_env()
-    child = subprocess.Popen([sys.executable, "-c", _CTRL_C_CHILD, mysql_url, prefix],
-                             stdout=subprocess.PIPE, text=True, env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CTRL_C_CHILD, mysql_url, prefix], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "waiting"
         name = mysql_lock_name(lock.name)

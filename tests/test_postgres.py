@@ -8,12 +8,12 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import kannuki
-from support import wait_until
 from kannuki.backends import _pg_sql as sql
 from kannuki.backends.pool_hooks import release_postgres_locks
 from kannuki.errors import (
@@ -24,6 +24,7 @@ from kannuki.errors import (
     LockNotAcquiredError,
     NotSupportedError,
 )
+from support import wait_until
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -159,7 +160,9 @@ def test_ctrl_c_cancels_the_server_wait(locker: kannuki.Locker, pg_conn: Any, pr
     assert locker.lock("stuck").acquire(blocking=False)  # the locker still works
 
 
-def test_ctrl_c_on_a_pool_locker_gives_the_pool_a_clean_connection(pg_url: str, pg_conn: Any, prefix: str) -> None:
+def test_ctrl_c_on_a_pool_locker_gives_the_pool_a_clean_connection(
+    pg_url: str, pg_conn: Any, prefix: str
+) -> None:
     """Locker(pool): Ctrl-C during the server wait; the pool gets a connection back that holds and waits for nothing."""
     psycopg_pool = pytest.importorskip("psycopg_pool")
     with psycopg_pool.ConnectionPool(pg_url, min_size=1, max_size=1, kwargs={"autocommit": True}) as pool:
@@ -176,8 +179,12 @@ def test_ctrl_c_on_a_pool_locker_gives_the_pool_a_clean_connection(pg_url: str, 
             finally:
                 timer.join(10)
             with pool.connection(timeout=10) as conn:
-                assert conn.execute("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid()"
-                                    " AND locktype = 'advisory'").fetchone()[0] == 0
+                assert (
+                    conn.execute(
+                        "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory'"
+                    ).fetchone()[0]
+                    == 0
+                )
             assert advisory_rows(pg_conn, lock.lock_id) == 1  # the raw holder only
             raw_unlock(pg_conn, f"{prefix}:stuck")
             assert lock.acquire(blocking=False)
@@ -255,7 +262,10 @@ def test_deadlock_is_its_own_error(pg_url: str, prefix: str) -> None:
             except BaseException as exc:
                 errors.append(exc)
 
-    threads = [threading.Thread(target=cross, args=(a, "x", "y")), threading.Thread(target=cross, args=(b, "y", "x"))]
+    threads = [
+        threading.Thread(target=cross, args=(a, "x", "y")),
+        threading.Thread(target=cross, args=(b, "y", "x")),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -429,7 +439,9 @@ def test_holders_describe_the_pinned_connection(locker: kannuki.Locker, pg_conn:
         assert holder.application == "kannuki" and holder.user == "postgres"
         assert holder.host == "127.0.0.1" and holder.since is not None and not holder.shared
         listed = [h for h in locker.list_held() if h.lock_id == lock.lock_id]
-        assert [(h.name, h.pid) for h in listed] == [(f"#{lock.lock_id}", grant.pid)]  # the server knows IDs only
+        assert [(h.name, h.pid) for h in listed] == [
+            (f"#{lock.lock_id}", grant.pid)
+        ]  # the server knows IDs only
     assert lock.holders() == []
 
 
@@ -468,7 +480,9 @@ def test_pooler_moving_the_session_is_lock_lost(locker: kannuki.Locker, pg_url: 
     assert wait_until(lambda: not locker.held("moved"))
 
 
-def test_pooler_release_unlocks_nothing_on_the_backend_it_landed_on(pg_url: str, pg_conn: Any, prefix: str) -> None:
+def test_pooler_release_unlocks_nothing_on_the_backend_it_landed_on(
+    pg_url: str, pg_conn: Any, prefix: str
+) -> None:
     """The release checks the server PID BEFORE it unlocks: landing on another backend, it frees nothing there.
 
     Simulated: the PID recorded at acquire is not the backend the release runs
@@ -570,7 +584,9 @@ def test_unreachable_server_is_backend_error_quickly(prefix: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    locker = kannuki.Locker(f"postgresql://postgres@127.0.0.1:{port}/test", key_prefix=prefix, connect_timeout=2)
+    locker = kannuki.Locker(
+        f"postgresql://postgres@127.0.0.1:{port}/test", key_prefix=prefix, connect_timeout=2
+    )
     with pytest.raises(BackendError) as info:
         locker.lock("k").acquire(blocking=False)
     assert isinstance(info.value.__cause__, psycopg.OperationalError)
@@ -721,16 +737,21 @@ def test_fencing_tokens_increase_across_lockers(pg_url: str, pg_conn: Any, prefi
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_forked_child_does_not_hold_or_touch_parent_locks(locker: kannuki.Locker) -> None:
-    """A forked child holds none of its parent's locks and leaves the parent's connection working."""
+    """A forked child holds none of its parent's locks and, even closing its locker, never touches the
+    parent's connections (pinned or idle): the parent goes on using both."""
     lock = locker.lock("parent")
     assert lock.acquire(blocking=False)
+    with locker.lock("warm-up"):  # leaves an idle connection in the locker
+        pass
+    assert len(locker.backend._source.idle) == 1
     pid = os.fork()
     if pid == 0:  # child: no pytest machinery here, only an exit code
         code = 0
         try:
             code = 1 if lock.locked() or lock.grant is not None else 0
-            code = code or (0 if locker.held("parent") else 2)
+            code = code or (0 if locker.held("parent") else 2)  # on a connection of its own
             code = code or (0 if not locker.lock("parent").acquire(blocking=False) else 3)
+            locker.close()  # must not close the parent's connections
         except BaseException:
             code = 4
         os._exit(code)
@@ -744,11 +765,14 @@ def test_forked_child_does_not_hold_or_touch_parent_locks(locker: kannuki.Locker
         os.kill(pid, 9)
         pytest.fail("child did not exit")
     assert os.waitstatus_to_exitcode(status) == 0
-    lock.release()  # the parent's pinned connection was not disturbed
+    assert locker.held("parent")  # on the idle connection: the child did not close it
+    lock.release()  # nor the pinned one
     assert not locker.held("parent")
 
 
-@pytest.mark.parametrize("key", ["'; DROP TABLE x; --", "quote ' and \" and \\ backslash", "nul\x00byte", "日本語🔒"])
+@pytest.mark.parametrize(
+    "key", ["'; DROP TABLE x; --", "quote ' and \" and \\ backslash", "nul\x00byte", "日本語🔒"]
+)
 def test_hostile_keys_are_harmless(locker: kannuki.Locker, pg_conn: Any, prefix: str, key: str) -> None:
     """Keys with SQL, quotes, backslashes, NUL or non-ASCII only reach SQL as their 64-bit ID."""
     with locker.lock(key) as lock:
@@ -762,7 +786,7 @@ def test_hostile_keys_are_harmless(locker: kannuki.Locker, pg_conn: Any, prefix:
 
 
 @pytest.mark.parametrize(
-    "options, match",
+    ("options", "match"),
     [
         ({"pool_size": -1}, "pool_size"),
         ({"pool_size": 1.5}, "pool_size"),

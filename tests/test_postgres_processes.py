@@ -47,7 +47,10 @@ def test_four_processes_lose_no_update(pg_url: str, pg_conn: Any) -> None:
     pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, n int NOT NULL)")
     try:
         pg_conn.execute(f"INSERT INTO {table} VALUES (1, 0)")
-        workers = [SPAWN.Process(target=increment_under_lock, args=(pg_url, prefix, table, INCREMENTS)) for _ in range(4)]
+        workers = [
+            SPAWN.Process(target=increment_under_lock, args=(pg_url, prefix, table, INCREMENTS))
+            for _ in range(4)
+        ]
         for worker in workers:
             worker.start()
         assert join_all(workers, 100) == [0, 0, 0, 0]

@@ -33,12 +33,15 @@ def test_counters_and_histograms_per_backend_and_event() -> None:
         assert sample(registry, "kannuki_lock_events_total", backend="memory", event="waiting") == 1
         assert sample(registry, "kannuki_lock_events_total", backend="memory", event="timeout") == 1
         assert sample(registry, "kannuki_lock_events_total", backend="memory", event="failed") == 1
-        assert sample(registry, "kannuki_lock_wait_seconds_count", backend="memory") == 2  # acquired + timeout
+        assert (
+            sample(registry, "kannuki_lock_wait_seconds_count", backend="memory") == 2
+        )  # acquired + timeout
         assert sample(registry, "kannuki_lock_wait_seconds_sum", backend="memory") >= 0.01
         assert sample(registry, "kannuki_lock_hold_seconds_count", backend="memory") == 1
 
     finally:
         uninstrument()
+
 
 def test_uninstrument_stops_and_unregisters() -> None:
     """The returned function unsubscribes and removes the metrics, so instrument() can run again."""
@@ -71,9 +74,12 @@ def test_default_registry() -> None:
     """With no registry given, the metrics go to prometheus_client's global REGISTRY."""
     uninstrument = instrument()
     try:
-        assert prometheus_client.REGISTRY.get_sample_value(
-            "kannuki_lock_events_total", {"backend": "nothing", "event": "acquired"}
-        ) is None
+        assert (
+            prometheus_client.REGISTRY.get_sample_value(
+                "kannuki_lock_events_total", {"backend": "nothing", "event": "acquired"}
+            )
+            is None
+        )
         names = {metric.name for metric in prometheus_client.REGISTRY.collect()}
         assert {"kannuki_lock_events", "kannuki_lock_wait_seconds", "kannuki_lock_hold_seconds"} <= names
     finally:

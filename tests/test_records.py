@@ -8,8 +8,9 @@ import sys
 import textwrap
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -72,7 +73,10 @@ def test_namespace_rules() -> None:
         __kannuki_namespace__ = "billing/orders"
 
     assert [record_lock(cls(), "op").key for cls in (Plain, WithMeta, WithTable, Explicit)] == [
-        "plain/1/op", "shop_order/1/op", "orders/1/op", "billing/orders/1/op",
+        "plain/1/op",
+        "shop_order/1/op",
+        "orders/1/op",
+        "billing/orders/1/op",
     ]
 
 
@@ -157,6 +161,7 @@ def test_excludes_across_threads(locker: kannuki.Locker) -> None:
 
     def work() -> None:
         for _ in range(50):
+
             def critical() -> None:
                 inside.append(1)
                 if len(inside) > 1:
@@ -198,7 +203,12 @@ def test_async_locker_record_lock_is_an_async_lock_and_the_sync_verbs_refuse() -
     alocker = kannuki.AsyncLocker(f"memory://rec-{uuid.uuid4().hex[:8]}")
     invoice = make_invoice_class(alocker)(id=7, company_id=42)  # type: ignore[arg-type]
     rl = invoice.number_generation
-    for verb in (lambda: rl.with_lock(print), lambda: rl.try_lock(print), lambda: rl.lock_or_raise(print), rl.held):
+    for verb in (
+        lambda: rl.with_lock(print),
+        lambda: rl.try_lock(print),
+        lambda: rl.lock_or_raise(print),
+        rl.held,
+    ):
         with pytest.raises(TypeError, match=r"AsyncLocker.*async with"):
             verb()
 
@@ -249,7 +259,7 @@ def check_sqlalchemy(url: str, locker_url: str) -> None:
         with Session(engine) as session:
             invoice = Invoice(company_id=42)
             with pytest.raises(ValueError, match=r"Invoice\.id"):
-                invoice.recalculation  # noqa: B018  (unsaved: no primary key yet)
+                invoice.recalculation
             session.add_all([invoice, Line(invoice_no=3, position=4)])
             session.commit()
             assert invoice.number_generation.key == f"{table}/42/number_generation"
@@ -259,7 +269,7 @@ def check_sqlalchemy(url: str, locker_url: str) -> None:
             with pytest.raises(ValueError, match=r"Line\.invoice_no"):
                 record_lock(Line(position=1), "op")
             rl = record_lock(invoice, "custom_operation", locker=kannuki_locker)
-            assert rl.with_lock(lambda: rl.held()) is True
+            assert rl.with_lock(rl.held) is True
         kannuki_locker.close()
     finally:
         Base.metadata.drop_all(engine)
@@ -333,6 +343,8 @@ def test_django_model(tmp_path: Path) -> None:
     script = "DB_PATH = " + repr(str(tmp_path / "django.sqlite3")) + "\n" + textwrap.dedent(DJANGO_SCRIPT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONWARNINGS": "error"}
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=90)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=90
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "django ok"

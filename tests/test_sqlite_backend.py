@@ -13,6 +13,7 @@ import kannuki
 from kannuki.backends.sqlite import SQLiteBackend, path_from_url
 from support import FakeClock, contend, killed_holder
 
+
 @pytest.fixture
 def url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/locks.db"
@@ -31,7 +32,9 @@ def test_url_paths_follow_sqlalchemy() -> None:
     assert path_from_url("sqlite:////abs/locks.db") == "/abs/locks.db"
 
 
-@pytest.mark.parametrize("bad", ["sqlite://", "sqlite:///", "sqlite://host/x.db", "sqlite:///:memory:", "sqlite:///x?a=1"])
+@pytest.mark.parametrize(
+    "bad", ["sqlite://", "sqlite:///", "sqlite://host/x.db", "sqlite:///:memory:", "sqlite:///x?a=1"]
+)
 def test_bad_urls_are_refused(bad: str) -> None:
     """URLs without a file, with a host or query, and :memory: raise ConfigurationError naming the url."""
     with pytest.raises(kannuki.ConfigurationError, match="url"):

@@ -201,7 +201,7 @@ def polish(text: str, filename: str) -> str:
     ruff = _ruff()
     common = ["--stdin-filename", filename, "--config", str(ROOT / "pyproject.toml")]
     fixed = subprocess.run(
-        [*ruff, "check", "--fix-only", "--select", "I,F401", "--quiet", *common, "-"],
+        [*ruff, "check", "--fix-only", "--select", "I,F401,RUF022,RUF023", "--quiet", *common, "-"],
         input=text,
         capture_output=True,
         text=True,

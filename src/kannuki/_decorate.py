@@ -55,7 +55,15 @@ if TYPE_CHECKING:
     R = TypeVar("R")
     AnyLocker = Union[Locker, AsyncLocker]
 
-__all__ = ["MAX_ENCODED_ARGS", "ON_CONFLICT", "LockDecorator", "SkipDecorator", "locked", "unique", "unique_key"]
+__all__ = [
+    "MAX_ENCODED_ARGS",
+    "ON_CONFLICT",
+    "LockDecorator",
+    "SkipDecorator",
+    "locked",
+    "unique",
+    "unique_key",
+]
 
 ON_CONFLICT = ("wait", "skip", "raise")
 
@@ -231,7 +239,9 @@ def unique(
 # -- keys -------------------------------------------------------------------------
 
 
-def _template_filler(template: str, fn: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], str]:
+def _template_filler(
+    template: str, fn: Callable[..., Any]
+) -> Callable[[tuple[Any, ...], dict[str, Any]], str]:
     """Check the template's fields against ``fn``'s parameters now; fill it at each call."""
     signature = inspect.signature(fn)
     params = signature.parameters

@@ -37,7 +37,7 @@ from kannuki._compat import Mutex, Worker, cancelled, finish, spawn
 from kannuki.backends._types import Grant
 from kannuki.errors import LockLostError
 
-__all__ = ["IDLE_STOP", "RETRY_CAP", "HoldKeeper", "Hold"]
+__all__ = ["IDLE_STOP", "RETRY_CAP", "Hold", "HoldKeeper"]
 
 log = logging.getLogger("kannuki")
 _monotonic = time.monotonic

@@ -24,7 +24,9 @@ def namespace(cls: type) -> str:
     explicit = getattr(cls, "__kannuki_namespace__", None)
     if explicit is not None:
         if not isinstance(explicit, str) or not explicit:
-            raise TypeError(f"{cls.__qualname__}.__kannuki_namespace__ must be a non-empty str, not {explicit!r}")
+            raise TypeError(
+                f"{cls.__qualname__}.__kannuki_namespace__ must be a non-empty str, not {explicit!r}"
+            )
         return explicit
     table = getattr(cls, "__tablename__", None)
     if isinstance(table, str) and table:

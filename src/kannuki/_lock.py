@@ -86,6 +86,7 @@ class Lock:
         "_busy",
         "_cancelled_for_loss",
         "_hold",
+        "_spent",
         "_task",
         "cancel_on_lost",
         "key",
@@ -130,6 +131,7 @@ class Lock:
         self._busy = False
         self._task: Any = None
         self._cancelled_for_loss = False
+        self._spent = False  # the current hold was lost and its release already reported it
 
     def __repr__(self) -> str:
         state = "held" if self.locked() else "lost" if self.lost else "free"
@@ -248,6 +250,7 @@ class Lock:
                 self._hold = keeper.adopt(
                     self.key, Grant(self.name, self.lock_id, self.shared, token), self, self.on_lost
                 )
+                self._spent = False
                 return True
         strategy = self.strategy if blocking else "non_blocking"
         circuit = locker._circuit
@@ -270,6 +273,7 @@ class Lock:
                 )
             if grant is not None:
                 self._hold = keeper.adopt(self.key, grant, self, self.on_lost, _monotonic() - start)
+                self._spent = False
         except BackendError:
             if circuit is not None:
                 circuit.failed()
@@ -300,12 +304,19 @@ class Lock:
         when the store lost it while it was held (the lock is gone either way).
         """
         hold = self._hold
-        if hold is None or hold.generation != _fork.GENERATION:
+        if hold is None or hold.generation != _fork.GENERATION or self._spent:
             raise NotHeldError(
                 f"release() of the lock {self.key!r}, which this Lock object does not hold", key=self.key
             )
+        try:
+            self.locker._keeper.release(hold, self)
+        except LockLostError:
+            self._spent = True  # keep the hold: ``lock.lost`` stays True until the next acquire
+            raise
+        except BaseException:
+            self._hold = None
+            raise
         self._hold = None
-        self.locker._keeper.release(hold, self)
 
     def __enter__(self) -> Lock:
         if not self.acquire():

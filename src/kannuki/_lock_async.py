@@ -84,6 +84,7 @@ class AsyncLock:
         "_busy",
         "_cancelled_for_loss",
         "_hold",
+        "_spent",
         "_task",
         "cancel_on_lost",
         "key",
@@ -128,6 +129,7 @@ class AsyncLock:
         self._busy = False
         self._task: Any = None
         self._cancelled_for_loss = False
+        self._spent = False  # the current hold was lost and its release already reported it
 
     def __repr__(self) -> str:
         state = "held" if self.locked() else "lost" if self.lost else "free"
@@ -246,6 +248,7 @@ class AsyncLock:
                 self._hold = keeper.adopt(
                     self.key, Grant(self.name, self.lock_id, self.shared, token), self, self.on_lost
                 )
+                self._spent = False
                 return True
         strategy = self.strategy if blocking else "non_blocking"
         circuit = locker._circuit
@@ -268,6 +271,7 @@ class AsyncLock:
                 )
             if grant is not None:
                 self._hold = keeper.adopt(self.key, grant, self, self.on_lost, _monotonic() - start)
+                self._spent = False
         except BackendError:
             if circuit is not None:
                 circuit.failed()
@@ -298,12 +302,19 @@ class AsyncLock:
         when the store lost it while it was held (the lock is gone either way).
         """
         hold = self._hold
-        if hold is None or hold.generation != _fork.GENERATION:
+        if hold is None or hold.generation != _fork.GENERATION or self._spent:
             raise NotHeldError(
                 f"release() of the lock {self.key!r}, which this Lock object does not hold", key=self.key
             )
+        try:
+            await self.locker._keeper.release(hold, self)
+        except LockLostError:
+            self._spent = True  # keep the hold: ``lock.lost`` stays True until the next acquire
+            raise
+        except BaseException:
+            self._hold = None
+            raise
         self._hold = None
-        await self.locker._keeper.release(hold, self)
 
     async def __aenter__(self) -> AsyncLock:
         if not await self.acquire():

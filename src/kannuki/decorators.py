@@ -32,4 +32,12 @@ from kannuki._decorate import (
     unique_key,
 )
 
-__all__ = ["MAX_ENCODED_ARGS", "ON_CONFLICT", "LockDecorator", "SkipDecorator", "locked", "unique", "unique_key"]
+__all__ = [
+    "MAX_ENCODED_ARGS",
+    "ON_CONFLICT",
+    "LockDecorator",
+    "SkipDecorator",
+    "locked",
+    "unique",
+    "unique_key",
+]

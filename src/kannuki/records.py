@@ -55,7 +55,9 @@ class RecordLock:
 
     __slots__ = ("_locker", "_options", "key", "name", "record")
 
-    def __init__(self, record: Any, name: str, key: str, locker: Locker | None, options: dict[str, Any]) -> None:
+    def __init__(
+        self, record: Any, name: str, key: str, locker: Locker | None, options: dict[str, Any]
+    ) -> None:
         self.record = record
         self.name = name
         self.key = key
@@ -102,7 +104,9 @@ class RecordLock:
         finally:
             lock.release()
 
-    def lock_or_raise(self, fn: Callable[..., T], /, *args: Any, timeout: float | None = DEFAULT, **kwargs: Any) -> T:
+    def lock_or_raise(
+        self, fn: Callable[..., T], /, *args: Any, timeout: float | None = DEFAULT, **kwargs: Any
+    ) -> T:
         """Run ``fn`` holding the lock; LockNotAcquiredError when it cannot be had within ``timeout``."""
         with self._sync_lock("lock_or_raise", timeout):
             return fn(*args, **kwargs)
@@ -155,7 +159,9 @@ class ScopedLock:
                     f"{type(record).__qualname__}.{self.scope} is None (unsaved record?); "
                     f"the lock {self.name!r} needs a scope value"
                 )
-        return RecordLock(record, self.name, f"{namespace(type(record))}/{value}/{self.name}", self.locker, self.options)
+        return RecordLock(
+            record, self.name, f"{namespace(type(record))}/{value}/{self.name}", self.locker, self.options
+        )
 
 
 def scoped_lock(
@@ -223,4 +229,6 @@ def _lock_options(timeout: Any, shared: Any) -> dict[str, Any]:
 def _check_options(options: dict[str, Any]) -> None:
     unknown = sorted(set(options) - LOCK_OPTIONS)
     if unknown:
-        raise TypeError(f"unknown lock option {unknown[0]!r}; record locks take {', '.join(sorted(LOCK_OPTIONS))}")
+        raise TypeError(
+            f"unknown lock option {unknown[0]!r}; record locks take {', '.join(sorted(LOCK_OPTIONS))}"
+        )

@@ -34,8 +34,15 @@ POLL_CAP = 0.2
 
 def check_ttl(value: object, scheme: str) -> float:
     """A lease length in seconds: a finite number > 0; ConfigurationError naming ``ttl`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"ttl of the {scheme} backend must be a number of seconds > 0, not {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigurationError(
+            f"ttl of the {scheme} backend must be a number of seconds > 0, not {value!r}"
+        )
     return float(value)
 
 

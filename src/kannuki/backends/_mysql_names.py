@@ -30,7 +30,7 @@ MAX_SERVER_NAME = 64
 DIGEST_HEX = 32
 HEAD_CHARS = MAX_SERVER_NAME - len(NAMESPACE) - 1 - DIGEST_HEX  # 23
 
-_readable = re.compile(r"[a-z0-9._:/@=+\-]{1,%d}" % (MAX_SERVER_NAME - len(NAMESPACE))).fullmatch
+_readable = re.compile(rf"[a-z0-9._:/@=+\-]{{1,{MAX_SERVER_NAME - len(NAMESPACE)}}}").fullmatch
 _unreadable_char = re.compile(r"[^A-Za-z0-9._:/@=+\-]")
 
 

@@ -44,7 +44,9 @@ def psycopg() -> Any:
     try:
         import psycopg
     except ImportError:  # pragma: no cover - depends on the install
-        raise ConfigurationError("the postgresql backend needs psycopg 3: install kannuki[postgres]") from None
+        raise ConfigurationError(
+            "the postgresql backend needs psycopg 3: install kannuki[postgres]"
+        ) from None
     return psycopg
 
 
@@ -98,7 +100,8 @@ def connect_kwargs(driver: Any, url: str, connect_timeout: float, application_na
 def has_class(obj: Any, package: str, class_name: str) -> bool:
     """Is ``obj`` an instance of ``package``'s class ``class_name``? Asked without importing ``package``."""
     return any(
-        klass.__name__ == class_name and klass.__module__.split(".")[0] == package for klass in type(obj).__mro__
+        klass.__name__ == class_name and klass.__module__.split(".")[0] == package
+        for klass in type(obj).__mro__
     )
 
 

@@ -116,7 +116,7 @@ class _LockFile:
     OS has handed to someone else since.
     """
 
-    __slots__ = ("fd", "path", "record", "_open")
+    __slots__ = ("_open", "fd", "path", "record")
 
     def __init__(self, fd: int, path: str, open_files: set[_LockFile]) -> None:
         self.fd = fd

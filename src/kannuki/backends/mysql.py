@@ -52,7 +52,8 @@ import re
 import select
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from kannuki._compat import Mutex, finish, run_blocking, table_acquire, table_release
@@ -123,7 +124,18 @@ def cluster_refusal(wsrep_on: str | None, allow_cluster: bool) -> str | None:
 class _Session:
     """One server connection: the driver object, its server connection ID, how many locks it pins."""
 
-    __slots__ = ("broken", "checked", "conn_id", "db", "guard", "last_used", "locks", "mariadb", "owned")
+    __slots__ = (
+        "broken",
+        "checked",
+        "conn_id",
+        "db",
+        "guard",
+        "last_used",
+        "locks",
+        "mariadb",
+        "owned",
+        "pending",
+    )
 
     def __init__(self, db: Any, owned: bool) -> None:
         self.db = db
@@ -137,6 +149,7 @@ class _Session:
         self.guard = _Guard()
         self.broken = False
         self.checked = False  # the cluster check passed
+        self.pending = False  # a statement was sent whose answer is not read yet (a GET_LOCK wait)
 
 
 class _Pinned:
@@ -168,7 +181,8 @@ def _name_literal(name: str) -> bytes:
     server_name = mysql_lock_name(name)
     if not _SERVER_NAME_CHARS(server_name):
         raise AssertionError(f"unsafe server lock name {server_name!r}")
-    return bytes(_mysql.string_literal(server_name.encode("ascii")))
+    quoted: Any = _mysql.string_literal(server_name.encode("ascii"))  # bytes (the stubs say str)
+    return bytes(quoted)
 
 
 # -- blocking driver steps (the async backend runs each in a worker thread) -------------
@@ -186,20 +200,33 @@ def _rows(db: Any, sql: bytes, max_rows: int = 0) -> tuple[Any, ...]:
     return tuple(db.store_result().fetch_row(max_rows))
 
 
-def _read_scalar(db: Any) -> Any:
-    """Read the answer of a statement sent with ``send_query``: the first column of its first row."""
-    db.read_query_result()
+def _send(session: _Session, sql: bytes) -> None:
+    """Send ``sql`` without waiting for its answer (read it with ``_read_scalar``)."""
+    session.pending = True  # set first: if Ctrl-C lands right after the send, it is known to be pending
+    session.db.send_query(sql)
+
+
+def _read_scalar(session: _Session) -> Any:
+    """Read the answer of the statement sent with ``_send``: the first column of its first row."""
+    db = session.db
+    try:
+        db.read_query_result()
+    finally:
+        session.pending = False
     return db.store_result().fetch_row()[0][0]
 
 
-def _drain(db: Any, seconds: float) -> None:
-    """Read and drop the answer of a statement still running on ``db`` (at most ``seconds``); best effort."""
+def _drain(session: _Session, seconds: float) -> None:
+    """Read and drop the answer of a statement still running on ``session`` (at most ``seconds``); best effort."""
+    db = session.db
     try:
-        if _wait_readable(db.fileno(), seconds):
+        if session.pending and _wait_readable(db.fileno(), seconds):
             db.read_query_result()
             db.store_result()
     except Exception:
         pass  # the connection failed: its server session, and what it held, end with it
+    finally:
+        session.pending = False
 
 
 def _close(db: Any) -> None:
@@ -266,7 +293,7 @@ class MySQLBackend(Backend):
             raise ConfigurationError(
                 "fencing needs connections kannuki owns (its counter commits on its own); use a mysql:// URL"
             )
-        self.scheme = scheme
+        self._url_scheme = scheme  # mysql or mariadb, for messages; the store's scheme stays "mysql"
         self._params = dict(params or {})
         self._params.update(
             connect_timeout=max(1, math.ceil(connect_timeout)), autocommit=True, charset="utf8mb4"
@@ -348,11 +375,11 @@ class MySQLBackend(Backend):
 
     def describe(self) -> str:
         if self._wrapped_obj is not None:
-            return f"{self.scheme}:// (wrapped connection)"
+            return f"{self._url_scheme}:// (wrapped connection)"
         where = self._params.get("unix_socket") or f"{self._params['host']}:{self._params['port']}"
         user = self._params.get("user")
         database = self._params.get("database", "")
-        return f"{self.scheme}://{user + '@' if user else ''}{where}/{database}"
+        return f"{self._url_scheme}://{user + '@' if user else ''}{where}/{database}"
 
     # -- connections --------------------------------------------------------
 
@@ -394,8 +421,8 @@ class MySQLBackend(Backend):
                 break
             if _monotonic() - session.last_used < STALE_AFTER:
                 return session
-            try:
-                run_blocking(_scalar, session.db, b"SELECT 1")  # may have died idle (wait_timeout, restart)
+            try:  # it may have died idle (wait_timeout, a server restart)
+                run_blocking(_scalar, session.db, b"SELECT 1")
                 return session
             except BaseException as exc:
                 finish(self._discard(session))
@@ -428,16 +455,17 @@ class MySQLBackend(Backend):
         else:
             self._discard(session)
 
-    def _discard(self, session: _Session) -> None:
+    def _discard(self, session: _Session) -> bool:
         """Drop a connection; closing it ends its server session, which frees every lock it held.
 
-        A wrapped connection is the caller's: it is never closed nor written off.
+        A wrapped connection is the caller's: it is never closed nor written off. True when this call closed it.
         """
         if not session.owned or session.broken:
-            return
+            return False
         session.broken = True
         self._sessions.discard(session)
         run_blocking(_close, session.db)
+        return True
 
     def _error(self, what: str, exc: BaseException) -> BackendError:
         """The BackendError (DeadlockError for the server's deadlock report) for a failed statement."""
@@ -460,6 +488,7 @@ class MySQLBackend(Backend):
     ) -> Grant | None:
         if shared or transaction is not None or ttl is not None:
             self._refuse(shared, transaction, ttl, name)
+        literal = _name_literal(name)
         table = self._table
         deadline = None if timeout is None else _monotonic() + timeout
         table_token: int = table.acquire(lock_id, False, 0.0, None)
@@ -471,7 +500,6 @@ class MySQLBackend(Backend):
             table_token = table_acquire(table, lock_id, False, timeout, None)
             if not table_token:
                 return None
-        literal = _name_literal(name)
         session: _Session | None = None
         try:
             session = self._checkout()
@@ -491,18 +519,18 @@ class MySQLBackend(Backend):
     def _refuse(self, shared: bool, transaction: Any, ttl: float | None, name: str) -> None:
         if shared:
             raise NotSupportedError(
-                f"the {self.scheme} backend has no shared locks (GET_LOCK is exclusive); use an exclusive lock, "
+                f"the {self._url_scheme} backend has no shared locks (GET_LOCK is exclusive); use an exclusive lock, "
                 "or the postgresql backend for shared locks",
                 key=name,
             )
         if transaction is not None:
             raise NotSupportedError(
-                f"the {self.scheme} backend has no transaction-level locks; use a session lock "
+                f"the {self._url_scheme} backend has no transaction-level locks; use a session lock "
                 "(drop transaction=) and release it when the transaction ends, or the postgresql backend",
                 key=name,
             )
         raise NotSupportedError(
-            f"the {self.scheme} backend has no leases: a lock lives as long as its connection; drop ttl=",
+            f"the {self._url_scheme} backend has no leases: a lock lives as long as its connection; drop ttl=",
             key=name,
         )
 
@@ -540,12 +568,12 @@ class MySQLBackend(Backend):
             seconds = b"%.6f" % wait if session.mariadb else b"%d" % math.ceil(wait)  # MySQL: whole seconds
             with session.guard:
                 try:
-                    run_blocking(db.send_query, b"SELECT GET_LOCK(%s, %s)" % (literal, seconds))
+                    run_blocking(_send, session, b"SELECT GET_LOCK(%s, %s)" % (literal, seconds))
                     if not _wait_readable(db.fileno(), wait + ANSWER_GRACE):
                         raise TimeoutError(
                             f"no answer from the server {ANSWER_GRACE:g}s after GET_LOCK's timeout"
                         )
-                    got = run_blocking(_read_scalar, db)
+                    got = run_blocking(_read_scalar, session)
                 except BaseException as exc:  # Ctrl-C and cancellation included: end the wait on the server
                     finish(self._end_wait(session, exc, wait))
                     if isinstance(exc, Exception):
@@ -556,20 +584,24 @@ class MySQLBackend(Backend):
             if remaining is not None and wait >= remaining:
                 return False
 
-    def _end_wait(self, session: _Session, exc: BaseException, wait: float) -> None:
+    def _end_wait(self, session: _Session, exc: BaseException, wait: float) -> bool:
         """A GET_LOCK wait on ``session`` failed or was interrupted: stop it on the server.
 
         Our own connection: KILL QUERY from a side connection (the caller then
         closes it). The caller's connection cannot be killed from the side: an
         interrupted wait runs out its slice (a second at most) and its answer
         is read, so the connection is in step for the RELEASE_LOCK that follows.
+        True when it did either.
         """
-        if _is_driver_error(exc):
-            return  # the statement itself failed: nothing runs on the server
+        if _is_driver_error(exc) or not session.pending:
+            return False  # the statement failed, or its answer was read: nothing runs on the server
         if session.owned:
             run_blocking(self._kill_query, session.conn_id)
-        elif not isinstance(exc, Exception):
-            run_blocking(_drain, session.db, wait + ANSWER_GRACE)
+            return True
+        if not isinstance(exc, Exception):
+            run_blocking(_drain, session, wait + ANSWER_GRACE)
+            return True
+        return False
 
     def _kill_query(self, conn_id: int) -> None:
         """End the statement running on server connection ``conn_id`` from a side connection; best effort."""
@@ -617,7 +649,7 @@ class MySQLBackend(Backend):
         table_tokens: list[tuple[int, int]],
         *,
         failed: bool,
-    ) -> None:
+    ) -> bool:
         """Undo an acquisition that was not made: server locks on ``session``, then the in-process queue.
 
         ``failed``: it raised or was interrupted, so the connection's state is
@@ -625,7 +657,7 @@ class MySQLBackend(Backend):
         session), the caller's gets a RELEASE_LOCK of every name, granted or
         not (harmless for a name it does not hold). Otherwise each of
         ``literals`` (all granted) is released and the connection goes back
-        to the pool; if that fails, it is closed.
+        to the pool; if that fails, it is closed. True when the connection is still usable.
         """
         try:
             if session is not None and (failed and session.owned):
@@ -643,6 +675,7 @@ class MySQLBackend(Backend):
         finally:
             for lock_id, table_token in table_tokens:
                 table_release(self._table, lock_id, table_token)
+        return session is not None and not session.broken
 
     def release(self, grant: Grant) -> None:
         pinned: _Pinned = grant.data
@@ -659,7 +692,7 @@ class MySQLBackend(Backend):
                 )
             # Compare-and-delete in one statement: RELEASE_LOCK runs only on the session that took the
             # lock (behind a proxy that switched server connections it answers -1 and frees nothing).
-            sql = b"SELECT IF(CONNECTION_ID() = %d, RELEASE_LOCK(%s), -1)" % (grant.pid, pinned.literal)
+            sql = b"SELECT IF(CONNECTION_ID() = %d, RELEASE_LOCK(%s), -1)" % (_pid(grant), pinned.literal)
             with session.guard:
                 try:
                     released = run_blocking(_scalar, session.db, sql)
@@ -724,7 +757,7 @@ class MySQLBackend(Backend):
             return False
         sql = b"SELECT COALESCE(IS_USED_LOCK(%s) = CONNECTION_ID() AND CONNECTION_ID() = %d, 0)" % (
             pinned.literal,
-            grant.pid,
+            _pid(grant),
         )
         try:
             with session.guard:
@@ -914,7 +947,7 @@ class MySQLBackend(Backend):
                         name=name, lock_id=lock_id, pid=int(conn_id), user=_text(user), host=_text(host)
                     )
                     refusal = (
-                        f"the lock {name!r} is held by {self.scheme} connection {conn_id} ({holder.describe()}); "
+                        f"the lock {name!r} is held by {self._url_scheme} connection {conn_id} ({holder.describe()}); "
                         "only its own session can release a GET_LOCK. Pass terminate=True to KILL that "
                         "connection (it ends every lock and open transaction of that session)"
                     )
@@ -976,6 +1009,11 @@ class MySQLBackend(Backend):
 def _execute(db: Any, sql: bytes) -> None:
     """Run a statement that returns no rows (KILL)."""
     db.query(sql)
+
+
+def _pid(grant: Grant) -> int:
+    """The server connection ID the grant was taken on (0, which no session has, if unknown)."""
+    return int(grant.pid or 0)
 
 
 def _text(value: Any) -> str | None:

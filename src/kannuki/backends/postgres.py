@@ -210,12 +210,18 @@ class _PoolConnections:
     def __init__(self, pool: Any) -> None:
         self.pool = pool
         self.sessions: weakref.WeakKeyDictionary[Any, _Session] = weakref.WeakKeyDictionary()
+        self.inherited = False
 
     def local_table(self) -> LockTable:
         """The in-process queue of every locker of this process on this pool."""
         return object_table("postgresql", self.pool)
 
     def get(self) -> _Session:
+        if self.inherited:
+            raise BackendError(
+                f"this locker wraps the psycopg_pool {self.pool.name!r} of the parent process: after fork() "
+                "the child must make its own pool (and a locker of it)"
+            )
         try:
             conn = self.pool.getconn()
         except Exception as exc:
@@ -246,7 +252,9 @@ class _PoolConnections:
         """The pool is the user's: they close it."""
 
     def forget(self) -> None:
+        # Its connections (and its worker threads) are the parent's: this child must not use it.
         self.sessions = weakref.WeakKeyDictionary()
+        self.inherited = True
 
 
 class _OneConnection:
@@ -428,7 +436,7 @@ class PostgresBackend(Backend):
             raise
         if not taken:
             if session.holds == 0:
-                source.put(session)
+                finish(source.put(session))
             return None
         session.holds += 1
         return Grant(name, lock_id, shared, int(token), conn=session, pid=pid, data=local_token)
@@ -453,7 +461,8 @@ class PostgresBackend(Backend):
                 return None
             raise
 
-    def _try_fenced(self, session: _Session, lock_id: int, shared: bool) -> tuple[bool, int | None, int]:
+    def _try_fenced(self, session: _Session, lock_id: int, shared: bool) -> tuple[bool, int, int]:
+        """One fenced try: (taken, its token or 0, server PID)."""
         if not session.conn.autocommit:
             raise ConfigurationError(
                 "fencing=True needs connections in autocommit mode (the counter must commit on its own)"
@@ -461,7 +470,7 @@ class PostgresBackend(Backend):
         if not self._fencing_ready:
             self._create_fencing_table(session)
         taken, token, pid = session.run(sql.TRY_LOCK_FENCED[shared], {"id": lock_id})
-        return bool(taken), token, pid
+        return bool(taken), int(token or 0), pid
 
     def _create_fencing_table(self, session: _Session) -> None:
         try:
@@ -484,30 +493,32 @@ class PostgresBackend(Backend):
         sql.check_not_replica(in_recovery, self.allow_replica, self._where)
         session.checked = True
 
-    def _give_back(self, session: _Session, lock_id: int, shared: bool, pid: int | None) -> None:
+    def _give_back(self, session: _Session, lock_id: int, shared: bool, pid: int | None) -> bool:
         """Make sure ``session`` no longer holds ``lock_id`` for one acquisition (failed, interrupted, aborted).
 
         The surest means first: a connection that holds nothing else is closed
         (that frees whatever it held). Otherwise (other locks on it, or the
         user's own connection) just this key is given back: checked against the
         server PID it was taken on when known (never another client's lock
-        behind a pooler), else only if this session holds it. Never raises.
+        behind a pooler), else only if this session holds it. True when the
+        connection was closed. Never raises.
         """
         source = self._source
-        if session.holds == 0 and source.closes:
-            source.discard(session)
-            return
-        try:
-            if session.alive() and session.conn.info.transaction_status != pg.INERROR:
-                if pid is None:
-                    session.run(sql.UNDO_MANY, sql.many_params([lock_id], [shared]))
-                else:
-                    session.run(sql.UNLOCK_CHECKED[shared], (pid, lock_id))
-                return
-        except Exception:  # best effort; the original error is what the caller needs
-            pass
-        if source.closes:  # could not give back just this key: end the session instead
-            source.discard(session)
+        if not (session.holds == 0 and source.closes):
+            try:
+                if session.alive() and session.conn.info.transaction_status != pg.INERROR:
+                    if pid is None:
+                        session.run(sql.UNDO_MANY, sql.many_params([lock_id], [shared]))
+                    else:
+                        session.run(sql.UNLOCK_CHECKED[shared], (pid, lock_id))
+                    return False
+            except Exception:  # best effort; the original error is what the caller needs
+                pass
+            if not source.closes:
+                return False  # the user's connection: never closed by kannuki
+        # Nothing else on it, or just this key could not be given back: end the session.
+        source.discard(session)
+        return True
 
     def release(self, grant: Grant) -> None:
         if grant.data is _XACT:  # a transaction-level lock: it ends with its transaction
@@ -519,7 +530,7 @@ class PostgresBackend(Backend):
                 key=grant.name,
             )
         grant.conn = None  # from here on the unlock below, or its undo, frees it: abort has nothing left
-        finish(self._unlock(grant, session))
+        self._unlock(grant, session)
 
     def _unlock(self, grant: Grant, session: _Session) -> None:
         name, source = grant.name, self._source
@@ -728,7 +739,7 @@ class PostgresBackend(Backend):
                 raise sql.translate_error(exc, f"acquiring {len(requests)} locks") from exc
             raise
         if not taken:
-            source.put(session)
+            finish(source.put(session))
             return None
         session.holds += len(requests)
         return [
@@ -757,7 +768,7 @@ class PostgresBackend(Backend):
                 raise sql.translate_error(exc, what) from exc
             raise
         if session.holds == 0:
-            source.put(session)
+            finish(source.put(session))
         return rows
 
     def held(self, name: str, lock_id: int) -> bool:
@@ -807,14 +818,15 @@ class PostgresBackend(Backend):
                 raise sql.translate_error(exc, f"ending the sessions holding {name!r}", key=name) from exc
             raise
         if session.holds == 0:
-            source.put(session)
+            finish(source.put(session))
         return int(ended)
 
     # -- life cycle ---------------------------------------------------------
 
     def open_connections(self) -> int:
         """How many connections this backend has opened so far (URL lockers; 0 otherwise)."""
-        return getattr(self._source, "opened", 0)  # type: ignore[no-any-return]
+        opened: int = getattr(self._source, "opened", 0)
+        return opened
 
     def close(self) -> None:
         # The hold owner has released every hold: what is left is idle.

@@ -3,9 +3,9 @@
 """``redis://``: leases in Redis or Valkey, driven by redis-py (async source; ``redis.py`` is generated).
 
 It drives a ``redis.Redis`` client, or any client with its interface
-(valkey-py's, a fake ...). Every acquisition is a lease: a key that expires unless renewed (the hold owner renews it every
-ttl/3 through ``renew``). Each change is one Lua script, so it is one round
-trip and atomic:
+(valkey-py's, a fake ...). Every acquisition is a lease: a key that expires
+unless renewed (the hold owner renews it every ttl/3 through ``renew``). Each
+change is one Lua script, so it is one round trip and atomic:
 
 - acquire: ``INCR`` the key's token counter and ``SET ... PX ttl`` the lock
   key, only when no one holds it (exclusive) or no writer holds it (shared);

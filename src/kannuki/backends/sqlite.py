@@ -388,8 +388,9 @@ class SQLiteBackend(Backend):
             table_release(self._gate.table, name, gate)
 
     def _drop_quietly(self, name: str, token: int) -> None:
+        """Delete this acquisition's row whatever its lease says (the step runs to its end); never raises."""
         try:
-            run_blocking(self._write, "release", _DROP, {"name": name, "token": token})  # runs to its end
+            run_blocking(self._write, "release", _DROP, {"name": name, "token": token})
         except Exception:  # the store is down: the row's lease runs out by itself
             pass
 
@@ -403,7 +404,7 @@ class SQLiteBackend(Backend):
             )
 
     def abort(self, grant: Grant) -> None:
-        # Whatever its lease says, this acquisition's row goes (compare-and-delete on the token).
+        # Compare-and-delete on the token, expired or not: tokens never repeat, so only ours goes.
         self._drop_quietly(grant.name, grant.token)
 
     def renew(self, grant: Grant, ttl: float | None = None) -> bool:

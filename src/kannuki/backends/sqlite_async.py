@@ -386,10 +386,9 @@ class AsyncSQLiteBackend(AsyncBackend):
             await atable_release(self._gate.table, name, gate)
 
     async def _drop_quietly(self, name: str, token: int) -> None:
+        """Delete this acquisition's row whatever its lease says (the step runs to its end); never raises."""
         try:
-            await arun_blocking(
-                self._write, "release", _DROP, {"name": name, "token": token}
-            )  # runs to its end
+            await arun_blocking(self._write, "release", _DROP, {"name": name, "token": token})
         except Exception:  # the store is down: the row's lease runs out by itself
             pass
 
@@ -405,7 +404,7 @@ class AsyncSQLiteBackend(AsyncBackend):
             )
 
     async def abort(self, grant: Grant) -> None:
-        # Whatever its lease says, this acquisition's row goes (compare-and-delete on the token).
+        # Compare-and-delete on the token, expired or not: tokens never repeat, so only ours goes.
         await self._drop_quietly(grant.name, grant.token)
 
     async def renew(self, grant: Grant, ttl: float | None = None) -> bool:
