@@ -264,7 +264,7 @@ def test_close_releases_every_hold(
     run(api, store, tmp_path, request, body)
 
 
-@pytest.mark.parametrize("store", ["memory", "memory-ttl", "sqlite"])
+@pytest.mark.parametrize("store", ["memory-ttl", "sqlite", "redis"])
 def test_an_interrupted_release_leaves_nothing_held(
     api: str, store: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -282,7 +282,7 @@ def test_an_interrupted_release_leaves_nothing_held(
                 raise KeyboardInterrupt
             return real_release(grant)
 
-        lock = locker.lock("interrupted", ttl=0.6) if store != "memory" else locker.lock("interrupted")
+        lock = locker.lock("interrupted")
         assert await maybe(lock.acquire())
         backend.release = interrupt_once
         try:
@@ -299,7 +299,8 @@ def test_async_release_survives_cancellation() -> None:
     """A task cancelled while its release is under way: the release still completes."""
 
     async def main() -> None:
-        locker = kannuki.AsyncLocker(f"memory://cancel-{uuid.uuid4().hex[:6]}")
+        # A lease, so the release goes through the store's release (a plain hold's is one C call).
+        locker = kannuki.AsyncLocker(f"memory://cancel-{uuid.uuid4().hex[:6]}", ttl=5)
         backend = locker.backend
         real_release = backend.release
         entered = asyncio.Event()
@@ -313,7 +314,7 @@ def test_async_release_survives_cancellation() -> None:
         assert await lock.acquire()
         backend.release = slow_release
         task = asyncio.ensure_future(lock.release())
-        await entered.wait()
+        await asyncio.wait_for(entered.wait(), 5)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

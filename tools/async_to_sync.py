@@ -120,29 +120,67 @@ def header(source: str) -> str:
     )
 
 
-def _apply_line_markers(text: str) -> str:
-    """Drop ``# async-only`` lines (and the block they open); turn ``# sync: CODE`` lines into CODE."""
-    out: list[str] = []
-    lines = text.splitlines(keepends=True)
-    skip_deeper_than: int | None = None
-    for line in lines:
-        stripped = line.strip()
-        indent = len(line) - len(line.lstrip())
-        if skip_deeper_than is not None:
-            if stripped and indent <= skip_deeper_than:
-                skip_deeper_than = None
+def _logical_lines(text: str) -> list[tuple[int, int, str]]:
+    """``(first_row, last_row, marker_comment)`` of each statement or line that a marker applies to.
+
+    A marker on a line of its own (a parameter of a wrapped signature, say) applies to that
+    line. A statement that ruff wrapped over several lines carries its trailing comment on
+    its closing line (the one that starts with a bracket): that marker applies to the whole
+    statement.
+    """
+    out: list[tuple[int, int, str]] = []
+    first: int | None = None
+    marker = ""
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type in (tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT) and first is None:
+            if tok.type == tokenize.COMMENT and (
+                tok.string.startswith(_SYNC_AS) or tok.string == _ASYNC_ONLY
+            ):
+                out.append((tok.start[0], tok.start[0], tok.string))  # a marker alone on its line
+            continue
+        if first is None:
+            first = tok.start[0]
+        if tok.type == tokenize.COMMENT and (tok.string.startswith(_SYNC_AS) or tok.string == _ASYNC_ONLY):
+            code = tok.line[: tok.start[1]].strip()
+            if tok.start[0] == first or code[:1] in (")", "]", "}"):
+                marker = tok.string  # the statement's own trailing comment
             else:
-                continue
-        if stripped.endswith(_ASYNC_ONLY) or _ASYNC_ONLY + " " in stripped:
-            code = stripped.split("#", 1)[0].rstrip()
-            if code.endswith(":"):
-                skip_deeper_than = indent
-            continue
-        if _SYNC_AS in line:
-            code = line.split(_SYNC_AS, 1)[1].strip()
-            out.append(" " * indent + code + "\n")
-            continue
-        out.append(line)
+                out.append((tok.start[0], tok.start[0], tok.string))  # one line inside the statement
+        if tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
+            if marker:
+                out.append((first, tok.start[0], marker))
+            first, marker = None, ""
+    return out
+
+
+def _apply_line_markers(text: str) -> str:
+    """Drop ``# async-only`` statements (and the block they open); turn ``# sync: CODE`` ones into CODE."""
+    lines = text.splitlines(keepends=True)
+    drop: set[int] = set()  # 0-based physical lines
+    replace: dict[int, str] = {}
+    for first, last, marker in _logical_lines(text):
+        rows = range(first - 1, last)
+        head = lines[first - 1]
+        indent = len(head) - len(head.lstrip())
+        if marker == _ASYNC_ONLY:
+            drop.update(rows)
+            code = "".join(lines[i] for i in rows).split("#", 1)[0].rstrip()
+            if code.endswith(":"):  # the block it opens goes too
+                i = last
+                while i < len(lines) and (
+                    not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > indent
+                ):
+                    drop.add(i)
+                    i += 1
+        else:
+            drop.update(rows)
+            replace[first - 1] = " " * indent + marker[len(_SYNC_AS) :].strip() + "\n"
+    out = []
+    for i, line in enumerate(lines):
+        if i in replace:
+            out.append(replace[i])
+        elif i not in drop:
+            out.append(line)
     return "".join(out)
 
 

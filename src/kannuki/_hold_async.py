@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from kannuki import _fork
 from kannuki import events as _events
-from kannuki._compat import AMutex, AWorker, acancelled, afinish, aspawn
+from kannuki._compat import AMutex, AWorker, acancelled, afinish, aspawn, atable_release
 from kannuki.backends._types import Grant
 from kannuki.errors import LockLostError
 
@@ -45,9 +45,8 @@ _emit = _events.emit
 # that answer per level in ``_cache``, a dict that a level change empties in place. Only a cached
 # False is trusted; no answer sends the caller to ``isEnabledFor``, which fills the cache again.
 _DEBUG = logging.DEBUG
-_log_levels: dict[int, bool] = getattr(log, "_cache", None) or {}
-if not isinstance(getattr(log, "_cache", None), dict):  # pragma: no cover - not CPython's logging
-    _log_levels = {}
+_log_cache = getattr(log, "_cache", None)
+_log_levels: dict[int, bool] = _log_cache if isinstance(_log_cache, dict) else {}  # not CPython's logging: {}
 _cached_level = _log_levels.get
 
 
@@ -138,6 +137,11 @@ class AsyncHoldKeeper:
         self.idle_stop = IDLE_STOP
         self._held: dict[int, Hold] = {}
         self._leases: dict[int, Hold] = {}
+        # Plain holds taken on a store's in-process table (memory:// without a lease): the hot path
+        # records them as id(lock) -> (table, name, token), with no Hold or Grant object at all.
+        self._plain: dict[int, tuple[Any, str, int]] = {}
+        self.plain_put = self._plain.__setitem__
+        self.plain_pop = self._plain.pop
         self._mutex = AMutex()
         self._worker = AWorker("kannuki-renewer")
         self._closed = False
@@ -147,7 +151,7 @@ class AsyncHoldKeeper:
     # -- what is held ---------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._held)
+        return len(self._held) + len(self._plain)
 
     def holds(self) -> list[Hold]:
         """The holds of this locker now (a copy)."""
@@ -193,6 +197,50 @@ class AsyncHoldKeeper:
             log.debug("acquired %r after %.6fs (token %s)", key, waited, grant.token)
         return hold
 
+    # Plain holds: the Lock's hot path calls these two C-level entry points itself (a dict's own
+    # methods, no Python frame), and the methods below for everything that is not the common case.
+
+    def plain_acquired(self, lock: Any, token: int) -> None:
+        """Emit and log a plain acquisition (called only when someone listens)."""
+        if _events.SUBSCRIBERS and self.instrumented:
+            _emit("acquired", lock.key, lock.lock_id, self.scheme, 0.0, token, lock.shared)
+        if debugging():
+            log.debug("acquired %r after %.6fs (token %s)", lock.key, 0.0, token)
+
+    def plain_released(self, lock: Any, token: int, held_for: float) -> None:
+        """Emit and log a plain release (called only when someone listens)."""
+        if _events.SUBSCRIBERS and self.instrumented:
+            _emit("released", lock.key, lock.lock_id, self.scheme, held_for, token, lock.shared)
+        if debugging():
+            log.debug("released %r after %.6fs (token %s)", lock.key, held_for, token)
+
+    def holds_plain(self, lock: Any) -> bool:
+        """Is ``lock``'s plain hold still recorded (not released by ``close()``)?"""
+        return id(lock) in self._plain
+
+    def plain_not_released(self, lock: Any, token: int, since: float, recorded: bool) -> LockLostError:
+        """The error (and the one report of the loss) for a plain release that found nothing to free."""
+        if not recorded:
+            return LockLostError(
+                f"the lock {lock.key!r} is no longer held: released by Locker.close()", key=lock.key
+            )
+        reason = "the in-process table no longer holds it (cleared, or its lease expired)"
+        self._report_lost(lock.key, lock.lock_id, lock.shared, token, since, reason, lock, lock.on_lost)
+        return LockLostError(f"the lock {lock.key!r} was lost while held: {reason}", key=lock.key)
+
+    def abandon_plain(self, lock: Any) -> None:
+        """A Lock holding a plain hold was garbage-collected: warn naming its key, then release it."""
+        entry = self._plain.pop(id(lock), None)
+        if entry is None:
+            return
+        warnings.warn(
+            f"kannuki: a Lock holding {lock.key!r} was garbage-collected without release(); releasing it now",
+            ResourceWarning,
+            stacklevel=2,
+        )
+        table, name, token = entry
+        table.release(name, token)  # a C call: no await needed, nothing to wait for
+
     def not_acquired(self, key: str, lock_id: int, shared: bool, timed_out: bool, waited: float) -> None:
         """Count (and emit) an acquisition that did not happen."""
         self.stats.add("failed")
@@ -217,8 +265,8 @@ class AsyncHoldKeeper:
         if nobody had noticed before) or released by ``close()``. A release
         that fails or is interrupted aborts the grant: the store keeps nothing.
         """
-        with self._mutex:
-            recorded = self._held.pop(id(hold), None) is hold
+        recorded = self._held.pop(id(hold), None) is hold
+        if hold.grant.ttl is not None:
             self._leases.pop(id(hold), None)
         if not recorded or hold.generation != _fork.GENERATION:
             raise LockLostError(
@@ -231,7 +279,7 @@ class AsyncHoldKeeper:
             await afinish(hold.backend.release(hold.grant))
         except LockLostError as exc:
             if self._mark_lost(hold, str(exc)):
-                self._report_lost(hold, str(exc), owner)
+                self._report_hold_lost(hold, str(exc), owner)
             await afinish(hold.backend.abort(hold.grant))
             raise
         except BaseException:
@@ -269,7 +317,7 @@ class AsyncHoldKeeper:
         """The store no longer holds ``hold``: report it, once. True when this call reported it."""
         if self._held.get(id(hold)) is not hold or not self._mark_lost(hold, reason):
             return False
-        self._report_lost(hold, reason, owner)
+        self._report_hold_lost(hold, reason, owner)
         return True
 
     def _mark_lost(self, hold: Hold, reason: str) -> bool:
@@ -280,20 +328,34 @@ class AsyncHoldKeeper:
             self._leases.pop(id(hold), None)
             return True
 
-    def _report_lost(self, hold: Hold, reason: str, owner: Any) -> None:
+    def _report_hold_lost(self, hold: Hold, reason: str, owner: Any) -> None:
         grant = hold.grant
-        held_for = _monotonic() - hold.since
-        self.stats.add("lost")
-        log.warning(
-            "kannuki lost the lock %r (token %s) after %.3fs: %s", hold.key, grant.token, held_for, reason
-        )
-        if self.instrumented and _events.SUBSCRIBERS:
-            _emit("lost", hold.key, grant.lock_id, self.scheme, held_for, grant.token, grant.shared)
         if owner is None and hold.owner is not None:
             owner = hold.owner()
-        for callback in (self.on_lost, hold.on_lost):
+        self._report_lost(
+            hold.key, grant.lock_id, grant.shared, grant.token, hold.since, reason, owner, hold.on_lost
+        )
+
+    def _report_lost(
+        self,
+        key: str,
+        lock_id: int,
+        shared: bool,
+        token: int,
+        since: float,
+        reason: str,
+        owner: Any,
+        on_lost: LostCallback | None,
+    ) -> None:
+        """The one report of a loss: stats, a warning, the ``lost`` event, the callbacks."""
+        held_for = _monotonic() - since
+        self.stats.add("lost")
+        log.warning("kannuki lost the lock %r (token %s) after %.3fs: %s", key, token, held_for, reason)
+        if self.instrumented and _events.SUBSCRIBERS:
+            _emit("lost", key, lock_id, self.scheme, held_for, token, shared)
+        for callback in (self.on_lost, on_lost):
             if callback is not None:
-                _call_supervised(callback, owner, reason, hold.key)
+                _call_supervised(callback, owner, reason, key)
 
     async def check(self, hold: Hold, owner: Any = None) -> None:
         """Ask the store whether ``hold`` still holds (``ensure_held``); LockLostError, reported once, if not."""
@@ -405,6 +467,10 @@ class AsyncHoldKeeper:
     async def close(self) -> None:
         """Release every hold (errors logged), stop the worker, close the backend."""
         self._closed = True
+        plain = list(self._plain.values())
+        self._plain.clear()
+        for table, name, token in plain:
+            await atable_release(table, name, token)
         with self._mutex:
             holds = list(self._held.values())
         for hold in holds:
@@ -433,6 +499,7 @@ class AsyncHoldKeeper:
         self._mutex = AMutex()
         self._held = {}
         self._leases = {}
+        self._plain.clear()  # in place: the Locks' hot path holds its bound methods
         self._worker.forget()
         self._loop = None
         self.backend.after_fork_in_child()

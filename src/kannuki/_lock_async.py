@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kannuki import _fork
 from kannuki import events as _events
-from kannuki._compat import asleep
+from kannuki._compat import asleep, atable_release
 from kannuki._core import Backoff
-from kannuki._hold_async import Hold, LostCallback, debugging
+from kannuki._hold_async import _DEBUG, Hold, LostCallback, _cached_level, debugging
 from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, LockRequest
 from kannuki.errors import (
     AlreadyHeldError,
@@ -83,7 +83,10 @@ class AsyncLock:
         "__weakref__",
         "_busy",
         "_cancelled_for_loss",
+        "_generation",
         "_hold",
+        "_plain",
+        "_since",
         "_spent",
         "_task",
         "cancel_on_lost",
@@ -126,6 +129,9 @@ class AsyncLock:
         self.on_lost = on_lost
         self.cancel_on_lost = cancel_on_lost
         self._hold: Hold | None = None
+        self._plain = 0  # the token of a plain hold (see "state" below), 0 when none
+        self._since = 0.0  # when the plain hold began (monotonic)
+        self._generation = 0  # the fork generation the plain hold was taken in
         self._busy = False
         self._task: Any = None
         self._cancelled_for_loss = False
@@ -137,35 +143,51 @@ class AsyncLock:
         return f"<kannuki.AsyncLock {self.key!r}{mode} id={self.lock_id} {state} on {self.locker.scheme}>"
 
     def __del__(self) -> None:
-        hold = self._hold
-        if hold is not None and hold.lost is None and hold.generation == _fork.GENERATION:
-            try:
+        try:
+            if self._plain:
+                if self._generation == _fork.GENERATION and not self._spent:
+                    self.locker._keeper.abandon_plain(self)  # released only if still recorded
+                return
+            hold = self._hold
+            if hold is not None and hold.lost is None and hold.generation == _fork.GENERATION:
                 self.locker._keeper.abandon(hold)
-            except Exception:  # at interpreter exit the modules may be half gone
-                pass
+        except Exception:  # at interpreter exit the modules may be half gone
+            pass
 
     # -- state ----------------------------------------------------------------
+    # A hold is either plain (``_plain``: the token of a hold taken on the store's in-process table,
+    # with nothing else to keep) or a ``Hold`` that the locker's keeper owns (``_hold``).
 
     @property
     def token(self) -> int | None:
         """The fencing token of the current acquisition, or None when not held."""
+        if self._plain:
+            return self._plain if self._generation == _fork.GENERATION else None
         hold = self._hold
         return hold.grant.token if hold is not None and hold.generation == _fork.GENERATION else None
 
     @property
     def grant(self) -> Grant | None:
         """What the store holds for the current acquisition (connection, server PID, lease), or None."""
+        if self._plain:
+            if self._generation != _fork.GENERATION:
+                return None
+            return Grant(self.name, self.lock_id, self.shared, self._plain)
         hold = self._hold
         return hold.grant if hold is not None and hold.generation == _fork.GENERATION else None
 
     @property
     def lost(self) -> bool:
-        """True once the store reported the current acquisition gone (until the next acquire)."""
+        """True once the current acquisition was found gone (until the next acquire)."""
+        if self._plain:
+            return self._generation == _fork.GENERATION and not self.locker._keeper.holds_plain(self)
         hold = self._hold
         return hold is not None and hold.lost is not None and hold.generation == _fork.GENERATION
 
     def locked(self) -> bool:
         """True when THIS lock object holds its lock now (not whether anyone does: see ``held()``)."""
+        if self._plain:
+            return self._generation == _fork.GENERATION and self.locker._keeper.holds_plain(self)
         hold = self._hold
         return hold is not None and hold.lost is None and hold.generation == _fork.GENERATION
 
@@ -177,17 +199,31 @@ class AsyncLock:
         """Who holds this key now, as far as the store can tell."""
         return list(await self.locker.backend.holders(self.name, self.lock_id))
 
+    def _current(self, verb: str) -> Hold | None:
+        """The keeper's Hold of the current acquisition (None for a plain one); NotHeldError when none."""
+        if self._plain:
+            if self._generation == _fork.GENERATION and not self._spent:
+                return None
+        else:
+            hold = self._hold
+            if hold is not None and hold.generation == _fork.GENERATION and not self._spent:
+                return hold
+        raise NotHeldError(
+            f"{verb}() of the lock {self.key!r}, which this Lock object does not hold", key=self.key
+        )
+
     async def ensure_held(self) -> None:
         """Ask the store now (one round trip at most) whether this lock still holds; LockLostError if not.
 
         Raises NotHeldError when this object never acquired (or already released) the lock.
         """
-        hold = self._hold
-        if hold is None or hold.generation != _fork.GENERATION:
-            raise NotHeldError(
-                f"ensure_held() of the lock {self.key!r}, which this object does not hold", key=self.key
+        hold = self._current("ensure_held")
+        if hold is not None:
+            await self.locker._keeper.check(hold, self)
+        elif not self.locker._keeper.holds_plain(self):
+            raise LockLostError(
+                f"the lock {self.key!r} is no longer held: released by Locker.close()", key=self.key
             )
-        await self.locker._keeper.check(hold, self)
 
     async def extend(self, ttl: float | None = None) -> None:
         """Renew this lock's lease now, optionally to a new ``ttl`` (seconds).
@@ -199,12 +235,8 @@ class AsyncLock:
             ttl = check_seconds(ttl, "ttl")
             if not ttl:
                 raise ValueError("ttl must be > 0 seconds, or None")
-        hold = self._hold
-        if hold is None or hold.generation != _fork.GENERATION:
-            raise NotHeldError(
-                f"extend() of the lock {self.key!r}, which this object does not hold", key=self.key
-            )
-        if hold.grant.ttl is None:
+        hold = self._current("extend")
+        if hold is None or hold.grant.ttl is None:
             raise NotSupportedError(
                 f"the lock {self.key!r} is not a lease on the {self.locker.scheme} store", key=self.key
             )
@@ -228,27 +260,32 @@ class AsyncLock:
             raise ValueError("timeout cannot be given for a non-blocking acquire (blocking=False)")
         else:
             timeout = check_seconds(timeout, "timeout")
-        hold = self._hold
-        if hold is not None and hold.lost is None and hold.generation == _fork.GENERATION:
-            raise AlreadyHeldError(
-                f"this Lock object already holds {self.key!r}; kannuki locks are not reentrant", key=self.key
-            )
+        if self._plain or self._hold is not None:
+            if self.locked():
+                raise AlreadyHeldError(
+                    f"this Lock object already holds {self.key!r}; kannuki locks are not reentrant",
+                    key=self.key,
+                )
+            self._plain, self._hold = 0, None  # a lost or forked hold: forget it and take anew
         if self._busy:
             raise AlreadyHeldError(
                 f"another caller is acquiring {self.key!r} with this same Lock object", key=self.key
             )
+        self._spent = False
         locker = self.locker
         keeper = locker._keeper
         fast = locker._fast
         if fast is not None and self.ttl is None and self.transaction is None:
-            # A plain lock: the uncontended case is one C call. Its try is the first one of every
-            # strategy; on 0 the general path below does the rest.
+            # A plain lock: the uncontended case is one C call and one dict entry. Its try is the
+            # first one of every strategy; on 0 the general path below does the rest.
             token = fast.try_acquire(self.name, self.shared)
             if token:
-                self._hold = keeper.adopt(
-                    self.key, Grant(self.name, self.lock_id, self.shared, token), self, self.on_lost
-                )
-                self._spent = False
+                keeper.plain_put(id(self), (fast, self.name, token))  # from here on the keeper owns it
+                self._since = keeper.stats.acquired()
+                self._generation = _fork.GENERATION
+                self._plain = token
+                if _events.SUBSCRIBERS or _cached_level(_DEBUG) is not False:
+                    keeper.plain_acquired(self, token)
                 return True
         strategy = self.strategy if blocking else "non_blocking"
         circuit = locker._circuit
@@ -271,7 +308,6 @@ class AsyncLock:
                 )
             if grant is not None:
                 self._hold = keeper.adopt(self.key, grant, self, self.on_lost, _monotonic() - start)
-                self._spent = False
         except BackendError:
             if circuit is not None:
                 circuit.failed()
@@ -301,11 +337,26 @@ class AsyncLock:
         Raises NotHeldError when this object does not hold it, LockLostError
         when the store lost it while it was held (the lock is gone either way).
         """
-        hold = self._hold
-        if hold is None or hold.generation != _fork.GENERATION or self._spent:
-            raise NotHeldError(
-                f"release() of the lock {self.key!r}, which this Lock object does not hold", key=self.key
-            )
+        token = self._plain
+        if token and self._generation == _fork.GENERATION and not self._spent:
+            keeper = self.locker._keeper
+            entry = keeper.plain_pop(id(self), None)
+            recorded = entry is not None and entry[2] == token
+            if recorded:
+                table = entry[0]  # type: ignore[index]
+                released = await atable_release(
+                    table, self.name, token
+                )  # sync: released = table.release(self.name, token)
+                if released:
+                    self._plain = 0
+                    held_for = keeper.stats.released(self._since)
+                    if _events.SUBSCRIBERS or _cached_level(_DEBUG) is not False:
+                        keeper.plain_released(self, token, held_for)
+                    return
+            self._spent = True  # keep the token: ``lock.lost`` stays True until the next acquire
+            raise keeper.plain_not_released(self, token, self._since, recorded)
+        hold = self._current("release")
+        assert hold is not None  # a plain hold returned above
         try:
             await self.locker._keeper.release(hold, self)
         except LockLostError:
