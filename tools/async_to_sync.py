@@ -126,7 +126,8 @@ def _logical_lines(text: str) -> list[tuple[int, int, str]]:
     A marker on a line of its own (a parameter of a wrapped signature, say) applies to that
     line. A statement that ruff wrapped over several lines carries its trailing comment on
     its closing line (the one that starts with a bracket): that marker applies to the whole
-    statement.
+    statement, unless its replacement itself starts with a closing bracket
+    (``# sync: ) -> T:``), which replaces the closing line only.
     """
     out: list[tuple[int, int, str]] = []
     first: int | None = None
@@ -142,7 +143,8 @@ def _logical_lines(text: str) -> list[tuple[int, int, str]]:
             first = tok.start[0]
         if tok.type == tokenize.COMMENT and (tok.string.startswith(_SYNC_AS) or tok.string == _ASYNC_ONLY):
             code = tok.line[: tok.start[1]].strip()
-            if tok.start[0] == first or code[:1] in (")", "]", "}"):
+            line_only = tok.string[len(_SYNC_AS) :].strip()[:1] in (")", "]", "}")  # "# sync: ) -> T:"
+            if not line_only and (tok.start[0] == first or code[:1] in (")", "]", "}")):
                 marker = tok.string  # the statement's own trailing comment
             else:
                 out.append((tok.start[0], tok.start[0], tok.string))  # one line inside the statement

@@ -81,7 +81,7 @@ def finish(result: T) -> T:
     return result
 
 
-def call(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+def call(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """Call a user's function (the async twin also awaits it when it is a coroutine function)."""
     return fn(*args, **kwargs)
 

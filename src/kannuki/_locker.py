@@ -205,7 +205,7 @@ class Locker:
         if not lock.acquire():
             return False
         try:
-            return call(fn, *args, **kwargs)  # type: ignore[no-any-return]
+            return call(fn, *args, **kwargs)
         finally:
             lock.release()
 
@@ -222,7 +222,7 @@ class Locker:
         if not lock.acquire(blocking=False):
             return False
         try:
-            return call(fn, *args, **kwargs)  # type: ignore[no-any-return]
+            return call(fn, *args, **kwargs)
         finally:
             lock.release()
 
@@ -237,7 +237,7 @@ class Locker:
     ) -> R:
         """Run ``fn`` holding ``key``; raise LockNotAcquiredError when the lock cannot be had in ``timeout``."""
         with self.lock(key, timeout=timeout):
-            return call(fn, *args, **kwargs)  # type: ignore[no-any-return]
+            return call(fn, *args, **kwargs)
 
     def held(self, key: str) -> bool:
         """Is ``key`` held by anyone, anywhere the store can see?"""

@@ -189,53 +189,95 @@ class AsyncLocker:
 
     # -- the three verbs --------------------------------------------------------
 
+    @overload  # async-only
     async def with_lock(
         self,
         key: str,
-        fn: Callable[..., Awaitable[R]] | Callable[..., R],  # sync: fn: Callable[..., R],
+        fn: Callable[..., Awaitable[R]],
+        /,
+        *args: Any,
+        timeout: float | None = ...,
+        **kwargs: Any,
+    ) -> R | Literal[False]: ...  # async-only
+
+    @overload  # async-only
+    async def with_lock(
+        self, key: str, fn: Callable[..., R], /, *args: Any, timeout: float | None = ..., **kwargs: Any
+    ) -> R | Literal[False]: ...  # async-only
+
+    async def with_lock(
+        self,
+        key: str,
+        fn: Callable[..., Any],  # sync: fn: Callable[..., R],
         /,
         *args: Any,
         timeout: float | None = DEFAULT,
         **kwargs: Any,
-    ) -> R | Literal[False]:
+    ) -> Any:  # sync: ) -> R | Literal[False]:
         """Run ``fn(*args, **kwargs)`` holding ``key``, waiting up to ``timeout``; its result, or False if not acquired."""
         lock = self.lock(key, timeout=timeout)
         if not await lock.acquire():
             return False
         try:
-            return await acall(fn, *args, **kwargs)  # type: ignore[no-any-return]
+            return await acall(fn, *args, **kwargs)
         finally:
             await lock.release()
+
+    @overload  # async-only
+    async def try_lock(
+        self, key: str, fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any
+    ) -> R | Literal[False]: ...  # async-only
+
+    @overload  # async-only
+    async def try_lock(
+        self, key: str, fn: Callable[..., R], /, *args: Any, **kwargs: Any
+    ) -> R | Literal[False]: ...  # async-only
 
     async def try_lock(
         self,
         key: str,
-        fn: Callable[..., Awaitable[R]] | Callable[..., R],  # sync: fn: Callable[..., R],
+        fn: Callable[..., Any],  # sync: fn: Callable[..., R],
         /,
         *args: Any,
         **kwargs: Any,
-    ) -> R | Literal[False]:
+    ) -> Any:  # sync: ) -> R | Literal[False]:
         """Run ``fn`` only if ``key`` is free right now; its result, or False at once."""
         lock = self.lock(key)
         if not await lock.acquire(blocking=False):
             return False
         try:
-            return await acall(fn, *args, **kwargs)  # type: ignore[no-any-return]
+            return await acall(fn, *args, **kwargs)
         finally:
             await lock.release()
+
+    @overload  # async-only
+    async def lock_or_raise(
+        self,
+        key: str,
+        fn: Callable[..., Awaitable[R]],
+        /,
+        *args: Any,
+        timeout: float | None = ...,
+        **kwargs: Any,
+    ) -> R: ...  # async-only
+
+    @overload  # async-only
+    async def lock_or_raise(
+        self, key: str, fn: Callable[..., R], /, *args: Any, timeout: float | None = ..., **kwargs: Any
+    ) -> R: ...  # async-only
 
     async def lock_or_raise(
         self,
         key: str,
-        fn: Callable[..., Awaitable[R]] | Callable[..., R],  # sync: fn: Callable[..., R],
+        fn: Callable[..., Any],  # sync: fn: Callable[..., R],
         /,
         *args: Any,
         timeout: float | None = DEFAULT,
         **kwargs: Any,
-    ) -> R:
+    ) -> Any:  # sync: ) -> R:
         """Run ``fn`` holding ``key``; raise LockNotAcquiredError when the lock cannot be had in ``timeout``."""
         async with self.lock(key, timeout=timeout):
-            return await acall(fn, *args, **kwargs)  # type: ignore[no-any-return]
+            return await acall(fn, *args, **kwargs)
 
     async def held(self, key: str) -> bool:
         """Is ``key`` held by anyone, anywhere the store can see?"""
