@@ -39,6 +39,7 @@ cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
     Py_ssize_t PyUnicode_GET_LENGTH(object unicode)
     bint PyUnicode_Check(object o)
+    bint PyUnicode_CheckExact(object o)
     bint PyLong_Check(object o)
     bint PyFloat_Check(object o)
     bint PyBool_Check(object o)
@@ -139,7 +140,11 @@ def hash_text_extended(data, seed=0):
     s = <uint64_t>(seed & 0xFFFFFFFFFFFFFFFF)
     if isinstance(data, bytes):
         return <int64_t>_hash_bytes(<const unsigned char*><char*>data, len(<bytes>data), s)
-    view = memoryview(data).cast("B")
+    mv = memoryview(data)
+    if not mv.c_contiguous:  # a strided view: hash its bytes in order, as the pure twin does
+        data = mv.tobytes()
+        return <int64_t>_hash_bytes(<const unsigned char*><char*>data, len(<bytes>data), s)
+    view = mv.cast("B")
     if view.shape[0] == 0:
         return <int64_t>_hash_bytes(<const unsigned char*>b"", 0, s)
     with nogil:
@@ -152,6 +157,11 @@ cdef inline const char* _utf8(object text, Py_ssize_t* size, str name) except NU
         return PyUnicode_AsUTF8AndSize(text, size)
     except UnicodeEncodeError:
         raise ValueError(f"{name} is not encodable as UTF-8 (it contains a lone surrogate)") from None
+
+
+cdef inline str _exact(object text):
+    """The exact ``str`` of a str or str subclass (``class Job(str, Enum)``): its string value."""
+    return text if PyUnicode_CheckExact(text) else str.__str__(text)
 
 
 cdef inline int _check_key(object key, object prefix) except -1:
@@ -218,13 +228,15 @@ def full_name(key, prefix=None):
     is over MAX_NAME_BYTES of UTF-8.
     """
     _name_hash(key, prefix)
-    return f"{prefix}:{key}" if prefix else key
+    key = _exact(key)
+    return f"{_exact(prefix)}:{key}" if prefix else key
 
 
 def name_and_id(key, prefix=None):
     """``(full_name(key, prefix), lock_id(key, prefix))``, validating once."""
     cdef int64_t h = _name_hash(key, prefix)
-    return (f"{prefix}:{key}" if prefix else key), h
+    key = _exact(key)
+    return (f"{_exact(prefix)}:{key}" if prefix else key), h
 
 
 # ---------------------------------------------------------------------------------
@@ -235,7 +247,10 @@ cdef double _check_seconds(str name, object value) except -1.0:
     cdef double number
     if PyBool_Check(value) or not (PyLong_Check(value) or PyFloat_Check(value)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    number = value
+    try:
+        number = value
+    except OverflowError:  # an int too large for a double
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}") from None
     if not isfinite(number) or number < 0:
         raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
     return number

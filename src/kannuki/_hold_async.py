@@ -168,7 +168,7 @@ class AsyncHoldKeeper:
 
     # -- taking ---------------------------------------------------------------
 
-    def adopt(
+    async def adopt(
         self,
         key: str,
         grant: Grant,
@@ -179,8 +179,10 @@ class AsyncHoldKeeper:
         """Record a grant the backend just made: from here on this keeper owns it.
 
         ``owner`` is the Lock (kept weakly, for ``on_lost(lock, reason)``).
-        Counts the acquisition and emits ``acquired``. No await in here: a
-        cancellation cannot fall between the grant and its record.
+        Counts the acquisition and emits ``acquired``. Nothing awaits before the
+        record is made, so a cancellation cannot fall between the grant and its
+        record; when the renewal worker cannot start (a thread limit), the grant
+        is given back and the error raised: a failed acquire leaves nothing held.
         """
         since = self.stats.acquired()
         hold = Hold(key, grant, self.backend, since, None if owner is None else weakref.ref(owner), on_lost)
@@ -190,7 +192,13 @@ class AsyncHoldKeeper:
             hold.due = since + grant.ttl / 3
             hold.expires = since + grant.ttl
             self._leases[id(hold)] = hold
-            self._start_worker()
+            try:
+                self._start_worker()
+            except BaseException:
+                self._held.pop(id(hold), None)
+                self._leases.pop(id(hold), None)
+                await afinish(hold.backend.abort(grant))
+                raise
         if self.instrumented and _events.SUBSCRIBERS:
             _emit("acquired", key, grant.lock_id, self.scheme, waited, grant.token, grant.shared)
         if debugging():

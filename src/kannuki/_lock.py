@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kannuki import _fork
 from kannuki import events as _events
-from kannuki._compat import sleep
+from kannuki._compat import finish, sleep
 from kannuki._core import Backoff
 from kannuki._hold import _DEBUG, Hold, LostCallback, _cached_level, debugging
 from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, LockRequest
@@ -484,10 +484,17 @@ class MultiLock:
             grants = keeper.backend.acquire_many(requests, timeout=timeout, ttl=self.ttl)
             if grants is not None:
                 waited = _monotonic() - start
-                self._holds = [
-                    keeper.adopt(lock.key, grant, self, None, waited)
-                    for lock, grant in zip(self.locks, grants)
-                ]
+                holds: list[Hold] = []
+                try:
+                    for lock, grant in zip(self.locks, grants):
+                        holds.append(keeper.adopt(lock.key, grant, self, None, waited))
+                except BaseException:
+                    for hold in reversed(holds):  # all or none: give back what was recorded
+                        keeper.release_lost_quietly(hold)
+                    for grant in grants[len(holds) :]:
+                        finish(keeper.backend.abort(grant))
+                    raise
+                self._holds = holds
         except BackendError:
             if circuit is not None:
                 circuit.failed()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kannuki import _fork
 from kannuki import events as _events
-from kannuki._compat import asleep, atable_release
+from kannuki._compat import afinish, asleep, atable_release
 from kannuki._core import Backoff
 from kannuki._hold_async import _DEBUG, Hold, LostCallback, _cached_level, debugging
 from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, LockRequest
@@ -307,7 +307,7 @@ class AsyncLock:
                     transaction=self.transaction,
                 )
             if grant is not None:
-                self._hold = keeper.adopt(self.key, grant, self, self.on_lost, _monotonic() - start)
+                self._hold = await keeper.adopt(self.key, grant, self, self.on_lost, _monotonic() - start)
         except BackendError:
             if circuit is not None:
                 circuit.failed()
@@ -512,10 +512,17 @@ class AsyncMultiLock:
             grants = await keeper.backend.acquire_many(requests, timeout=timeout, ttl=self.ttl)
             if grants is not None:
                 waited = _monotonic() - start
-                self._holds = [
-                    keeper.adopt(lock.key, grant, self, None, waited)
-                    for lock, grant in zip(self.locks, grants)
-                ]
+                holds: list[Hold] = []
+                try:
+                    for lock, grant in zip(self.locks, grants):
+                        holds.append(await keeper.adopt(lock.key, grant, self, None, waited))
+                except BaseException:
+                    for hold in reversed(holds):  # all or none: give back what was recorded
+                        await keeper.release_lost_quietly(hold)
+                    for grant in grants[len(holds) :]:
+                        await afinish(keeper.backend.abort(grant))
+                    raise
+                self._holds = holds
         except BackendError:
             if circuit is not None:
                 circuit.failed()

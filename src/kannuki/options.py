@@ -50,7 +50,12 @@ def check_seconds(
         raise error(f"{name} must be a number of seconds, not None")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__qualname__}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float (10**400): not a finite number of seconds
+        raise error(
+            f"{name} must be a finite number of seconds >= 0, not an int too large for a float"
+        ) from None
     if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
         raise error(f"{name} must be a finite number of seconds >= 0, not {value!r}")
     return seconds

@@ -19,7 +19,10 @@ _TWO_M53 = 1.0 / (1 << 53)
 def _check_seconds(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}") from None
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
     return number

@@ -82,7 +82,7 @@ def hash_text_extended(data: bytes, seed: int = 0) -> int:
         raise TypeError(f"seed must be an int, not {type(seed).__name__}")
     if not -(1 << 63) <= seed < 1 << 64:
         raise ValueError(f"seed must fit in 64 bits, got {seed}")
-    return _signed(_hash_bytes(bytes(memoryview(data)), seed & _M64))
+    return _signed(_hash_bytes(memoryview(data).tobytes(), seed & _M64))
 
 
 def _encoded(key: object, prefix: object) -> tuple[str, bytes]:
@@ -92,6 +92,11 @@ def _encoded(key: object, prefix: object) -> tuple[str, bytes]:
         raise ValueError("key must not be empty")
     if prefix is not None and not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str or None, not {type(prefix).__name__}")
+    # One canonical text for the name and the ID: a str subclass (``class Job(str, Enum)``) is
+    # taken by its string value, never by its __str__ / __format__.
+    key = str.__str__(key)
+    if prefix is not None:
+        prefix = str.__str__(prefix)
     try:
         raw = key.encode("utf-8")
     except UnicodeEncodeError:
