@@ -184,3 +184,46 @@ def test_long_wait_on_a_terminal_says_who_holds_it(env: dict[str, str], tmp_path
         os.close(controller)
         os.close(terminal)
         finish(holder, tmp_path, "tty")
+
+
+def test_item_26_break_asks_first_and_names_the_holder(env: dict[str, str], tmp_path: Path) -> None:
+    """`kannuki break KEY` without --yes and without a terminal refuses (exit 2), naming the holder."""
+    holder = start_holding(env, tmp_path, "stuck", "--ttl", "3")
+    try:
+        result = kannuki_cli(env, "break", "stuck")
+        assert result.returncode == 2
+        assert f"pid {holder.pid}" in result.stderr and "--yes" in result.stderr
+        assert kannuki_cli(env, "held", "stuck").returncode == 0
+    finally:
+        finish(holder, tmp_path, "stuck")
+
+
+def test_item_26_break_yes_frees_the_lock_and_the_holder_is_told(env: dict[str, str], tmp_path: Path) -> None:
+    """`kannuki break --yes KEY` deletes the lease: the key is free and the holder reports the loss."""
+    ready, stop = tmp_path / "b.ready", tmp_path / "b.stop"
+    script = f"touch {ready}; while [ ! -e {stop} ]; do sleep 0.05; done"
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "kannuki", "run", "--ttl", "0.6", "b", "--", "sh", "-c", script],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert holder.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        result = kannuki_cli(env, "break", "--yes", "b")
+        assert result.returncode == 0 and "1 hold freed" in result.stdout
+        assert kannuki_cli(env, "held", "b").returncode == 1
+        time.sleep(1.0)  # the holder's next renewal (every 0.2 s) finds the lease gone
+    finally:
+        stop.touch()
+        _out, err = holder.communicate(timeout=30)
+    assert "lost the lock 'b'" in err
+
+
+def test_item_26_break_of_a_free_key_says_so(env: dict[str, str]) -> None:
+    """Breaking a key nobody holds changes nothing and says it was free."""
+    result = kannuki_cli(env, "break", "--yes", "nobody-holds-this")
+    assert result.returncode == 0 and "was free" in result.stdout

@@ -79,3 +79,48 @@ def test_item_20_a_failed_acquire_never_leaves_anything_held(monkeypatch: pytest
     with locker.lock("k", timeout=0):
         pass
     locker.close()
+
+
+def test_item_19_list_held_shows_names_this_locker_knows(pg_url: str) -> None:
+    """PostgreSQL knows locks by ID only: the locks this locker holds are listed by their names."""
+    locker = kannuki.Locker(pg_url, key_prefix=f"list-{uuid.uuid4().hex[:6]}")
+    try:
+        with locker.lock("report/7"):
+            names = [h.name for h in locker.list_held() if h.lock_id == locker.lock_id("report/7")]
+            assert names == [f"{locker.options.key_prefix}:report/7"]
+    finally:
+        locker.close()
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_item_25_extend_renews_a_lease_now(api: str, tmp_path: Any) -> None:
+    """lock.extend(ttl) renews at once (to a new ttl); LockLostError once lost; NotSupportedError without a lease."""
+    import asyncio
+    import time
+
+    async def maybe(value: Any) -> Any:
+        return await value if asyncio.iscoroutine(value) else value
+
+    async def body() -> None:
+        cls = kannuki.Locker if api == "sync" else kannuki.AsyncLocker
+        url = f"sqlite:///{tmp_path}/extend.db"
+        locker = cls(url, ttl=0.5, auto_renew=False)
+        other = cls(url, auto_renew=False)
+        lock = locker.lock("lease")
+        assert await maybe(lock.acquire())
+        await maybe(lock.extend(ttl=3))  # now a 3 s lease though nobody renews it
+        time.sleep(1.0)
+        assert not await maybe(other.lock("lease").acquire(blocking=False))
+        await maybe(other.force_release("lease"))
+        with pytest.raises(kannuki.LockLostError):
+            await maybe(lock.extend())
+        assert lock.lost
+        plain = cls(f"memory://extend-{uuid.uuid4().hex[:6]}").lock("p")
+        assert await maybe(plain.acquire())
+        with pytest.raises(kannuki.NotSupportedError, match="not a lease"):
+            await maybe(plain.extend())
+        await maybe(plain.release())
+        with pytest.raises(kannuki.NotHeldError):
+            await maybe(plain.extend())
+
+    asyncio.run(body())

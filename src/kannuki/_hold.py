@@ -31,7 +31,7 @@ import warnings
 import weakref
 from typing import Any, Callable
 
-from kannuki import _fork
+from kannuki import _core, _fork
 from kannuki import events as _events
 from kannuki._compat import Mutex, Worker, cancelled, finish, spawn, table_release
 from kannuki.backends._types import Grant
@@ -158,6 +158,13 @@ class HoldKeeper:
     def holds(self) -> list[Hold]:
         """The holds of this locker now (a copy)."""
         return list(self._held.values())
+
+    def names(self) -> dict[int, str]:
+        """The full names of the locks held here now, by lock ID."""
+        names = {hold.grant.lock_id: hold.grant.name for hold in list(self._held.values())}
+        for _table, name, _token in list(self._plain.values()):
+            names.setdefault(_core.lock_id(name), name)
+        return names
 
     def is_held(self, hold: Hold) -> bool:
         """True while ``hold`` is recorded here, not lost, and taken in this process (not a parent's)."""

@@ -29,7 +29,7 @@ import warnings
 import weakref
 from typing import Any, Callable
 
-from kannuki import _fork
+from kannuki import _core, _fork
 from kannuki import events as _events
 from kannuki._compat import AMutex, AWorker, acancelled, afinish, aspawn, atable_release
 from kannuki.backends._types import Grant
@@ -156,6 +156,13 @@ class AsyncHoldKeeper:
     def holds(self) -> list[Hold]:
         """The holds of this locker now (a copy)."""
         return list(self._held.values())
+
+    def names(self) -> dict[int, str]:
+        """The full names of the locks held here now, by lock ID."""
+        names = {hold.grant.lock_id: hold.grant.name for hold in list(self._held.values())}
+        for _table, name, _token in list(self._plain.values()):
+            names.setdefault(_core.lock_id(name), name)
+        return names
 
     def is_held(self, hold: Hold) -> bool:
         """True while ``hold`` is recorded here, not lost, and taken in this process (not a parent's)."""

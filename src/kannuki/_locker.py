@@ -8,6 +8,7 @@ makes inherits, its stats, its circuit breaker and the owner of its holds.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from typing import Any, Callable, Literal, TypeVar, overload
@@ -250,8 +251,18 @@ class Locker:
         return list(self.backend.holders(name, lock_id))
 
     def list_held(self) -> list[Holder]:
-        """Every lock held in the store now, as far as it can see (``kannuki list``)."""
-        return list(self.backend.list_held())
+        """Every lock held in the store now, as far as it can see (``kannuki list``).
+
+        Stores that know locks only by ID (PostgreSQL) name them ``#<id>``; the
+        locks this locker holds are shown by their names.
+        """
+        known = self._keeper.names()
+        return [
+            dataclasses.replace(holder, name=known[holder.lock_id])
+            if holder.name.startswith("#") and holder.lock_id in known
+            else holder
+            for holder in self.backend.list_held()
+        ]
 
     def force_release(self, key: str, *, terminate: bool = False) -> int:
         """The operator's tool for a stranded lock: free ``key`` whoever holds it; how many holds were freed.

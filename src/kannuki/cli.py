@@ -120,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
         "list", parents=[common], help="show the locks held in the store, with their holders"
     )
     listing.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+
+    breaking = sub.add_parser(
+        "break",
+        parents=[common],
+        help="free a stranded lock whoever holds it (asks first; --yes to skip the question)",
+        description="The operator's tool for a stranded lock: lease stores delete its record; PostgreSQL "
+        "and MySQL end the holder's session. The holder sees its lock lost.",
+    )
+    breaking.add_argument("key", metavar="KEY")
+    breaking.add_argument("--yes", action="store_true", help="do not ask: break it (and end the holder's session)")
     return parser
 
 
@@ -163,13 +173,14 @@ def _cmd_held(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     with _locker(args) as locker:
-        holders = locker.backend.list_held()
+        holders = locker.list_held()
+        note = locker.backend.listing_note()
     if args.json:
         for h in holders:
             print(json.dumps({f: getattr(h, f) for f in h.__dataclass_fields__}))
         return 0
     if not holders:
-        print(f"no locks held in {locker.backend.describe()}")
+        print(f"no locks held in {locker.backend.describe()}" if note is None else f"no locks visible: {note}")
         return 0
 
     def when(t: float | None) -> str:
@@ -190,6 +201,25 @@ def _cmd_list(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if note is not None:
+        print(f"(not shown: {note})")
+    return 0
+
+
+def _cmd_break(args: argparse.Namespace) -> int:
+    with _locker(args) as locker:
+        holders = locker.holders(args.key)
+        if not args.yes:
+            who = _who(holders) if holders else "nobody kannuki can see"
+            if not (sys.stdin.isatty() and sys.stderr.isatty()):
+                _error(f"{args.key!r} is held by {who}; pass --yes to break it")
+                return EXIT_USAGE
+            answer = input(f"break the lock {args.key!r} held by {who}? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                _error("not broken")
+                return EXIT_FREE
+        freed = locker.force_release(args.key, terminate=True)
+    print(f"broke {args.key!r}: {freed} hold{'s' if freed != 1 else ''} freed" if freed else f"{args.key!r} was free")
     return 0
 
 
@@ -306,7 +336,7 @@ def _terminal_sent_it() -> bool:
         return False
 
 
-VERBS = {"run": _cmd_run, "id": _cmd_id, "held": _cmd_held, "list": _cmd_list}
+VERBS = {"run": _cmd_run, "id": _cmd_id, "held": _cmd_held, "list": _cmd_list, "break": _cmd_break}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -146,6 +146,10 @@ class StoreTraits:
         """The store in one line for messages, without secrets (no password)."""
         return f"{self.scheme}://"
 
+    def listing_note(self) -> str | None:
+        """What ``list_held`` cannot see on this store, in one sentence (None: it sees every lock)."""
+        return None
+
 
 def reject_unknown_options(scheme: str, options: dict[str, Any]) -> None:
     """Raise ConfigurationError naming the first option the backend does not know."""
