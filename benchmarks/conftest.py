@@ -25,8 +25,9 @@ The convention (``scripts/bench_report.py`` relies on it to build the README rat
    each module to a couple of seconds that way. Never assert on timings; do assert cheap
    correctness (e.g. no lost update) after the benchmark call.
 
-Run one module: ``PYTHONPATH=src .venv/bin/python -m pytest benchmarks/test_bench_core.py --benchmark-only``;
-everything with the table: ``scripts/bench``.
+Run one module against the installed build: ``.venv/bin/python -m pytest benchmarks/test_bench_core.py
+--benchmark-only``; everything with the table: ``scripts/bench`` (it refuses to measure src/ or a
+pure-Python core that was meant to be native).
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     # Numbers without the implementation next to them are meaningless.
-    impl = "native (Cython)" if kannuki.NATIVE else "PURE PYTHON"
-    return [f"kannuki benchmarks: core {impl}, {os.cpu_count()} CPUs"]
+    impl = "native (Cython)" if kannuki.NATIVE else f"PURE PYTHON ({kannuki._core.FALLBACK_REASON})"
+    where = os.path.dirname(kannuki.__file__)
+    return [f"kannuki benchmarks: core {impl}, {os.cpu_count()} CPUs, kannuki from {where}"]
 
 
 @pytest.fixture

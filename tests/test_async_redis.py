@@ -425,3 +425,34 @@ def test_unreachable_server_is_backend_error(namespace: str) -> None:
             assert isinstance(info.value.__cause__, redis.RedisError)
 
     run(main)
+
+
+def test_item_12_connect_timeout_bounds_a_server_that_never_answers() -> None:
+    """connect_timeout=1, socket_timeout=20: a server that accepts and stays silent is a BackendError in ~1 s."""
+
+    async def main() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(writer)  # kept open, never answered
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with AsyncLocker(
+                f"redis://127.0.0.1:{port}/0", connect_timeout=1, socket_timeout=20
+            ) as locker:
+                started = time.monotonic()
+                with pytest.raises(kannuki.BackendError) as info:
+                    await locker.lock("silent").acquire(timeout=0)
+                elapsed = time.monotonic() - started
+                assert accepted, "the client never connected"
+                assert isinstance(info.value.__cause__, redis.RedisError)
+                assert elapsed < 10, f"took {elapsed:.1f}s: socket_timeout, not connect_timeout, applied"
+        finally:
+            for writer in accepted:
+                writer.close()
+            server.close()
+            await server.wait_closed()
+
+    run(main)

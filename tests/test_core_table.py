@@ -451,6 +451,95 @@ def test_interrupt_after_hand_off_passes_the_key_on(core: ModuleType) -> None:
     assert len(table) == 0
 
 
+@needs_signals
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signals go to the main thread"
+)
+def test_ctrl_c_at_random_moments_under_contention_never_strands_the_key(core: ModuleType) -> None:
+    """SIGINT at random moments of a contended blocking acquire: the token comes back, or nothing stays.
+
+    Many threads take and release one key in a loop while the main thread's blocking acquire
+    is interrupted by a real SIGINT at a random moment, often just as it is woken with the
+    key already handed to it and waits to take the GIL back. After each round the workers
+    pause: once every holder released, the key must be free with nobody queued.
+    """
+    import random
+
+    table = core.LockTable()
+    key = "contended"
+    rng = random.Random(20240531)
+    stop = threading.Event()
+    running = threading.Event()
+    running.set()
+    active = [0]
+    active_guard = threading.Lock()
+    worker_errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            while not stop.is_set():
+                with active_guard:
+                    active[0] += 1
+                try:
+                    if not running.is_set():
+                        continue
+                    token = table.acquire(key, timeout=1.0)  # bounded: a stranded key must not hang the round
+                    if token:
+                        sum(range(200))  # hold it a moment, busy with the GIL
+                        table.release(key, token)
+                finally:
+                    with active_guard:
+                        active[0] -= 1
+                if not running.is_set():
+                    running.wait(JOIN)
+        except BaseException as exc:  # pragma: no cover - reported below
+            worker_errors.append(exc)
+
+    main = threading.main_thread().ident
+    assert main is not None
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # the parent may ignore SIGINT
+    workers = [_start(worker) for _ in range(8)]
+    interrupted = stranded = rounds = 0
+    deadline = time.monotonic() + 30.0
+    try:
+        while rounds < 300 and time.monotonic() < deadline:
+            rounds += 1
+            running.set()
+            timer = threading.Timer(rng.uniform(0.0, 0.004), signal.pthread_kill, (main, signal.SIGINT))
+            token = 0
+            in_acquire = False
+            try:
+                timer.start()
+                in_acquire = True
+                token = table.acquire(key, timeout=JOIN)
+                in_acquire = False
+                if token:
+                    table.release(key, token)
+                    token = 0
+                time.sleep(JOIN)  # the signal is on its way: it interrupts this sleep
+                raise AssertionError("the SIGINT never came")
+            except KeyboardInterrupt:
+                interrupted += in_acquire
+                if token:  # the interrupt came after the acquire returned the token
+                    table.release(key, token)
+            timer.join(JOIN)
+            running.clear()
+            _wait_for(lambda: active[0] == 0)
+            if table.held(key) or table.waiters(key):
+                stranded += 1
+                for leaked, _shared, _expires in table.holders(key):
+                    table.release(key, leaked)
+    finally:
+        stop.set()
+        running.set()
+        signal.signal(signal.SIGINT, previous)
+    _join(*workers)
+    assert not worker_errors, worker_errors
+    assert interrupted > 0
+    assert stranded == 0, f"{stranded} of {interrupted} interrupted acquires left the key held by nobody"
+    assert not table.held(key) and table.waiters(key) == 0 and len(table) == 0
+
+
 def test_clear_hands_keys_to_waiters(core: ModuleType) -> None:
     """clear() drops every holder; queued waiters then get the keys."""
     table = core.LockTable()

@@ -625,3 +625,52 @@ def test_forked_child_does_not_hold_parents_locks(
     assert child.exitcode == 0
     assert lock.locked()
     lock.release()
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers (a hung Redis)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted: list[socket.socket] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for _ in range(10_000):  # bounded: 0.2 s per round, the test ends it much sooner
+            if self.stop.is_set():
+                return
+            try:
+                conn, _addr = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted.append(conn)  # kept open, never read, never answered
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+def test_item_12_connect_timeout_bounds_a_server_that_never_answers() -> None:
+    """connect_timeout=1, socket_timeout=20: a server that accepts and stays silent is a BackendError in ~1 s."""
+    server = SilentServer()
+    locker = kannuki.Locker(f"redis://127.0.0.1:{server.port}/0", connect_timeout=1, socket_timeout=20)
+    try:
+        started = time.monotonic()
+        with pytest.raises(kannuki.BackendError) as info:
+            locker.lock("silent").acquire(timeout=0)
+        elapsed = time.monotonic() - started
+        assert server.accepted, "the client never connected"
+        assert isinstance(info.value.__cause__, redis.RedisError)
+        assert elapsed < 10, f"took {elapsed:.1f}s: the 20 s socket_timeout, not connect_timeout, applied"
+    finally:
+        locker.close()
+        server.close()

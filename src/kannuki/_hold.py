@@ -37,7 +37,7 @@ from kannuki._compat import Mutex, Worker, cancelled, finish, spawn, table_relea
 from kannuki.backends._types import Grant
 from kannuki.errors import LockLostError
 
-__all__ = ["IDLE_STOP", "RETRY_CAP", "Hold", "HoldKeeper"]
+__all__ = ["IDLE_STOP", "RETRY_CAP", "Hold", "HoldKeeper", "PlainTokens"]
 
 log = logging.getLogger("kannuki")
 _monotonic = time.monotonic
@@ -63,6 +63,21 @@ RETRY_CAP = 1.0
 IDLE_STOP = 5.0
 
 LostCallback = Callable[[Any, str], object]
+
+
+class PlainTokens(set):  # type: ignore[type-arg]  # a set of ints; generic subclassing needs 3.9+ runtime
+    """The tokens one locker holds in one in-process table: its plain holds (``memory://``, no lease).
+
+    The hot path adds and removes with the set's own C methods; the table rides along so a
+    release, ``close()`` and the GC know where to free them (a table's tokens are unique
+    across its keys, so the token alone names the hold).
+    """
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: Any) -> None:
+        super().__init__()
+        self.table = table
 
 
 class Hold:
@@ -139,11 +154,10 @@ class HoldKeeper:
         self.idle_stop = IDLE_STOP
         self._held: dict[int, Hold] = {}
         self._leases: dict[int, Hold] = {}
-        # Plain holds taken on a store's in-process table (memory:// without a lease): the hot path
-        # records them as id(lock) -> (table, name, token), with no Hold or Grant object at all.
-        self._plain: dict[int, tuple[Any, str, int]] = {}
-        self.plain_put = self._plain.__setitem__
-        self.plain_pop = self._plain.pop
+        # Plain holds (a store's in-process table, no lease): their tokens, one set per table; no
+        # Hold or Grant object at all. ``plain`` is the set of the table the locker uses now.
+        self._plain_sets: dict[int, PlainTokens] = {}
+        self.plain: PlainTokens | None = None
         self._mutex = Mutex()
         self._worker = Worker("kannuki-renewer")
         self._closed = False
@@ -153,7 +167,18 @@ class HoldKeeper:
     # -- what is held ---------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._held) + len(self._plain)
+        return len(self._held) + sum(len(tokens) for tokens in list(self._plain_sets.values()))
+
+    def use_table(self, table: Any) -> PlainTokens | None:
+        """The in-process table plain holds go to from now on (None: no such table); its token set."""
+        if table is None:
+            self.plain = None
+            return None
+        tokens = self._plain_sets.get(id(table))
+        if tokens is None:
+            tokens = self._plain_sets[id(table)] = PlainTokens(table)
+        self.plain = tokens
+        return tokens
 
     def holds(self) -> list[Hold]:
         """The holds of this locker now (a copy)."""
@@ -162,8 +187,9 @@ class HoldKeeper:
     def names(self) -> dict[int, str]:
         """The full names of the locks held here now, by lock ID."""
         names = {hold.grant.lock_id: hold.grant.name for hold in list(self._held.values())}
-        for _table, name, _token in list(self._plain.values()):
-            names.setdefault(_core.lock_id(name), name)
+        for tokens in list(self._plain_sets.values()):
+            for name, _token in _plain_holds(tokens):
+                names.setdefault(_core.lock_id(str(name)), str(name))
         return names
 
     def is_held(self, hold: Hold) -> bool:
@@ -230,10 +256,6 @@ class HoldKeeper:
         if debugging():
             log.debug("released %r after %.6fs (token %s)", lock.key, held_for, token)
 
-    def holds_plain(self, lock: Any) -> bool:
-        """Is ``lock``'s plain hold still recorded (not released by ``close()``)?"""
-        return id(lock) in self._plain
-
     def plain_not_released(self, lock: Any, token: int, since: float, recorded: bool) -> LockLostError:
         """The error (and the one report of the loss) for a plain release that found nothing to free."""
         if not recorded:
@@ -246,16 +268,17 @@ class HoldKeeper:
 
     def abandon_plain(self, lock: Any) -> None:
         """A Lock holding a plain hold was garbage-collected: warn naming its key, then release it."""
-        entry = self._plain.pop(id(lock), None)
-        if entry is None:
+        tokens: PlainTokens = lock._plain_set
+        try:
+            tokens.remove(lock._plain)
+        except KeyError:  # released by close() already
             return
         warnings.warn(
             f"kannuki: a Lock holding {lock.key!r} was garbage-collected without release(); releasing it now",
             ResourceWarning,
             stacklevel=2,
         )
-        table, name, token = entry
-        table.release(name, token)  # a C call: no await needed, nothing to wait for
+        tokens.table.release(lock.name, lock._plain)  # a C call: nothing to wait for
 
     def not_acquired(self, key: str, lock_id: int, shared: bool, timed_out: bool, waited: float) -> None:
         """Count (and emit) an acquisition that did not happen."""
@@ -483,10 +506,11 @@ class HoldKeeper:
     def close(self) -> None:
         """Release every hold (errors logged), stop the worker, close the backend."""
         self._closed = True
-        plain = list(self._plain.values())
-        self._plain.clear()
-        for table, name, token in plain:
-            table_release(table, name, token)
+        for tokens in list(self._plain_sets.values()):
+            plain = _plain_holds(tokens)
+            tokens.clear()
+            for name, token in plain:
+                table_release(tokens.table, name, token)
         with self._mutex:
             holds = list(self._held.values())
         for hold in holds:
@@ -515,7 +539,22 @@ class HoldKeeper:
         self._mutex = Mutex()
         self._held = {}
         self._leases = {}
-        self._plain.clear()  # in place: the Locks' hot path holds its bound methods
+        for tokens in self._plain_sets.values():
+            tokens.clear()  # in place: held Lock objects point at these sets
         self._worker.forget()
         self._loop = None
         self.backend.after_fork_in_child()
+
+
+def _plain_holds(tokens: PlainTokens) -> list[tuple[Any, int]]:
+    """``(name, token)`` of each plain hold in ``tokens``, read from its table."""
+    mine = set(tokens)
+    if not mine:
+        return []
+    table = tokens.table
+    return [
+        (key, token)
+        for key in table.keys()
+        for token, _shared, _expires in table.holders(key)
+        if token in mine
+    ]

@@ -17,7 +17,7 @@ from kannuki import _fork
 from kannuki import events as _events
 from kannuki._compat import afinish, asleep, atable_release
 from kannuki._core import Backoff
-from kannuki._hold_async import _DEBUG, Hold, LostCallback, _cached_level, debugging
+from kannuki._hold_async import _DEBUG, Hold, LostCallback, PlainTokens, _cached_level, debugging
 from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, LockRequest
 from kannuki.errors import (
     AlreadyHeldError,
@@ -82,13 +82,14 @@ class AsyncLock:
     __slots__ = (
         "__weakref__",
         "_busy",
-        "_cancelled_for_loss",
+        "_cancelled_for_loss",  # async-only
         "_generation",
         "_hold",
         "_plain",
+        "_plain_set",
         "_since",
         "_spent",
-        "_task",
+        "_task",  # async-only
         "cancel_on_lost",
         "key",
         "lock_id",
@@ -101,6 +102,11 @@ class AsyncLock:
         "transaction",
         "ttl",
     )
+
+    _plain_set: PlainTokens
+    _since: float
+    _generation: int
+    _spent: bool
 
     def __init__(
         self,
@@ -130,12 +136,13 @@ class AsyncLock:
         self.cancel_on_lost = cancel_on_lost
         self._hold: Hold | None = None
         self._plain = 0  # the token of a plain hold (see "state" below), 0 when none
-        self._since = 0.0  # when the plain hold began (monotonic)
-        self._generation = 0  # the fork generation the plain hold was taken in
         self._busy = False
-        self._task: Any = None
-        self._cancelled_for_loss = False
-        self._spent = False  # the current hold was lost and its release already reported it
+        self._task: Any = None  # async-only
+        self._cancelled_for_loss = False  # async-only
+        # Set by acquire() before they are ever read (fewer stores for ``with locker.lock(key):``):
+        # _plain_set (the keeper's token set that records a plain hold), _since (when it began,
+        # monotonic), _generation (the fork generation it was taken in), _spent (the current
+        # hold was lost and its release already reported it).
 
     def __repr__(self) -> str:
         state = "held" if self.locked() else "lost" if self.lost else "free"
@@ -180,14 +187,14 @@ class AsyncLock:
     def lost(self) -> bool:
         """True once the current acquisition was found gone (until the next acquire)."""
         if self._plain:
-            return self._generation == _fork.GENERATION and not self.locker._keeper.holds_plain(self)
+            return self._generation == _fork.GENERATION and self._plain not in self._plain_set
         hold = self._hold
         return hold is not None and hold.lost is not None and hold.generation == _fork.GENERATION
 
     def locked(self) -> bool:
         """True when THIS lock object holds its lock now (not whether anyone does: see ``held()``)."""
         if self._plain:
-            return self._generation == _fork.GENERATION and self.locker._keeper.holds_plain(self)
+            return self._generation == _fork.GENERATION and self._plain in self._plain_set
         hold = self._hold
         return hold is not None and hold.lost is None and hold.generation == _fork.GENERATION
 
@@ -220,7 +227,7 @@ class AsyncLock:
         hold = self._current("ensure_held")
         if hold is not None:
             await self.locker._keeper.check(hold, self)
-        elif not self.locker._keeper.holds_plain(self):
+        elif self._plain not in self._plain_set:
             raise LockLostError(
                 f"the lock {self.key!r} is no longer held: released by Locker.close()", key=self.key
             )
@@ -276,11 +283,13 @@ class AsyncLock:
         keeper = locker._keeper
         fast = locker._fast
         if fast is not None and self.ttl is None and self.transaction is None:
-            # A plain lock: the uncontended case is one C call and one dict entry. Its try is the
+            # A plain lock: the uncontended case is two C calls (the table's try, the token set's add). Its try is the
             # first one of every strategy; on 0 the general path below does the rest.
             token = fast.try_acquire(self.name, self.shared)
             if token:
-                keeper.plain_put(id(self), (fast, self.name, token))  # from here on the keeper owns it
+                tokens: PlainTokens = keeper.plain  # type: ignore[assignment]  # set with locker._fast
+                tokens.add(token)  # from here on the keeper owns it
+                self._plain_set = tokens
                 self._since = keeper.stats.acquired()
                 self._generation = _fork.GENERATION
                 self._plain = token
@@ -340,10 +349,14 @@ class AsyncLock:
         token = self._plain
         if token and self._generation == _fork.GENERATION and not self._spent:
             keeper = self.locker._keeper
-            entry = keeper.plain_pop(id(self), None)
-            recorded = entry is not None and entry[2] == token
+            tokens = self._plain_set
+            try:
+                tokens.remove(token)
+                recorded = True
+            except KeyError:  # close() released it
+                recorded = False
             if recorded:
-                table = entry[0]  # type: ignore[index]
+                table = tokens.table
                 released = await atable_release(
                     table, self.name, token
                 )  # sync: released = table.release(self.name, token)
@@ -380,7 +393,7 @@ class AsyncLock:
         self._cancelled_for_loss = False  # async-only
         if cancelled_for_loss:  # async-only
             self._task.uncancel()  # async-only
-        self._task = None
+        self._task = None  # async-only
         await self.release()
 
     # -- internals ------------------------------------------------------------

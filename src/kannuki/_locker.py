@@ -109,6 +109,7 @@ class Locker:
         )
         # The store's uncontended entry for plain locks; an open circuit must be able to refuse, so none then.
         self._fast = backend.fast_path() if self._circuit is None else None
+        self._keeper.use_table(self._fast)
         _override.track(self)
 
     def __repr__(self) -> str:
@@ -125,10 +126,12 @@ class Locker:
         backend = MemoryBackend(table)
         self._keeper.backend = backend
         self._fast = backend.fast_path() if self._circuit is None else None
+        self._keeper.use_table(self._fast)
 
     def _use_own_backend(self) -> None:
         self._keeper.backend = self._own_backend
         self._fast = self._own_backend.fast_path() if self._circuit is None else None
+        self._keeper.use_table(self._fast)
 
     # -- making locks -----------------------------------------------------------
 

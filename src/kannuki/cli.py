@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and MySQL end the holder's session. The holder sees its lock lost.",
     )
     breaking.add_argument("key", metavar="KEY")
-    breaking.add_argument("--yes", action="store_true", help="do not ask: break it (and end the holder's session)")
+    breaking.add_argument(
+        "--yes", action="store_true", help="do not ask: break it (and end the holder's session)"
+    )
     return parser
 
 
@@ -180,7 +182,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
             print(json.dumps({f: getattr(h, f) for f in h.__dataclass_fields__}))
         return 0
     if not holders:
-        print(f"no locks held in {locker.backend.describe()}" if note is None else f"no locks visible: {note}")
+        print(
+            f"no locks held in {locker.backend.describe()}" if note is None else f"no locks visible: {note}"
+        )
         return 0
 
     def when(t: float | None) -> str:
@@ -219,7 +223,11 @@ def _cmd_break(args: argparse.Namespace) -> int:
                 _error("not broken")
                 return EXIT_FREE
         freed = locker.force_release(args.key, terminate=True)
-    print(f"broke {args.key!r}: {freed} hold{'s' if freed != 1 else ''} freed" if freed else f"{args.key!r} was free")
+    print(
+        f"broke {args.key!r}: {freed} hold{'s' if freed != 1 else ''} freed"
+        if freed
+        else f"{args.key!r} was free"
+    )
     return 0
 
 
