@@ -481,12 +481,11 @@ def test_ctrl_c_at_random_moments_under_contention_never_strands_the_key(core: M
                 with active_guard:
                     active[0] += 1
                 try:
-                    if not running.is_set():
-                        continue
-                    token = table.acquire(key, timeout=1.0)  # bounded: a stranded key must not hang the round
-                    if token:
-                        sum(range(200))  # hold it a moment, busy with the GIL
-                        table.release(key, token)
+                    if running.is_set():
+                        token = table.acquire(key, timeout=1.0)  # bounded: a stranded key must not hang the round
+                        if token:
+                            sum(range(200))  # hold it a moment, busy with the GIL
+                            table.release(key, token)
                 finally:
                     with active_guard:
                         active[0] -= 1
@@ -510,13 +509,16 @@ def test_ctrl_c_at_random_moments_under_contention_never_strands_the_key(core: M
             in_acquire = False
             try:
                 timer.start()
-                in_acquire = True
-                token = table.acquire(key, timeout=JOIN)
-                in_acquire = False
-                if token:
-                    table.release(key, token)
-                    token = 0
-                time.sleep(JOIN)  # the signal is on its way: it interrupts this sleep
+                for _ in range(100_000):  # take and release until the signal lands, mostly mid-acquire
+                    in_acquire = True
+                    token = table.acquire(key, timeout=JOIN)
+                    in_acquire = False
+                    if token:
+                        table.release(key, token)
+                        token = 0
+                    if not timer.is_alive():
+                        break
+                time.sleep(JOIN)  # the signal is on its way (or here): it interrupts this sleep
                 raise AssertionError("the SIGINT never came")
             except KeyboardInterrupt:
                 interrupted += in_acquire
@@ -536,7 +538,9 @@ def test_ctrl_c_at_random_moments_under_contention_never_strands_the_key(core: M
     _join(*workers)
     assert not worker_errors, worker_errors
     assert interrupted > 0
-    assert stranded == 0, f"{stranded} of {interrupted} interrupted acquires left the key held by nobody"
+    assert stranded == 0, (
+        f"{stranded} of {interrupted} interrupted acquires ({rounds} rounds) left the key held by nobody"
+    )
     assert not table.held(key) and table.waiters(key) == 0 and len(table) == 0
 
 

@@ -3,9 +3,8 @@
 """``memory://``: the in-process lock table as a store (async source; ``memory.py`` is generated).
 
 ``memory://`` is one table per process; ``memory://NAME`` is a separate named
-table, shared by every locker that names it, sync and async alike (an
-``Locker("memory://x")`` and a ``Locker("memory://x")`` exclude each
-other). Locks exclude threads and tasks of this process only. Optional ``ttl``
+table, shared by every locker that names it, sync and async alike: two
+lockers of ``memory://x``, whichever API each uses, exclude each other. Locks exclude threads and tasks of this process only. Optional ``ttl``
 (seconds) makes every acquisition a lease that the hold owner renews.
 
 Sync waiters wait inside the table (GIL released, FIFO, Ctrl-C safe); async
