@@ -6,6 +6,7 @@ The server fixtures (``pg_url``, ``mysql_url``, ``redis_url``) and their URL opt
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -30,6 +31,11 @@ SERVER_DRIVERS = ("psycopg", "psycopg_pool", "MySQLdb", "redis")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A parent that ignores SIGINT (nohup, some CI runners) would make Ctrl-C tests wait forever, and
+    # children inherit SIG_IGN across exec. A Python handler here is reset to the default in every
+    # child, so both this process and the ones the tests start get Python's KeyboardInterrupt.
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if REQUIRE_DBS:
         import importlib
 

@@ -482,7 +482,9 @@ def test_ctrl_c_at_random_moments_under_contention_never_strands_the_key(core: M
                     active[0] += 1
                 try:
                     if running.is_set():
-                        token = table.acquire(key, timeout=1.0)  # bounded: a stranded key must not hang the round
+                        token = table.acquire(
+                            key, timeout=1.0
+                        )  # bounded: a stranded key must not hang the round
                         if token:
                             sum(range(200))  # hold it a moment, busy with the GIL
                             table.release(key, token)

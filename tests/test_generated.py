@@ -30,7 +30,9 @@ def test_every_generated_file_is_up_to_date() -> None:
     """`async_to_sync.py --check` passes on the tree: each sync module is what its source generates."""
     if shutil.which("ruff", path=str(Path(sys.executable).parent)) is None and shutil.which("ruff") is None:
         pytest.skip("ruff is needed to format the generated files")
-    result = subprocess.run([sys.executable, str(TOOL), "--check"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(TOOL), "--check"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -73,7 +75,9 @@ def test_the_conversion_rules(tool: ModuleType) -> None:
     assert '"""An Thing; ``thing.close()``."""' in text  # docstrings follow the renames too
 
 
-def test_check_mode_names_a_stale_file(tool: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_mode_names_a_stale_file(
+    tool: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A generated file edited by hand is reported and --check exits 1."""
     package = tmp_path / "src" / "kannuki"
     package.mkdir(parents=True)

@@ -315,6 +315,37 @@ def _is_async_client(obj: Any) -> bool:
     )
 
 
+def _set_timeout(conn: Any, seconds: float | None) -> None:
+    """Set a redis-py connection's read timeout: the attribute (asyncio reads) and its socket's (sync reads)."""
+    conn.socket_timeout = seconds
+    sock = getattr(conn, "_sock", None)
+    if sock is not None and callable(getattr(sock, "settimeout", None)):
+        sock.settimeout(seconds)
+
+
+def _handshake_within(connect_timeout: float) -> Callable[[Any], Any]:
+    """redis-py's ``redis_connect_func``: the handshake, then a PING, each answer within ``connect_timeout``.
+
+    redis-py bounds only the TCP connect by ``socket_connect_timeout`` and reads
+    the handshake's answers with ``socket_timeout``: a server that accepts and
+    never answers (hung, or not Redis at all) would take the socket timeout. A
+    connection counts as made only once the server has answered, within the
+    connect timeout; after that, commands get ``socket_timeout`` again.
+    """
+
+    async def handshake(conn: Any) -> None:
+        saved = conn.socket_timeout
+        _set_timeout(conn, connect_timeout)
+        try:
+            await conn.on_connect()
+            await conn.send_command("PING", check_health=False)
+            await conn.read_response()
+        finally:
+            _set_timeout(conn, saved)
+
+    return handshake
+
+
 def _is_noscript(exc: BaseException) -> bool:
     return type(exc).__name__ == "NoScriptError" or str(exc).startswith("NOSCRIPT")
 
@@ -426,6 +457,8 @@ class AsyncRedisBackend(AsyncBackend):
         scheme = urlsplit(url).scheme.lower()
         target = URL_ALIASES[scheme] + url[len(scheme) :] if scheme in URL_ALIASES else url
 
+        handshake = _handshake_within(connect_timeout)
+
         def connect() -> Any:
             # No automatic retry: a retried acquire would find its own lease (the script answers it
             # with its token), but a retried release or renew could report a loss that was not one.
@@ -434,6 +467,7 @@ class AsyncRedisBackend(AsyncBackend):
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=connect_timeout,
                 retry=Retry(NoBackoff(), 0),
+                redis_connect_func=handshake,
             )
 
         try:
