@@ -22,7 +22,17 @@ from typing import Callable
 from kannuki._core import Backoff, LockTable
 from kannuki.errors import ConfigurationError
 
-__all__ = ["DEFAULT_TTL", "HOST", "POLL_CAP", "POLL_FIRST", "LocalGate", "check_ttl", "poll", "poll_backoff"]
+__all__ = [
+    "DEFAULT_TTL",
+    "HOST",
+    "INTENT_TTL",
+    "POLL_CAP",
+    "POLL_FIRST",
+    "LocalGate",
+    "check_ttl",
+    "poll",
+    "poll_backoff",
+]
 
 DEFAULT_TTL = 30.0
 HOST = socket.gethostname()
@@ -30,6 +40,12 @@ HOST = socket.gethostname()
 # Polling schedule between tries of a busy store: exponential from 5 ms, capped at 200 ms, full jitter.
 POLL_FIRST = 0.005
 POLL_CAP = 0.2
+
+# A writer that waits for a key marks its intent in the store, and new shared holders stay out
+# while a mark is live (so a steady stream of overlapping readers cannot starve a writer, as on
+# PostgreSQL). The waiter refreshes its mark at every try (at least every POLL_CAP); a mark
+# that is not refreshed (its waiter died) expires after this many seconds.
+INTENT_TTL = 2.0
 
 
 def check_ttl(value: object, scheme: str) -> float:

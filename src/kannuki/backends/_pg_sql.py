@@ -67,8 +67,14 @@ __all__ = [
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout ran out: "not acquired", the only one
 DEADLOCK_DETECTED = "40P01"
 QUERY_CANCELED = "57014"  # Ctrl-C (a cancel request) or statement_timeout
-UNDEFINED_TABLE = "42P01"  # the fencing table does not exist yet
-UNIQUE_VIOLATION = "23505"  # two sessions racing CREATE TABLE IF NOT EXISTS
+UNDEFINED_TABLE = "42P01"  # the fencing sequence does not exist (any more)
+UNIQUE_VIOLATION = "23505"  # two sessions racing CREATE SEQUENCE IF NOT EXISTS
+DUPLICATE_TABLE = "42P07"  # the same race, seen another way
+INSUFFICIENT_PRIVILEGE = "42501"
+READ_ONLY_TRANSACTION = "25006"
+# A prepared statement that a pooler in transaction mode mixed up between server sessions.
+DUPLICATE_PREPARED_STATEMENT = "42P05"
+INVALID_STATEMENT_NAME = "26000"
 
 # -- one connection, once ---------------------------------------------------
 
@@ -101,14 +107,15 @@ UNLOCK_CHECKED = (
 UNLOCK_ALL = "SELECT pg_advisory_unlock_all()"
 
 # -- transaction-level locks: end with the caller's transaction -------------
+# (taken, pid), like the session locks: the PID tells whether a pooler sits in between.
 
 TRY_XACT_LOCK = (
-    "SELECT pg_try_advisory_xact_lock(%s)",
-    "SELECT pg_try_advisory_xact_lock_shared(%s)",
+    "SELECT pg_try_advisory_xact_lock(%s), pg_backend_pid()",
+    "SELECT pg_try_advisory_xact_lock_shared(%s), pg_backend_pid()",
 )
 WAIT_XACT_LOCK = (
-    "SELECT pg_advisory_xact_lock(%s)",
-    "SELECT pg_advisory_xact_lock_shared(%s)",
+    "SELECT pg_advisory_xact_lock(%s), pg_backend_pid()",
+    "SELECT pg_advisory_xact_lock_shared(%s), pg_backend_pid()",
 )
 
 # -- the server-side wait ---------------------------------------------------
@@ -129,6 +136,9 @@ TIMED_WAIT_LOCK = tuple(
     f"{_WITH_LOCK_TIMEOUT} SELECT {fn}(%s), pg_backend_pid() FROM setting"
     for fn in ("pg_advisory_lock", "pg_advisory_lock_shared")
 )
+
+# lock_timeout is an int of milliseconds: a longer wait runs in slices of at most this.
+MAX_LOCK_TIMEOUT_MS = 2_147_483_647
 
 # -- several keys, all or none, one statement -------------------------------
 # Parameters: (ids bigint[], shared bool[]) in the caller's (sorted) order.
@@ -236,29 +246,83 @@ TERMINATE_HOLDERS_PRE14 = (
     f"SELECT count(*) FILTER (WHERE pg_terminate_backend(h.pid)) FROM ({_HOLDER_SESSIONS}) AS h"
 )
 
-# -- optional fencing tokens from a server-side counter ---------------------
+# -- fencing tokens from a server sequence ---------------------------------
+# Every fenced lock statement takes the lock and THEN draws nextval() in the
+# same statement (a CASE evaluates its condition first; an aggregate's own
+# columns come after all its rows): a later holder of a key always draws a
+# larger value than an earlier one, across processes and hosts, and one round
+# trip still does it all. A sequence is never rolled back, so a caller's
+# ROLLBACK cannot hand the next holder a token again. The sequence is resolved
+# when the statement is parsed (``::regclass``): a missing one fails the
+# statement before it takes anything. CACHE 1 (the default) keeps the values
+# in call order across sessions.
 
-FENCING_TABLE = "kannuki_fencing_tokens"
-FENCING_DDL = (
-    f"CREATE TABLE IF NOT EXISTS {FENCING_TABLE} (lock_id bigint PRIMARY KEY, token bigint NOT NULL)"
-)
-# Run while holding the lock: the next token of lock_id (1 the first time).
-FENCING_NEXT = (
-    f"INSERT INTO {FENCING_TABLE} AS f (lock_id, token) VALUES (%s, 1) "
-    "ON CONFLICT (lock_id) DO UPDATE SET token = f.token + 1 RETURNING f.token"
-)
-# The uncontended fenced try in one round trip: (taken, token or NULL, pid).
-TRY_LOCK_FENCED = tuple(
-    f"""
-WITH attempt AS MATERIALIZED (SELECT {fn}(%(id)s) AS ok),
-bump AS (
-    INSERT INTO {FENCING_TABLE} AS f (lock_id, token)
-    SELECT %(id)s, 1 FROM attempt WHERE attempt.ok
-    ON CONFLICT (lock_id) DO UPDATE SET token = f.token + 1 RETURNING f.token
-)
-SELECT attempt.ok, (SELECT token FROM bump), pg_backend_pid() FROM attempt
+FENCING_SEQUENCE = "kannuki_fencing_seq"
+_NEXT = f"nextval('{FENCING_SEQUENCE}'::regclass)"
+FENCING_DDL = f"CREATE SEQUENCE IF NOT EXISTS {FENCING_SEQUENCE} AS bigint CACHE 1"
+# Once per backend, read-only: can this session draw from the sequence?
+# (usable or NULL, exists, why not: 'standby' / 'read-only' or NULL)
+FENCING_CHECK = f"""
+SELECT CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(c.oid, 'USAGE, UPDATE') END,
+       c.oid IS NOT NULL,
+       CASE WHEN pg_is_in_recovery() THEN 'standby'
+            WHEN current_setting('transaction_read_only') = 'on' THEN 'read-only' END
+FROM (SELECT to_regclass('{FENCING_SEQUENCE}') AS oid) AS r LEFT JOIN pg_class AS c ON c.oid = r.oid
 """.strip()
+
+# (token or NULL when not taken, pid)
+TRY_LOCK_FENCED = tuple(
+    f"SELECT CASE WHEN {fn}(%s) THEN {_NEXT} END, pg_backend_pid()"
     for fn in ("pg_try_advisory_lock", "pg_try_advisory_lock_shared")
+)
+# (token, pid); the lock functions return void, whose text is ''.
+WAIT_LOCK_FENCED = tuple(
+    f"SELECT CASE WHEN {fn}(%s)::text = '' THEN {_NEXT} END, pg_backend_pid()"
+    for fn in ("pg_advisory_lock", "pg_advisory_lock_shared")
+)
+TIMED_WAIT_LOCK_FENCED = tuple(
+    f"{_WITH_LOCK_TIMEOUT} SELECT CASE WHEN {fn}(%s)::text = '' THEN {_NEXT} END, pg_backend_pid() FROM setting"
+    for fn in ("pg_advisory_lock", "pg_advisory_lock_shared")
+)
+TRY_XACT_LOCK_FENCED = tuple(
+    f"SELECT CASE WHEN {fn}(%s) THEN {_NEXT} END, pg_backend_pid()"
+    for fn in ("pg_try_advisory_xact_lock", "pg_try_advisory_xact_lock_shared")
+)
+WAIT_XACT_LOCK_FENCED = tuple(
+    f"SELECT CASE WHEN {fn}(%s)::text = '' THEN {_NEXT} END, pg_backend_pid()"
+    for fn in ("pg_advisory_xact_lock", "pg_advisory_xact_lock_shared")
+)
+
+# The session and transaction statements by [fenced][shared].
+TRY = (TRY_LOCK, TRY_LOCK_FENCED)
+WAIT = (WAIT_LOCK, WAIT_LOCK_FENCED)
+TIMED_WAIT = (TIMED_WAIT_LOCK, TIMED_WAIT_LOCK_FENCED)
+TRY_XACT = (TRY_XACT_LOCK, TRY_XACT_LOCK_FENCED)
+WAIT_XACT = (WAIT_XACT_LOCK, WAIT_XACT_LOCK_FENCED)
+
+# -- a session that a pooler moved: free the lock where it was taken ---------
+# After a release landed on another server backend than the lock (PgBouncer in
+# transaction mode), the lock is still held there, by a server session that
+# other clients of the pooler now use (and could take the same key in, since
+# advisory locks are re-entrant). One statement: when it lands on the original
+# backend it unlocks there; elsewhere it ends that backend (pg_terminate_backend
+# frees its locks; on PostgreSQL >= 14 it waits up to TERMINATE_WAIT_MS for it
+# to be gone), and only while that backend still holds the key in this mode.
+# Parameters (named): pid, id, classid, objid, mode, ms. Returns (unlocked or
+# NULL, ended or NULL, pid the statement ran on).
+_STRANDED_ON = """
+SELECT bool_or(pg_terminate_backend(l.pid{wait})) FROM pg_locks AS l
+WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted AND l.pid = %(pid)s
+  AND l.pid <> pg_backend_pid() AND l.classid = %(classid)s::bigint::oid
+  AND l.objid = %(objid)s::bigint::oid AND l.mode = %(mode)s
+""".strip()
+FREE_STRANDED = tuple(
+    tuple(
+        f"SELECT CASE WHEN pg_backend_pid() = %(pid)s THEN {fn}(%(id)s) END, "
+        f"CASE WHEN pg_backend_pid() <> %(pid)s THEN ({_STRANDED_ON.format(wait=wait)}) END, pg_backend_pid()"
+        for fn in ("pg_advisory_unlock", "pg_advisory_unlock_shared")
+    )
+    for wait in ("", ", %(ms)s")
 )
 
 # -- helpers ----------------------------------------------------------------
@@ -267,11 +331,29 @@ SELECT attempt.ok, (SELECT token FROM bump), pg_backend_pid() FROM attempt
 def lock_timeout_setting(timeout: float | None) -> str:
     """The ``lock_timeout`` value for a wait of ``timeout`` seconds: '0' (forever) for None.
 
-    Rounded up to whole milliseconds and at least 1 ms, since 0 would mean forever.
+    Rounded up to whole milliseconds and at least 1 ms, since 0 would mean
+    forever; never above the server's maximum (a longer wait goes in slices:
+    see :func:`wait_slice`).
     """
     if timeout is None:
         return "0"
+    if timeout * 1000 >= MAX_LOCK_TIMEOUT_MS:
+        return f"{MAX_LOCK_TIMEOUT_MS}ms"
     return f"{max(1, math.ceil(timeout * 1000))}ms"
+
+
+def wait_slice(timeout: float | None) -> float | None:
+    """The part of a wait of ``timeout`` seconds that one server wait can do: all of it, up to ~24.8 days."""
+    if timeout is None:
+        return None
+    return min(timeout, MAX_LOCK_TIMEOUT_MS / 1000)
+
+
+def stranded_params(pid: int, lock_id: int, shared: bool) -> dict[str, Any]:
+    """The parameters of FREE_STRANDED for a lock taken on server PID ``pid``."""
+    classid, objid = split_lock_id(lock_id)
+    mode = "ShareLock" if shared else "ExclusiveLock"
+    return {"pid": pid, "id": lock_id, "classid": classid, "objid": objid, "mode": mode, "ms": TERMINATE_WAIT_MS}
 
 
 def timed_params(timeout: float | None, params: Sequence[Any]) -> tuple[Any, ...]:

@@ -30,6 +30,8 @@ SCHEMES: dict[str, tuple[str, str]] = {
     "valkey": ("kannuki.backends.redis", "RedisBackend"),
     "valkeys": ("kannuki.backends.redis", "RedisBackend"),
     "unix": ("kannuki.backends.redis", "RedisBackend"),
+    "etcd": ("kannuki.backends.etcd", "EtcdBackend"),
+    "etcds": ("kannuki.backends.etcd", "EtcdBackend"),
 }
 
 # Stores that can wrap a user's own connection, pool or client, asked in this order.
