@@ -5,6 +5,7 @@ The twin of ``kannuki._pure`` (same names, same results bit for bit); see
 """
 
 cimport cython
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.pythread cimport (
     NOWAIT_LOCK,
@@ -23,6 +24,8 @@ import os as _os
 import threading as _threading
 import time as _time
 from collections import deque as _deque
+
+from kannuki.errors import DeadlockError as _DeadlockError
 
 __all__ = [
     "Backoff",
@@ -47,6 +50,26 @@ cdef extern from "Python.h":
     unsigned long long PyLong_AsUnsignedLongLong(object o) noexcept  # errors checked by the caller
     void* PyErr_Occurred() noexcept
     void PyErr_Clear() noexcept
+    unsigned long PyThread_get_thread_ident() nogil  # threading.get_ident()
+
+cdef extern from *:
+    """
+    /* This thread's number, the owner recorded for its holds and waits: unlike
+       threading.get_ident() it is never reused by a later thread, so a hold left by a thread
+       that ended is nobody's. Numbered on first use, with the GIL held. */
+    #if defined(_MSC_VER)
+    #define KANNUKI_THREAD_LOCAL __declspec(thread)
+    #else
+    #define KANNUKI_THREAD_LOCAL __thread
+    #endif
+    static KANNUKI_THREAD_LOCAL unsigned long long kannuki_serial_of_thread = 0;
+    static unsigned long long kannuki_serials_given = 0;
+    static unsigned long long kannuki_thread_serial(void) {
+        if (kannuki_serial_of_thread == 0) kannuki_serial_of_thread = ++kannuki_serials_given;
+        return kannuki_serial_of_thread;
+    }
+    """
+    unsigned long long kannuki_thread_serial()
 
 MAX_NAME_BYTES = 65536
 cdef enum:
@@ -390,6 +413,9 @@ cdef class _Waiter:
     cdef double ttl
     cdef uint64_t token
     cdef bint signaled
+    cdef bint gone              # left the queue without a grant (timeout, interrupt, deadlock)
+    cdef unsigned long long thread  # the waiting thread's serial (kannuki_thread_serial)
+    cdef unsigned long ident        # its threading.get_ident(), for messages
     cdef object lock
 
     cdef inline void signal(self):
@@ -401,13 +427,16 @@ cdef class _Waiter:
 @cython.final
 @cython.freelist(32)
 cdef class _Entry:
-    """One key. Holders are stored compactly: the first one in ``tok1`` / ``exp1``,
-    the others (all shared) in ``more`` (token -> expires_at). An exclusive
-    holder is always alone, so one ``exclusive`` flag gives every holder's mode.
+    """One key. Holders are stored compactly: the first one in ``tok1`` / ``exp1`` /
+    ``own1``, the others (all shared) in ``more`` (token -> expires_at) and
+    ``more_own`` (token -> owner thread). An exclusive holder is always alone,
+    so one ``exclusive`` flag gives every holder's mode.
     """
     cdef uint64_t tok1          # 0: the compact slot is empty
     cdef double exp1
+    cdef unsigned long long own1  # the thread (serial) that acquired tok1
     cdef dict more              # None until a second holder comes
+    cdef dict more_own
     cdef Py_ssize_t count
     cdef Py_ssize_t nttl        # holders with a TTL: skip expiry scans when 0
     cdef bint exclusive
@@ -430,14 +459,17 @@ cdef class _Entry:
     cdef double expires(self, uint64_t token):
         return self.exp1 if token == self.tok1 else self.more[token]
 
-    cdef int put(self, uint64_t token, bint shared, double expires) except -1:
+    cdef int put(self, uint64_t token, bint shared, double expires, unsigned long long owner) except -1:
         if self.tok1 == 0:
             self.tok1 = token
             self.exp1 = expires
+            self.own1 = owner
         else:
             if self.more is None:
                 self.more = {}
+                self.more_own = {}
             self.more[token] = expires
+            self.more_own[token] = owner
         self.count += 1
         if expires != INFINITY:
             self.nttl += 1
@@ -454,6 +486,13 @@ cdef class _Entry:
             self.more[token] = expires
         return 0
 
+    cdef int set_owner(self, uint64_t token, unsigned long long owner) except -1:
+        if token == self.tok1:
+            self.own1 = owner
+        else:
+            self.more_own[token] = owner
+        return 0
+
     cdef bint drop(self, uint64_t token) except -1:
         cdef double expires
         if token == 0:
@@ -463,6 +502,7 @@ cdef class _Entry:
             self.tok1 = 0
         elif self.more is not None and token in self.more:
             expires = self.more.pop(token)
+            del self.more_own[token]
         else:
             return False
         self.count -= 1
@@ -471,6 +511,13 @@ cdef class _Entry:
         if self.count == 0:
             self.exclusive = False
         return True
+
+    cdef list owners(self):
+        """The thread of each holder."""
+        cdef list out = [] if self.tok1 == 0 else [self.own1]
+        if self.more_own:
+            out.extend(self.more_own.values())
+        return out
 
     cdef list tokens(self):
         cdef list out = [] if self.tok1 == 0 else [self.tok1]
@@ -488,6 +535,7 @@ cdef class _Entry:
     cdef void clear_holders(self) noexcept:
         self.tok1 = 0
         self.more = None
+        self.more_own = None
         self.count = 0
         self.nttl = 0
         self.exclusive = False
@@ -507,6 +555,77 @@ cdef inline uint64_t _as_token(object token) except? 0:
     return value
 
 
+# The process-wide registry of waits: thread serial -> (table, key, waiter) for each thread
+# waiting in a LockTable now. A thread adds itself only while holding _waits_guard, right after
+# its deadlock check, so checks are serialised and one of two threads closing a cycle at the
+# same moment always sees the other. An entry may outlive its wait for a moment: an edge counts
+# only while its waiter is still queued and ungranted, which is read under that table's mutex.
+# Lock order: _waits_guard, then one table mutex at a time; never the other way round.
+cdef dict _waits = {}
+_waits_guard = _threading.RLock()  # reentrant: a signal handler may wait while its thread walks
+
+
+def _reset_waits_in_child():
+    # The child has one thread: the others' waits are void, and the guard may be held by one of them.
+    global _waits_guard
+    _waits_guard = _threading.RLock()
+    _waits.clear()
+
+
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_reset_waits_in_child)
+
+
+cdef object _walk(LockTable table, object key, _Waiter waiter, object me):
+    """With ``_waits_guard`` held: the path from ``waiter`` back to thread ``me`` in the wait-for graph, or None.
+
+    Depth first over ``key -> the threads blocking it -> the key each of them
+    waits for (the registry) -> ...``, one table mutex at a time. The path is
+    ``(key, ident)`` steps: ``key`` is blocked by the thread ``ident``
+    (``threading.get_ident()``), which waits for the next step's key; the
+    last step's thread is this one.
+    """
+    cdef list stack = [(table, key, waiter, [])]
+    cdef set seen = set()
+    cdef set expanded = set()  # (table, key) whose holders are listed already
+    cdef list path
+    cdef tuple edge
+    cdef bint first
+    while stack:
+        at, at_key, at_waiter, path = stack.pop()
+        slot = (at, at_key)
+        first = slot not in expanded
+        expanded.add(slot)
+        for thread in (<LockTable>at)._blockers(at_key, <_Waiter>at_waiter, first):
+            if thread == me:
+                return path + [(at_key, waiter.ident)]
+            if thread in seen:
+                continue
+            seen.add(thread)
+            edge = _waits.get(thread)
+            if edge is not None:  # only a thread that waits can block for ever
+                stack.append((edge[0], edge[1], edge[2], path + [(at_key, (<_Waiter>edge[2]).ident)]))
+    return None
+
+
+@cython.wraparound(True)  # cycle[-1]
+def _deadlock(key, cycle):
+    """The error for a wait on ``key`` that would close ``cycle`` (see ``LockTable._find_cycle``)."""
+    if len(cycle) == 1:
+        message = (
+            f"waiting for {key!r} would never end: this thread holds it already (locks are not"
+            " reentrant, and a hold belongs to the thread that took it, whichever thread is to"
+            " release it; timeout=0 only tries)"
+        )
+    else:
+        # "blocked by": the thread holds the key, or waits for it ahead in the queue.
+        steps = [f"{key!r} is blocked by thread {cycle[0][1]}"]
+        steps += [f"which waits for {waited!r}, blocked by thread {thread}" for waited, thread in cycle[1:-1]]
+        steps.append(f"which waits for {cycle[-1][0]!r}, blocked by this thread")
+        message = f"waiting for {key!r} would deadlock: " + ", ".join(steps)
+    return _DeadlockError(message, key=key if isinstance(key, str) else None)
+
+
 # Plain method descriptors, not bound cyfunctions: CPython's specialised calls reach the
 # C function directly, which is most of the cost of an uncontended try_acquire / release.
 @cython.binding(False)
@@ -517,6 +636,11 @@ cdef class LockTable:
     ``clock`` (default ``_time.monotonic``) measures TTLs. With the default
     clock a waiter behind a TTL holder wakes by itself when the lease runs out;
     with an injected clock, advance it and call ``expire()`` or ``acquire()``.
+
+    Each holder belongs to the thread that acquired it. A blocking acquire
+    (timeout not 0) that would wait for this thread itself, directly or
+    through other threads' waits in any table of this process, raises
+    :class:`kannuki.errors.DeadlockError` at once instead of waiting.
     """
 
     cdef PyThread_type_lock _mutex
@@ -555,13 +679,13 @@ cdef class LockTable:
     cdef inline void _unlock(self) noexcept:
         PyThread_release_lock(self._mutex)
 
-    cdef uint64_t _add(self, _Entry entry, bint shared, double ttl) except 0:
+    cdef uint64_t _add(self, _Entry entry, bint shared, double ttl, unsigned long long owner) except 0:
         cdef uint64_t token = self._next_token
         cdef double expires = INFINITY
         if ttl != INFINITY:
             expires = <double>self._clock() + ttl
         self._next_token += 1
-        entry.put(token, shared, expires)
+        entry.put(token, shared, expires, owner)
         return token
 
     cdef int _grant(self, _Entry entry) except -1:
@@ -573,7 +697,7 @@ cdef class LockTable:
             if not entry.grantable(waiter.shared):
                 break
             entry.waiters.popleft()
-            waiter.token = self._add(entry, waiter.shared, waiter.ttl)
+            waiter.token = self._add(entry, waiter.shared, waiter.ttl, waiter.thread)
             granted_ttl = granted_ttl or waiter.ttl != INFINITY
             waiter.signal()
         if granted_ttl:
@@ -657,30 +781,45 @@ cdef class LockTable:
 
         ``timeout`` None waits forever, 0 tries once. Waiters are served FIFO
         and a new request never overtakes a queued one. The wait is
-        interruptible (Ctrl-C); nothing stays held or queued after it.
+        interruptible (Ctrl-C): the exception propagates with nothing held
+        or queued, even when the key was handed over just before.
+
+        A wait that can never end raises :class:`kannuki.errors.DeadlockError`
+        at once, with nothing held or queued: this thread already holds
+        ``key`` (exclusive, or shared while an exclusive request is queued or
+        this one is exclusive), or ``key`` is blocked by a thread that waits,
+        directly or through other threads, for a key this thread holds or
+        waits ahead for, in any table of this process. A try (``timeout=0``)
+        never raises it: it answers 0.
         """
         cdef double wait = _check_wait("timeout", timeout, False)
         cdef double lease = _check_wait("ttl", ttl, True)
         cdef bint is_shared = shared
-        cdef uint64_t token
+        cdef uint64_t token = 0
         cdef _Entry entry
-        cdef _Waiter waiter
+        cdef _Waiter waiter = None
         self._lock()
         try:
-            token = self._take_now(key, is_shared, lease)
-            if token or wait == 0:
-                return token
-            entry = <_Entry>self._entries[key]  # _take_now found it held or queued
-            waiter = _Waiter.__new__(_Waiter)
-            waiter.shared = is_shared
-            waiter.ttl = lease
-            waiter.lock = _threading.Lock()
-            waiter.lock.acquire()
-            if entry.waiters is None:
-                entry.waiters = _deque()
-            entry.waiters.append(waiter)
+            token = self._take_now(key, is_shared, lease, kannuki_thread_serial())
+            if not token and wait != 0:
+                entry = <_Entry>self._entries[key]  # _take_now found it held or queued
+                waiter = _Waiter.__new__(_Waiter)
+                waiter.shared = is_shared
+                waiter.ttl = lease
+                waiter.thread = kannuki_thread_serial()
+                waiter.ident = PyThread_get_thread_ident()
+                waiter.lock = _threading.Lock()
+                waiter.lock.acquire()
+                if entry.waiters is None:
+                    entry.waiters = _deque()
+                entry.waiters.append(waiter)
         finally:
             self._unlock()
+        if token:
+            self._signals_or_give_back(key, token)
+            return token
+        if waiter is None:
+            return 0
         return self._wait(key, waiter, wait)
 
     def try_acquire(self, key, bint shared):
@@ -689,13 +828,45 @@ cdef class LockTable:
         The uncontended hot path: a token (> 0), or 0 when ``key`` is held or
         has waiters (then call ``acquire`` to wait).
         """
+        cdef uint64_t token = 0
         self._lock()
         try:
-            return self._take_now(key, shared, INFINITY)
+            token = self._take_now(key, shared, INFINITY, kannuki_thread_serial())
         finally:
             self._unlock()
+        if token:
+            self._signals_or_give_back(key, token)
+        return token
 
-    cdef uint64_t _take_now(self, object key, bint shared, double lease) except? 0:
+    cdef inline int _signals_or_give_back(self, object key, uint64_t token) except -1:
+        """With the mutex free, a token taken: run the signal handlers now.
+
+        A signal that came during this call (while the mutex or the GIL was
+        waited for, say) is pending: it would raise in the caller as soon as
+        this call returns, and the token would be lost. Raised here, the key
+        is given back first. What is left is the few instructions between
+        this check and the caller's, as after any C call.
+        """
+        try:
+            PyErr_CheckSignals()
+        except BaseException:
+            self._give_back(key, token)
+            raise
+        return 0
+
+    cdef int _give_back(self, object key, uint64_t token) except -1:
+        cdef object found
+        self._lock()
+        try:
+            found = self._entries.get(key)
+            if found is not None and (<_Entry>found).drop(token):
+                self._grant(<_Entry>found)
+                self._forget_if_idle(key, <_Entry>found)
+        finally:
+            self._unlock()
+        return 0
+
+    cdef uint64_t _take_now(self, object key, bint shared, double lease, unsigned long long owner) except? 0:
         """With the mutex held: a new holder of ``key`` when it is free for ``shared`` and nobody queues; else 0."""
         cdef _Entry entry = self._entry(key)
         if entry is None:
@@ -703,13 +874,27 @@ cdef class LockTable:
             self._entries[key] = entry
         elif entry.has_waiters() or not entry.grantable(shared):
             return 0
-        return self._add(entry, shared, lease)
+        return self._add(entry, shared, lease, owner)
 
     cdef object _wait(self, object key, _Waiter waiter, double wait):
-        cdef double deadline = <double>_time.monotonic() + wait
+        cdef double deadline
         cdef double sleep
         cdef object found
+        cdef uint64_t token = 0
+        cdef object me = waiter.thread
+        cdef object outer = _waits.get(me)  # a wait of this thread that a signal handler interrupted
         try:
+            cycle = self._find_cycle(key, waiter)
+            if cycle is not None:
+                self._lock()
+                try:
+                    if not waiter.token:  # else granted meanwhile: the cycle is gone, take the key
+                        self._abandon(key, waiter)
+                finally:
+                    self._unlock()
+                if not waiter.token:
+                    raise _deadlock(key, cycle)
+            deadline = <double>_time.monotonic() + wait
             while True:
                 sleep = deadline - <double>_time.monotonic()
                 if self._realtime:
@@ -725,16 +910,25 @@ cdef class LockTable:
                             waiter.lock.acquire(False)  # re-arm: consume the pending wake-up
                         waiter.signaled = False
                     if waiter.token:
-                        return waiter.token
+                        token = waiter.token
+                        break
                     found = self._entries.get(key)
                     if found is not None and (<_Entry>found).nttl and self._evict(<_Entry>found) and waiter.token:
-                        return waiter.token
+                        token = waiter.token
+                        break
                     if deadline - <double>_time.monotonic() <= 0:
                         self._abandon(key, waiter)
-                        return 0
+                        break
                 finally:
                     self._unlock()
+            # The GIL was given up to wait: a signal that came as this thread took it back is
+            # pending, and would raise in the caller once this returns, losing the token. The
+            # pure twin's next bytecode check falls inside its try; here it must be explicit.
+            PyErr_CheckSignals()
+            return token
         except BaseException:
+            # Interrupted (a signal handler's exception, e.g. Ctrl-C), anywhere up to the return:
+            # give back a key handed over meanwhile, or leave the queue.
             self._lock()
             try:
                 found = self._entries.get(key)
@@ -747,6 +941,57 @@ cdef class LockTable:
             finally:
                 self._unlock()
             raise
+        finally:
+            if outer is None:
+                _waits.pop(me, None)
+            else:
+                with _waits_guard:
+                    _waits[me] = outer
+
+    cdef object _find_cycle(self, object key, _Waiter waiter):
+        """With no table mutex held: the wait-for cycle that ``waiter`` would close, or None.
+
+        None also registers the wait in the process-wide registry, in the same
+        critical section as the check: of two threads closing a cycle at once,
+        the second one always sees the first. The cycle is as ``_walk`` gives it.
+        """
+        cdef object me = waiter.thread
+        with _waits_guard:
+            cycle = _walk(self, key, waiter, me)
+            if cycle is None:
+                _waits[me] = (self, key, waiter)
+            return cycle
+
+    cdef list _blockers(self, object key, _Waiter waiter, bint holders):
+        """The threads (serials) that ``waiter`` (queued for ``key``) waits on; [] once it no longer waits.
+
+        Every holder's thread (unless ``holders`` is false: listed already),
+        then the waiter's just ahead of it in the queue (no barging: it is
+        served only after it; that one waits for the one ahead of it, and so
+        on, so the walk reaches them all). A shared holder counts for a shared
+        waiter too: such a waiter queues only behind an exclusive request that
+        waits for that holder.
+        """
+        cdef _Entry entry
+        cdef list threads
+        cdef Py_ssize_t place
+        self._lock()
+        try:
+            entry = self._entry(key)  # expired leases do not block
+            if entry is None or waiter.token or waiter.gone:
+                return []
+            threads = entry.owners() if holders else []
+            if entry.waiters is None:
+                return threads
+            try:
+                place = entry.waiters.index(waiter)
+            except ValueError:  # not queued: only while it is being granted, under this mutex
+                return threads
+            if place:
+                threads.append((<_Waiter>entry.waiters[place - 1]).thread)
+            return threads
+        finally:
+            self._unlock()
 
     cdef double _sleep_bound(self, object key) except? -1.0:
         cdef object found
@@ -762,8 +1007,12 @@ cdef class LockTable:
             self._unlock()
 
     cdef int _abandon(self, object key, _Waiter waiter) except -1:
-        cdef object found = self._entries.get(key)
+        cdef object found
         cdef _Entry entry
+        if waiter.gone:
+            return 0
+        waiter.gone = True
+        found = self._entries.get(key)
         if found is None:
             return 0
         entry = <_Entry>found
@@ -804,6 +1053,25 @@ cdef class LockTable:
                 return False
             entry.set_expires(tok, INFINITY if lease == INFINITY else <double>self._clock() + lease)
             self._kick(entry)
+            return True
+        finally:
+            self._unlock()
+
+    def disown(self, key, token):
+        """Make holder ``token`` of ``key`` nobody's: no thread waits "for itself" on it; False when it is not a holder.
+
+        For a hold taken on behalf of someone else (a simulated holder, a
+        hold that another thread is to release): a wait for it is an ordinary
+        wait, never a DeadlockError.
+        """
+        cdef uint64_t tok = _as_token(token)
+        cdef _Entry entry
+        self._lock()
+        try:
+            entry = self._entry(key)
+            if entry is None or not entry.has(tok):
+                return False
+            entry.set_owner(tok, 0)  # serials start at 1: 0 is no thread
             return True
         finally:
             self._unlock()

@@ -4,13 +4,18 @@ Both ``tests/conftest.py`` and ``benchmarks/conftest.py`` call :func:`add_server
 their ``pytest_addoption`` and import the fixtures, so either folder runs alone or both together.
 A fixture skips when its server is unreachable, unless ``KANNUKI_REQUIRE_DBS=1`` (CI sets it):
 then a missing server fails the test. URLs come from ``--pg-url`` / ``--mysql-url`` /
-``--redis-url`` or the ``KANNUKI_TEST_*_URL`` environment variables.
+``--redis-url`` or the ``KANNUKI_TEST_*_URL`` environment variables. etcd is not a shared
+server: ``etcd_cluster`` starts a 3-member cluster of its own on loopback (``etcd_cluster.py``),
+skipped when the etcd binary is missing (failed under ``KANNUKI_REQUIRE_DBS=1``); a module uses it
+with ``from servers import etcd_cluster``.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -72,3 +77,21 @@ def mysql_url(pytestconfig: pytest.Config) -> str:
 def redis_url(pytestconfig: pytest.Config) -> str:
     """URL of the real Redis server (skip when absent, fail under KANNUKI_REQUIRE_DBS=1)."""
     return server_url(pytestconfig, "--redis-url")
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster() -> Iterator[Any]:
+    """A real 3-member etcd cluster on loopback, one per session (skip without the etcd binary,
+    fail under KANNUKI_REQUIRE_DBS=1). Tests that stop or freeze members call ``heal()`` after."""
+    import etcd_cluster as etcd
+
+    try:
+        cluster = etcd.shared_cluster()
+    except etcd.EtcdUnavailable as exc:
+        if REQUIRE_DBS:
+            pytest.fail(f"{exc} and KANNUKI_REQUIRE_DBS=1", pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        yield cluster
+    finally:
+        etcd.release_shared()

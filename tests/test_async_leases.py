@@ -373,3 +373,91 @@ def test_sync_and_async_lockers_exclude_each_other(url: str) -> None:
             sync_locker.close()
 
     run(main)
+
+
+def test_item_24_shared_locks_coexist_and_exclude_writers(url: str) -> None:
+    """Readers share a key (file: LOCK_SH; sqlite: rows), a writer waits for every one, readers wait for it."""
+
+    async def main() -> None:
+        async with AsyncLocker(url, key_prefix=prefix()) as locker:
+            readers = [locker.lock("doc", shared=True) for _ in range(2)]
+            for reader in readers:
+                assert await reader.acquire(timeout=0)
+            tokens = [reader.token for reader in readers]
+            assert tokens[0] < tokens[1]
+            holders = await locker.holders("doc")
+            assert [(h.shared, h.token) for h in holders] == [(True, t) for t in tokens]
+            writer = locker.lock("doc")
+            task = asyncio.ensure_future(writer.acquire(timeout=WAIT))
+            await asyncio.sleep(0.2)
+            assert not task.done()
+            await readers[0].release()
+            await asyncio.sleep(0.1)
+            assert not task.done()
+            await readers[1].release()
+            assert await asyncio.wait_for(task, WAIT)
+            assert writer.token > tokens[1]
+            assert not await locker.lock("doc", shared=True).acquire(timeout=0)
+            written = writer.token
+            await writer.release()
+            async with locker.lock("doc", shared=True, timeout=0) as again:
+                assert again.token > written
+
+    run(main)
+
+
+# -- item 23: a waiting writer keeps new readers out ----------------------------------
+
+
+async def overlapping_reader(
+    locker: AsyncLocker, key: str, started: asyncio.Event, stop: asyncio.Event, errors: list[str]
+) -> None:
+    """Hand over hand: take the next shared lock (one try) before letting go of the last, so this
+    reader always overlaps itself; only when the try is refused does it let go and wait its turn."""
+    current = locker.lock(key, shared=True)
+    if not await current.acquire(timeout=WAIT):
+        errors.append("a reader could not start")
+        return
+    started.set()
+    deadline = time.monotonic() + 2 * WAIT
+    for _ in range(100_000):
+        if stop.is_set() or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.002)
+        following = locker.lock(key, shared=True)
+        got = await following.acquire(timeout=0)
+        await current.release()
+        if not got and not await following.acquire(timeout=WAIT):
+            errors.append("a reader waited past the liveness bound")
+            return
+        current = following
+    await current.release()
+
+
+async def writer_gets_in_among_readers(readers: AsyncLocker, writers: AsyncLocker, key: str) -> None:
+    """Two reader tasks overlap without a gap; a writer (another locker) must still get the key within WAIT."""
+    stop = asyncio.Event()
+    errors: list[str] = []
+    starts = [asyncio.Event() for _ in range(2)]
+    tasks = [asyncio.ensure_future(overlapping_reader(readers, key, s, stop, errors)) for s in starts]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(s.wait() for s in starts)), WAIT)
+        writer = writers.lock(key)
+        assert await writer.acquire(timeout=WAIT), "the writer starved behind overlapping readers"
+        assert all(not h.shared for h in await writers.holders(key))
+        await writer.release()
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2 * WAIT)
+    assert errors == []
+
+
+def test_item_23_waiting_writer_is_not_starved_by_overlapping_readers(url: str) -> None:
+    """A waiting writer's mark stops new readers (sqlite: a row, file: the mutex file); it gets in within WAIT."""
+
+    async def main() -> None:
+        key = f"doc-{uuid.uuid4().hex[:8]}"
+        async with AsyncLocker(url) as readers, AsyncLocker(url) as writers:
+            await writer_gets_in_among_readers(readers, writers, key)
+
+    run(main)

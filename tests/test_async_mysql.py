@@ -438,3 +438,79 @@ def test_cancelled_waiter_on_a_wrapped_connection_keeps_it_usable(
             conn.close()
 
     run(main)
+
+
+# -- item 4: fencing tokens strictly increasing across processes by default ------------
+
+ASYNC_TOKEN_PRINTER = """
+import asyncio, sys, kannuki
+
+async def main():
+    async with kannuki.AsyncLocker(sys.argv[1], key_prefix=sys.argv[2]) as locker:
+        async with locker.lock("fenced", timeout=30) as lock:
+            print(lock.token, locker.backend.tokens_fenced, flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_item_4_tokens_strictly_increase_across_processes_by_default(mysql_url: str, prefix: str) -> None:
+    """Three processes with AsyncLocker, one after another, default options: strictly increasing tokens."""
+    import subprocess
+    import sys
+
+    from support import subprocess_env
+
+    tokens = []
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", ASYNC_TOKEN_PRINTER, mysql_url, prefix],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        token, fenced = done.stdout.split()
+        assert fenced == "True"
+        tokens.append(int(token))
+    assert tokens == sorted(set(tokens)) and len(tokens) == 3
+
+
+# -- item 14: a wrapped connection shared by tasks --------------------------------------
+
+
+def test_item_14_a_wait_on_a_wrapped_connection_does_not_stall_its_other_tasks(
+    mysql_url: str, prefix: str, raw: Any
+) -> None:
+    """One task waits 30 s on the wrapped connection; another task's 20 try+release rounds get through meanwhile."""
+
+    async def main() -> None:
+        conn = mysql_connect(mysql_url)
+        try:
+            async with AsyncLocker(conn, key_prefix=prefix) as locker:
+                name = f"{prefix}:busy"
+                hold_from_outside(raw, name)
+                try:
+                    busy = locker.lock("busy")
+                    waiter = asyncio.ensure_future(busy.acquire(timeout=30))
+                    assert await until(lambda: server_waits(raw, name) or waiter.done())
+
+                    async def others() -> int:
+                        for i in range(20):
+                            lock = locker.lock(f"free-{i}")
+                            assert await lock.acquire(timeout=0)
+                            await lock.release()
+                        return 20
+
+                    assert await asyncio.wait_for(others(), WAIT) == 20  # liveness bound
+                    assert not waiter.done()
+                finally:
+                    let_go_from_outside(raw, name)
+                assert await asyncio.wait_for(waiter, WAIT)
+                assert busy.locked()
+                await busy.release()
+        finally:
+            conn.close()
+
+    run(main)

@@ -288,7 +288,7 @@ async def wait_for_rows(conn: Any, lock_id: int, predicate: Any, seconds: float 
 
 
 def test_fencing_tokens_increase_across_async_lockers(pg_url: str, pg_conn: Any) -> None:
-    """fencing=True on AsyncLocker: server-counter tokens increase strictly across two lockers, try and wait paths."""
+    """fencing=True on AsyncLocker: server-sequence tokens increase strictly across two lockers, try and wait paths."""
 
     async def main() -> None:
         prefix = prefix_()
@@ -312,7 +312,6 @@ def test_fencing_tokens_increase_across_async_lockers(pg_url: str, pg_conn: Any)
             await asyncio.wait_for(unlocker, WAIT)
             assert tokens == sorted(set(tokens)) and len(tokens) == 5
         finally:
-            pg_conn.execute(f"DELETE FROM {sql.FENCING_TABLE} WHERE lock_id = %s", (lock_id,))
             await a.aclose()
             await b.aclose()
 
@@ -342,9 +341,11 @@ def test_async_pooler_release_unlocks_nothing_on_the_backend_it_landed_on(pg_url
     run(main)
 
 
-def test_async_pooler_moving_the_session_is_lock_lost(pg_url: str, pg_conn: Any) -> None:
+def test_item_11_async_pooler_moving_the_session_is_lock_lost_and_freed_where_taken(
+    pg_url: str, pg_conn: Any
+) -> None:
     """Release on another server backend (the pinned connection swapped, as a transaction-mode pooler
-    would route it): LockLostError naming the PIDs; the lock was not freed by that release."""
+    would route it): LockLostError naming the PIDs, and the server session that held it is ended."""
 
     async def main() -> None:
         locker = AsyncLocker(pg_url, key_prefix=prefix_())
@@ -355,13 +356,12 @@ def test_async_pooler_moving_the_session_is_lock_lost(pg_url: str, pg_conn: Any)
         session.conn = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
         session._cursor = session.conn.cursor()
         try:
-            with pytest.raises(kannuki.LockLostError, match="PID"):
+            with pytest.raises(kannuki.LockLostError, match="PID") as info:
                 await lock.release()
-            assert advisory_rows(pg_conn, lock.lock_id) == [(original.info.backend_pid, True)]
+            assert f"ended server session {original.info.backend_pid}" in str(info.value)
+            assert advisory_rows(pg_conn, lock.lock_id) == []  # freed where it was taken
         finally:
             await original.close()
-        # The server ends the closed session (and its lock) asynchronously: wait for it, bounded.
-        assert await wait_for_rows(pg_conn, lock.lock_id, lambda rows: rows == [])
         await locker.aclose()
 
     run(main)
@@ -576,3 +576,215 @@ def test_forked_child_of_an_async_locker_holds_nothing_and_closes_nothing(pg_url
     assert os.waitstatus_to_exitcode(status) == 0
     asyncio.run(asyncio.wait_for(after(), WAIT))
     assert advisory_rows(pg_conn, lock.lock_id) == []
+
+
+# -- defects of issue 12 (one test each, named after its item) --------------------------------
+
+
+def test_item_1_async_transaction_locks_on_one_connection_exclude_each_other(pg_url: str) -> None:
+    """Two transaction-level AsyncLocks on one connection, or one beside a session lock there, exclude."""
+
+    async def main() -> None:
+        prefix = prefix_()
+        conn = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+        wrapped = AsyncLocker(conn, key_prefix=prefix)
+        url_locker = AsyncLocker(pg_url, key_prefix=prefix)
+        try:
+            async with conn.transaction():
+                first, second = wrapped.lock("x", transaction=True), url_locker.lock("x", transaction=conn)
+                assert await first.acquire(blocking=False)
+                assert await second.acquire(blocking=False) is False
+                await first.release()
+                assert await second.acquire(blocking=False)
+                await second.release()
+            session = wrapped.lock("y")
+            assert await session.acquire(blocking=False)
+            async with conn.transaction():
+                assert await wrapped.lock("y", transaction=True).acquire(blocking=False) is False
+            await session.release()
+        finally:
+            await wrapped.aclose()
+            await url_locker.aclose()
+            await conn.close()
+
+    run(main)
+
+
+def test_item_2_async_a_rollback_never_repeats_a_token(pg_url: str) -> None:
+    """A fenced lock inside the user's transaction, then rolled back: the next holder's token is larger."""
+
+    async def main() -> None:
+        prefix = prefix_()
+        conn = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+        wrapped = AsyncLocker(conn, key_prefix=prefix, fencing=True)
+        url_locker = AsyncLocker(pg_url, key_prefix=prefix, fencing=True)
+        try:
+            tokens = []
+            for _ in range(2):
+                async with conn.transaction():
+                    async with wrapped.lock("k") as lock:
+                        tokens.append(lock.token)
+                    raise psycopg.Rollback
+                async with url_locker.lock("k") as lock:
+                    tokens.append(lock.token)
+            assert tokens == sorted(set(tokens)) and len(tokens) == 4
+            assert url_locker.backend.tokens_fenced
+        finally:
+            await wrapped.aclose()
+            await url_locker.aclose()
+            await conn.close()
+
+    run(main)
+
+
+def test_item_6_async_a_broken_lock_many_connection_goes_back_to_the_pool_once(
+    pg_url: str, pg_conn: Any
+) -> None:
+    """AsyncLocker(AsyncConnectionPool) + lock_many on a connection that breaks: returned once, max_size kept."""
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+    async def main() -> None:
+        pool = AsyncConnectionPool(pg_url, min_size=2, max_size=2, kwargs={"autocommit": True}, open=False)
+        await pool.open(wait=True, timeout=WAIT)
+        locker = AsyncLocker(pool, key_prefix=prefix_())
+        try:
+            multi = locker.lock_many(["a", "b", "c"])
+            assert await multi.acquire(timeout=WAIT)
+            pg_conn.execute("SELECT pg_terminate_backend(%s, 5000)", (multi._holds[0].grant.pid,))
+            with pytest.raises(kannuki.LockLostError):
+                await multi.release()
+            borrowed = [await pool.getconn(timeout=WAIT) for _ in range(2)]
+            try:
+                with pytest.raises(PoolTimeout):
+                    await pool.getconn(timeout=0.5)
+            finally:
+                for conn in borrowed:
+                    await pool.putconn(conn)
+        finally:
+            await locker.aclose()
+            await pool.close()
+
+    run(main)
+
+
+def test_item_8_async_timeouts_beyond_lock_timeouts_range(pg_url: str) -> None:
+    """~25 days and more, up to the largest float: a free key is taken (session and transaction-level)."""
+
+    async def main() -> None:
+        locker = AsyncLocker(pg_url, key_prefix=prefix_())
+        conn = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+        try:
+            for timeout in (25 * 86400.0, 30 * 86400.0, 2e305, 1.7e308):
+                lock = locker.lock("long", timeout=timeout)
+                assert await lock.acquire()
+                await lock.release()
+                async with conn.transaction():
+                    async with locker.lock("long", transaction=conn, timeout=timeout):
+                        pass
+        finally:
+            await locker.aclose()
+            await conn.close()
+
+    run(main)
+
+
+def test_item_8_async_a_long_wait_goes_in_slices(
+    pg_url: str, pg_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With lock_timeout's maximum made 50 ms, an async wait goes on past two slices and takes the key."""
+    monkeypatch.setattr(sql, "MAX_LOCK_TIMEOUT_MS", 50)
+    settings: list[str] = []
+    original = sql.lock_timeout_setting
+
+    def recorded(timeout: float | None) -> str:
+        settings.append(original(timeout))
+        return settings[-1]
+
+    monkeypatch.setattr(sql, "lock_timeout_setting", recorded)
+
+    async def main() -> None:
+        locker = AsyncLocker(pg_url, key_prefix=prefix_())
+        lock_id = locker.lock_id("sliced")
+        pg_conn.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
+        try:
+            waiter = asyncio.ensure_future(locker.lock("sliced").acquire(timeout=60))
+            for _ in range(int(WAIT / 0.02)):
+                if len(settings) >= 3:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(settings) >= 3 and not waiter.done()
+            pg_conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
+            assert await asyncio.wait_for(waiter, WAIT)
+        finally:
+            await locker.aclose()
+
+    run(main)
+
+
+def test_item_13_async_held_and_holders_leave_a_pooled_connection_idle(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """AsyncConnectionPool, non-autocommit: held()/holders() give the connection back idle (no rollback warning)."""
+    from psycopg_pool import AsyncConnectionPool
+
+    async def main() -> None:
+        pool = AsyncConnectionPool(pg_url, min_size=1, max_size=1, open=False)
+        await pool.open(wait=True, timeout=WAIT)
+        locker = AsyncLocker(pool, key_prefix=prefix_())
+        try:
+            for _ in range(3):
+                assert await locker.held("k") is False
+                assert await locker.lock("k").holders() == []
+            async with pool.connection() as conn:
+                assert conn.info.transaction_status == 0
+        finally:
+            await locker.aclose()
+            await pool.close()
+
+    with caplog.at_level("WARNING", logger="psycopg.pool"):
+        run(main)
+    assert [r.getMessage() for r in caplog.records if "rolling back" in r.getMessage()] == []
+
+
+def test_item_14_async_a_shared_connection_serves_other_tasks_while_one_waits(
+    pg_url: str, pg_conn: Any
+) -> None:
+    """AsyncLocker(AsyncConnection): while one task waits for a key held elsewhere, another task's release
+    and try on the same connection go through at once."""
+
+    async def main() -> None:
+        conn = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+        locker = AsyncLocker(conn, key_prefix=prefix_())
+        lock_id = locker.lock_id("held")
+        pg_conn.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
+        try:
+            mine = locker.lock("mine")
+            assert await mine.acquire(blocking=False)
+            waiting: list[str] = []
+            unsubscribe = kannuki.subscribe(lambda event: waiting.append(event.key), events=["waiting"])
+            try:
+                waiter = asyncio.ensure_future(locker.lock("held").acquire(timeout=60))
+                for _ in range(int(WAIT / 0.02)):
+                    if "held" in waiting:
+                        break
+                    await asyncio.sleep(0.02)
+            finally:
+                unsubscribe()
+            assert "held" in waiting and not waiter.done()
+
+            async def others() -> bool:
+                await mine.release()
+                other = locker.lock("other")
+                took = await other.acquire(blocking=False)
+                await other.release()
+                return took
+
+            assert await asyncio.wait_for(others(), WAIT)
+            assert not waiter.done()  # served while the first task still waits
+            pg_conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
+            assert await asyncio.wait_for(waiter, WAIT)
+        finally:
+            await locker.aclose()
+            await conn.close()
+
+    run(main)

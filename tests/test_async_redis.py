@@ -456,3 +456,62 @@ def test_item_12_connect_timeout_bounds_a_server_that_never_answers() -> None:
             await server.wait_closed()
 
     run(main)
+
+
+# -- item 23: a waiting writer keeps new readers out ----------------------------------
+
+
+async def overlapping_reader(
+    locker: AsyncLocker, key: str, started: asyncio.Event, stop: asyncio.Event, errors: list[str]
+) -> None:
+    """Hand over hand: take the next shared lock (one try) before letting go of the last, so this
+    reader always overlaps itself; only when the try is refused does it let go and wait its turn."""
+    current = locker.lock(key, shared=True)
+    if not await current.acquire(timeout=WAIT):
+        errors.append("a reader could not start")
+        return
+    started.set()
+    deadline = time.monotonic() + 2 * WAIT
+    for _ in range(100_000):
+        if stop.is_set() or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.002)
+        following = locker.lock(key, shared=True)
+        got = await following.acquire(timeout=0)
+        await current.release()
+        if not got and not await following.acquire(timeout=WAIT):
+            errors.append("a reader waited past the liveness bound")
+            return
+        current = following
+    await current.release()
+
+
+async def writer_gets_in_among_readers(readers: AsyncLocker, writers: AsyncLocker, key: str) -> None:
+    """Two reader tasks overlap without a gap; a writer (another locker) must still get the key within WAIT."""
+    stop = asyncio.Event()
+    errors: list[str] = []
+    starts = [asyncio.Event() for _ in range(2)]
+    tasks = [asyncio.ensure_future(overlapping_reader(readers, key, s, stop, errors)) for s in starts]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(s.wait() for s in starts)), WAIT)
+        writer = writers.lock(key)
+        assert await writer.acquire(timeout=WAIT), "the writer starved behind overlapping readers"
+        assert all(not h.shared for h in await writers.holders(key))
+        await writer.release()
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2 * WAIT)
+    assert errors == []
+
+
+def test_item_23_waiting_writer_is_not_starved_by_overlapping_readers(url: str, namespace: str) -> None:
+    """A waiting writer's mark (N:writers:name, short PX) stops new readers; it gets in within WAIT."""
+
+    async def main() -> None:
+        async with (
+            AsyncLocker(url, namespace=namespace) as readers,
+            AsyncLocker(url, namespace=namespace) as writers,
+        ):
+            await writer_gets_in_among_readers(readers, writers, "doc")
+
+    run(main)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +173,74 @@ def test_lock_many_needs_keys(locker: kannuki.Locker) -> None:
         locker.lock_many("abc")
     with pytest.raises(ValueError, match="keys"):
         locker.lock_many([])
+
+
+# URLs that build a locker without connecting (connections open on first use).
+NO_CONNECT_URLS = {
+    "memory": "memory://",
+    "sqlite": "sqlite:///{tmp}/locks.db",
+    "file": "file:///{tmp}/locks",
+    "postgresql": "postgresql://nobody@127.0.0.1:1/none",
+    "mysql": "mysql://nobody@127.0.0.1:1/none",
+    "redis": "redis://127.0.0.1:1/0",
+}
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize(
+    ("scheme", "typo", "meant"),
+    [
+        ("memory", "default_timout", "default_timeout"),
+        ("memory", "tll", "ttl"),
+        ("memory", "strategie", "strategy"),
+        ("sqlite", "busy_timout", "busy_timeout"),
+        ("file", "auto_renw", "auto_renew"),
+        ("postgresql", "pool_sise", "pool_size"),
+        ("mysql", "fencng", "fencing"),
+        ("redis", "namespce", "namespace"),
+    ],
+)
+def test_unknown_option_suggests_the_closest_name(
+    scheme: str, typo: str, meant: str, asynchronous: bool, tmp_path: Path
+) -> None:
+    """A misspelt option names itself and the option meant: "did you mean 'default_timeout'?"."""
+    if scheme in ("postgresql", "mysql", "redis"):
+        pytest.importorskip({"postgresql": "psycopg", "mysql": "MySQLdb", "redis": "redis"}[scheme])
+    cls = kannuki.AsyncLocker if asynchronous else kannuki.Locker
+    url = NO_CONNECT_URLS[scheme].format(tmp=tmp_path)
+    with pytest.raises(ConfigurationError, match=rf"unknown option '{typo}' .*; did you mean '{meant}'\?$"):
+        cls(url, **{typo: 1})
+
+
+def test_unknown_option_far_from_every_name_gets_no_suggestion() -> None:
+    """No "did you mean" when nothing is close."""
+    with pytest.raises(ConfigurationError, match=r"^unknown option 'zzz' for the memory backend$"):
+        kannuki.Locker("memory://", zzz=1)
+
+
+# A valid value for each option of BACKEND_OPTIONS.
+OPTION_VALUES = {
+    "ttl": 30,
+    "busy_timeout": 5,
+    "pool_size": 2,
+    "connect_timeout": 5,
+    "application_name": "kannuki-test",
+    "allow_replica": False,
+    "fencing": False,
+    "fencing_table": "kannuki_fencing",
+    "allow_cluster": False,
+    "namespace": "kannuki",
+    "socket_timeout": 5,
+}
+
+
+@pytest.mark.parametrize("scheme", sorted(NO_CONNECT_URLS))
+def test_backend_options_table_lists_options_the_store_accepts(scheme: str, tmp_path: Path) -> None:
+    """Every option the suggestions know for a store (BACKEND_OPTIONS) is one that store accepts."""
+    from kannuki.backends._types import BACKEND_OPTIONS
+
+    if scheme in ("postgresql", "mysql", "redis"):
+        pytest.importorskip({"postgresql": "psycopg", "mysql": "MySQLdb", "redis": "redis"}[scheme])
+    url = NO_CONNECT_URLS[scheme].format(tmp=tmp_path)
+    for name in BACKEND_OPTIONS[scheme]:
+        kannuki.Locker(url, **{name: OPTION_VALUES[name]}).close()

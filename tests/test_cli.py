@@ -227,3 +227,94 @@ def test_item_26_break_of_a_free_key_says_so(env: dict[str, str]) -> None:
     """Breaking a key nobody holds changes nothing and says it was free."""
     result = kannuki_cli(env, "break", "--yes", "nobody-holds-this")
     assert result.returncode == 0 and "was free" in result.stdout
+
+
+# -- what this install has: --version and info -------------------------------------------------------
+
+
+def test_version_says_native_or_pure(env: dict[str, str]) -> None:
+    """``kannuki --version`` gives the version and which core is loaded."""
+    result = kannuki_cli(env, "--version")
+    assert result.returncode == 0
+    core = "native core" if kannuki.NATIVE else "pure-Python core (`kannuki info` says why)"
+    assert result.stdout.strip() == f"kannuki {kannuki.__version__}, {core}"
+    pure = kannuki_cli(dict(env, KANNUKI_NO_EXTENSIONS="1"), "--version")
+    assert pure.stdout.strip() == f"kannuki {kannuki.__version__}, pure-Python core (`kannuki info` says why)"
+
+
+def test_info_prints_version_core_and_drivers(env: dict[str, str]) -> None:
+    """``python -m kannuki info`` (what the ``kannuki`` script runs) prints the version, the core and,
+    when pure, why, and each store's driver with its version, or how to install it."""
+    from importlib.metadata import version
+
+    result = kannuki_cli(env, "info")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"kannuki {kannuki.__version__} (")
+    core = next(line for line in lines if line.startswith("core:"))
+    if kannuki.NATIVE:
+        assert "native" in core and "_native" in core
+    else:
+        assert f"pure Python: {kannuki._core.FALLBACK_REASON}" in core
+    drivers = {line.split()[0]: line for line in lines[lines.index("drivers:") + 1 :]}
+    assert set(drivers) >= {"postgresql", "mysql", "redis", "memory", "sqlite", "file"}
+    for store, distribution in (("postgresql", "psycopg"), ("mysql", "mysqlclient"), ("redis", "redis")):
+        try:
+            assert f"{distribution} {version(distribution)}" in drivers[store]
+        except ImportError:  # PackageNotFoundError: not installed here
+            assert "not installed: pip install 'kannuki[" in drivers[store]
+    pure = kannuki_cli(dict(env, KANNUKI_NO_EXTENSIONS="1"), "info")
+    assert "core:    pure Python: KANNUKI_NO_EXTENSIONS is set" in pure.stdout
+
+
+def test_info_json_is_one_object(env: dict[str, str]) -> None:
+    """``kannuki info --json``: the same facts as one JSON object."""
+    import json
+
+    report = json.loads(kannuki_cli(dict(env, KANNUKI_NO_EXTENSIONS="1"), "info", "--json").stdout)
+    assert report["version"] == kannuki.__version__
+    assert (report["core"], report["fallback_reason"]) == ("pure", "KANNUKI_NO_EXTENSIONS is set")
+    assert {driver["store"] for driver in report["drivers"]} >= {"postgresql", "mysql", "redis", "sqlite"}
+
+
+# -- held says held / free; usage errors name the verb ------------------------------------------------
+
+
+def test_held_prints_held_or_free_unless_quiet(env: dict[str, str], tmp_path: Path) -> None:
+    """``kannuki held KEY`` prints "KEY: free" (exit 1) or "KEY: held by <holder>" (exit 0); -q only exits."""
+    free = kannuki_cli(env, "held", "report")
+    assert (free.returncode, free.stdout) == (1, "report: free\n")
+    holder = start_holding(env, tmp_path, "report")
+    try:
+        held = kannuki_cli(env, "held", "report")
+        assert held.returncode == 0
+        assert held.stdout.startswith("report: held by ") and f"pid {holder.pid}" in held.stdout
+        quiet = kannuki_cli(env, "held", "-q", "report")
+        assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    finally:
+        assert finish(holder, tmp_path, "report") == 0
+    quiet = kannuki_cli(env, "held", "--quiet", "report")
+    assert (quiet.returncode, quiet.stdout) == (1, "")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("run", "--timout", "5", "k", "--", "true"),
+            "unrecognized arguments: --timout (did you mean --timeout?)",
+        ),
+        (("list", "--jsn"), "unrecognized arguments: --jsn (did you mean --json?)"),
+        (("run", "k", "--timeout", "5", "--", "true"), "--timeout after KEY: run's options go before KEY"),
+        (("held", "k", "extra"), "unrecognized arguments: extra"),
+    ],
+)
+def test_unknown_option_shows_the_verb_s_usage(
+    env: dict[str, str], args: tuple[str, ...], message: str
+) -> None:
+    """A misspelt or misplaced option is reported by the verb's parser, with its usage (not the top-level
+    one) and the closest option; exit 2, and nothing is run."""
+    result = kannuki_cli(env, *args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"usage: kannuki {args[0]} "), result.stderr
+    assert f"kannuki {args[0]}: error: {message}" in result.stderr

@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 from types import ModuleType
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -41,6 +41,13 @@ def _join(*threads: threading.Thread) -> None:
     for thread in threads:
         thread.join(JOIN)
         assert not thread.is_alive(), "thread did not finish in time"
+
+
+def _elsewhere(fn: Callable[[], int]) -> int:
+    """``fn()`` run in another thread: a hold of another thread, so this one may wait for it."""
+    out: list[int] = []
+    _join(_start(lambda: out.append(fn())))
+    return out[0]
 
 
 def test_exclusive_excludes(core: ModuleType) -> None:
@@ -155,7 +162,7 @@ def test_unhashable_key_leaves_nothing(core: ModuleType) -> None:
 def test_timeout_returns_zero_and_leaves_no_waiter(core: ModuleType) -> None:
     """A blocking acquire that times out returns 0 and is not queued any more."""
     table = core.LockTable()
-    tok = table.acquire("k")
+    tok = _elsewhere(lambda: table.acquire("k"))
     assert table.acquire("k", timeout=0.05) == 0
     assert table.waiters("k") == 0
     assert table.release("k", tok)
@@ -351,7 +358,7 @@ def test_renew_extends_and_clears(core: ModuleType) -> None:
 def test_real_short_ttl_wakes_a_blocked_waiter(core: ModuleType) -> None:
     """With the default clock, a waiter behind a 0.2 s lease gets the key when it runs out."""
     table = core.LockTable()
-    tok = table.acquire("k", ttl=0.2)
+    tok = _elsewhere(lambda: table.acquire("k", ttl=0.2))
     got = table.acquire("k", timeout=JOIN)
     assert got > tok
     assert table.release("k", tok) is False
@@ -416,7 +423,7 @@ def test_keyboard_interrupt_during_wait_leaves_nothing(core: ModuleType) -> None
 def test_interrupt_after_hand_off_passes_the_key_on(core: ModuleType) -> None:
     """The key is handed to the waiter and then its wait raises: the key goes to the next waiter."""
     table = core.LockTable()
-    tok = table.acquire("k")
+    tok = _elsewhere(lambda: table.acquire("k"))
     behind: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
@@ -664,3 +671,277 @@ def test_a_released_key_is_reused_with_full_semantics(core: ModuleType) -> None:
     token = table.acquire("a")
     table.reset_after_fork()
     assert len(table) == 0 and table.try_acquire("a", False) > token
+
+
+# -- deadlocks: a wait that can never end raises DeadlockError at once ---------------------------
+
+
+def test_waiting_for_a_key_this_thread_holds_is_a_deadlock(core: ModuleType) -> None:
+    """Exclusive holder asks again: DeadlockError at once for any timeout but 0; nothing queued."""
+    from kannuki.errors import DeadlockError
+
+    table = core.LockTable()
+    tok = table.acquire("k")
+    for timeout in (None, JOIN, 0.5):
+        started = time.monotonic()
+        with pytest.raises(DeadlockError, match="this thread holds it already") as caught:
+            table.acquire("k", timeout=timeout)
+        assert time.monotonic() - started < JOIN / 2  # at once, not after the timeout
+        assert caught.value.key == "k" and caught.value.keys == ("k",)
+        assert table.waiters("k") == 0 and table.holders("k") == [(tok, False, None)]
+    with pytest.raises(DeadlockError):
+        table.acquire("k", shared=True, timeout=JOIN)
+    assert table.acquire("k", timeout=0) == 0  # a try is no deadlock: it answers 0
+    assert table.try_acquire("k", False) == 0
+    by_id = table.acquire(12345)
+    with pytest.raises(DeadlockError, match="12345") as caught:
+        table.acquire(12345, timeout=JOIN)
+    assert caught.value.key is None  # int keys (lock IDs) are named in the message only
+    assert table.release(12345, by_id)
+    assert table.release("k", tok)
+    assert table.acquire("k", timeout=JOIN) > tok  # free again: an ordinary acquire
+
+
+def test_shared_holders_and_deadlocks(core: ModuleType) -> None:
+    """Shared again is fine; an upgrade, or shared again behind a queued writer it blocks, deadlocks."""
+    from kannuki.errors import DeadlockError
+
+    table = core.LockTable()
+    first = table.acquire("k", shared=True)
+    second = table.acquire("k", shared=True, timeout=JOIN)  # readers share: no wait at all
+    assert second > first
+    with pytest.raises(DeadlockError):
+        table.acquire("k", timeout=JOIN)  # an upgrade waits for this thread's own reads
+    assert table.release("k", second)
+    writer: list[int] = []
+    thread = _start(lambda: writer.append(table.acquire("k", timeout=JOIN)))
+    _wait_for(lambda: table.waiters("k") == 1)
+    with pytest.raises(DeadlockError, match="this thread holds it already"):
+        # No barging: this read would queue behind the writer, who waits for this thread's read.
+        table.acquire("k", shared=True, timeout=JOIN)
+    assert table.waiters("k") == 1
+    assert table.acquire("k", shared=True, timeout=0) == 0
+    assert table.release("k", first)
+    _join(thread)
+    assert writer[0] and table.release("k", writer[0])
+    assert len(table) == 0
+
+
+def test_two_threads_in_a_cycle_one_gets_deadlock_error(core: ModuleType) -> None:
+    """Thread 1 holds A and waits for B; the main thread holds B and asks for A: DeadlockError for it."""
+    from kannuki.errors import DeadlockError
+
+    table = core.LockTable()
+    b = table.acquire("B")
+    got: list[int] = []
+    held_a = threading.Event()
+    done = threading.Event()
+
+    def one() -> None:
+        a = table.acquire("A")
+        held_a.set()
+        got.append(table.acquire("B", timeout=JOIN))
+        table.release("B", got[0])
+        done.wait(JOIN)
+        table.release("A", a)
+
+    thread = _start(one)
+    assert held_a.wait(JOIN)
+    _wait_for(lambda: table.waiters("B") == 1)
+    started = time.monotonic()
+    with pytest.raises(DeadlockError) as caught:
+        table.acquire("A", timeout=JOIN)
+    assert time.monotonic() - started < JOIN / 2
+    message = str(caught.value)
+    assert "'A'" in message and "'B'" in message and str(thread.ident) in message
+    assert caught.value.key == "A" and table.waiters("A") == 0
+    assert table.release("B", b)  # the cycle is broken: thread 1 goes on
+    done.set()
+    _join(thread)
+    assert got[0] > b
+    assert len(table) == 0
+
+
+def test_a_cycle_through_three_threads_and_two_tables(core: ModuleType) -> None:
+    """The wait-for graph spans every table of the process: t1 -> t2 -> main -> t1 is found."""
+    from kannuki.errors import DeadlockError
+
+    left, right = core.LockTable(), core.LockTable()
+    x = left.acquire("x")  # main holds left:x
+    results: dict[str, int] = {}
+    ready = threading.Barrier(3, timeout=JOIN)
+    release = threading.Event()
+
+    def worker(name: str, mine: tuple[Any, str], wanted: tuple[Any, str]) -> None:
+        token = mine[0].acquire(mine[1])
+        ready.wait()
+        results[name] = wanted[0].acquire(wanted[1], timeout=JOIN)
+        release.wait(JOIN)
+        mine[0].release(mine[1], token)
+        wanted[0].release(wanted[1], results[name])
+
+    t1 = _start(lambda: worker("t1", (right, "y"), (left, "x")))  # t1 holds right:y, waits left:x
+    t2 = _start(lambda: worker("t2", (left, "z"), (right, "y")))  # t2 holds left:z, waits right:y
+    ready.wait()
+    _wait_for(lambda: left.waiters("x") == 1 and right.waiters("y") == 1)
+    with pytest.raises(DeadlockError, match="would deadlock"):
+        left.acquire("z", timeout=JOIN)  # main waits for t2 -> t1 -> main
+    assert left.acquire("z", timeout=0) == 0
+    assert left.release("x", x)  # t1 gets x, then its hold of y goes to t2
+    release.set()
+    _join(t1, t2)
+    assert results["t1"] and results["t2"]
+    assert len(left) == 0 and len(right) == 0
+
+
+def test_waiting_for_a_running_thread_is_no_deadlock(core: ModuleType) -> None:
+    """A chain that ends at a thread that does not wait is an ordinary wait, however long."""
+    table = core.LockTable()
+    a = table.acquire("A")
+    got: list[int] = []
+    proceed = threading.Event()
+
+    def one() -> None:
+        b = table.acquire("B")
+        proceed.wait(JOIN)  # busy elsewhere: holds B, waits for nothing in any table
+        table.release("B", b)
+
+    def two() -> None:
+        got.append(table.acquire("B", timeout=JOIN))  # waits for one, which waits for nothing
+
+    first = _start(one)
+    _wait_for(lambda: table.held("B"))
+    second = _start(two)
+    _wait_for(lambda: table.waiters("B") == 1)
+    # main (holds A) -> waits for B, blocked by one (running) and by two (queued ahead, waits for one)
+    waited: list[int] = []
+    third = _start(lambda: waited.append(table.acquire("B", timeout=JOIN)))
+    _wait_for(lambda: table.waiters("B") == 2)
+    proceed.set()
+    _join(first, second)
+    assert got[0] and table.release("B", got[0])
+    _join(third)
+    assert waited[0] and table.release("B", waited[0])
+    assert table.release("A", a) and len(table) == 0
+
+
+def test_a_wait_that_ended_is_no_edge_any_more(core: ModuleType) -> None:
+    """Thread 1 timed out waiting for B: asking for its A is an ordinary wait, not a deadlock."""
+    table = core.LockTable()
+    b = table.acquire("B")
+    timed_out = threading.Event()
+    release = threading.Event()
+    tokens: list[int] = []
+
+    def one() -> None:
+        a = table.acquire("A")
+        tokens.append(table.acquire("B", timeout=0.05))  # times out: main holds B
+        timed_out.set()
+        release.wait(JOIN)
+        table.release("A", a)
+
+    thread = _start(one)
+    assert timed_out.wait(JOIN) and tokens == [0]
+    assert table.acquire("A", timeout=0.05) == 0  # thread 1 holds A but waits for nothing
+    release.set()
+    _join(thread)
+    assert table.acquire("A", timeout=JOIN) and table.release("B", b)
+
+
+def test_a_hold_left_by_a_thread_that_ended_is_nobodys(core: ModuleType) -> None:
+    """A new thread with the ident of a finished holder does not wait "for itself"."""
+    table = core.LockTable()
+    ident: list[int] = []
+
+    def take() -> int:
+        ident.append(threading.get_ident())
+        return int(table.acquire("k"))
+
+    tok = _elsewhere(take)  # held still; its thread has ended (a hold handed over, say)
+    outcomes: list[object] = []
+    reused = False
+    for _ in range(50):  # a finished thread's ident is usually given to the next one; bounded
+        time.sleep(0.005)  # let the last thread really end, so its ident is free
+        seen: list[int] = []
+
+        def wait_once(seen: list[int] = seen) -> None:
+            seen.append(threading.get_ident())
+            try:
+                outcomes.append(table.acquire("k", timeout=0.01))
+            except Exception as exc:  # a DeadlockError here would be the defect
+                outcomes.append(exc)
+
+        _join(_start(wait_once))
+        if seen[0] == ident[0]:
+            reused = True
+            break
+    assert all(outcome == 0 for outcome in outcomes), outcomes
+    assert table.release("k", tok)
+    if not reused:
+        pytest.skip("no thread got the finished holder's ident again")
+
+
+def test_a_lease_this_thread_holds_is_a_deadlock_too(core: ModuleType) -> None:
+    """A TTL holder is a holder: waiting for one's own lease raises (its owner would renew it)."""
+    from kannuki.errors import DeadlockError
+
+    table = core.LockTable()
+    tok = table.acquire("k", ttl=JOIN)
+    with pytest.raises(DeadlockError):
+        table.acquire("k", timeout=JOIN)
+    assert table.release("k", tok)
+
+
+def test_threads_closing_a_cycle_at_once_exactly_one_raises(core: ModuleType) -> None:
+    """Two threads each hold one key and ask for the other's at the same moment: one DeadlockError."""
+    from kannuki.errors import DeadlockError
+
+    table = core.LockTable()
+    for round_ in range(30):
+        start = threading.Barrier(2, timeout=JOIN)
+        outcomes: dict[str, object] = {}
+
+        def cross(mine: str, theirs: str, outcomes: dict[str, object] = outcomes, start: Any = start) -> None:
+            token = table.acquire(mine)
+            start.wait()
+            try:
+                got = table.acquire(theirs, timeout=JOIN)
+                outcomes[mine] = got
+            except DeadlockError as exc:
+                outcomes[mine] = exc
+                got = 0
+            table.release(mine, token)  # the one that raised lets the other through
+            if got:
+                table.release(theirs, got)
+
+        threads = [_start(lambda: cross("A", "B")), _start(lambda: cross("B", "A"))]
+        _join(*threads)
+        errors = [value for value in outcomes.values() if isinstance(value, DeadlockError)]
+        tokens = [value for value in outcomes.values() if isinstance(value, int) and value]
+        assert len(errors) == 1 and len(tokens) == 1, (round_, outcomes)
+        assert len(table) == 0 and table.waiters("A") == table.waiters("B") == 0
+
+
+def test_a_disowned_hold_is_waited_for_like_anyone_elses(core: ModuleType) -> None:
+    """disown(): a hold taken for someone else (a simulated holder) is an ordinary wait, never a deadlock."""
+    table = core.LockTable()
+    tok = table.acquire("k")
+    assert table.disown("k", tok) is True
+    assert table.acquire("k", timeout=0.05) == 0  # waited, timed out: no DeadlockError
+    assert table.holders("k") == [(tok, False, None)] and table.waiters("k") == 0
+    assert table.disown("k", tok + 1) is False and table.disown("other", tok) is False
+    with pytest.raises(TypeError, match="token"):
+        table.disown("k", "1")
+    readers = [table.acquire("r", shared=True), table.acquire("r", shared=True)]
+    assert table.disown("r", readers[1])  # the second holder of a shared key
+    with pytest.raises(Exception, match="this thread holds it already"):
+        table.acquire("r", timeout=JOIN)  # the first reader is still this thread's
+    assert table.release("r", readers[0])
+    assert table.acquire("r", timeout=0.05) == 0  # only the disowned reader is left
+    got: list[int] = []
+    thread = _start(lambda: got.append(table.acquire("k", timeout=JOIN)))
+    _wait_for(lambda: table.waiters("k") == 1)
+    assert table.release("k", tok)  # released by a thread other than the one that took it
+    _join(thread)
+    assert got[0] > tok and table.release("k", got[0]) and table.release("r", readers[1])
+    assert len(table) == 0

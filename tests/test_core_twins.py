@@ -159,3 +159,101 @@ def test_counters_lose_no_count_under_threads(core: Any) -> None:
         thread.join(30)
     acquired, _, _, released, *_ = counters.snapshot()
     assert acquired == released == 8000
+
+
+def _deadlock_scenario(core: ModuleType) -> list[object]:
+    """Every kind of in-process deadlock, step by step; returns what each step observed.
+
+    Thread idents in messages are replaced by the thread's name, so both twins' outcomes
+    compare equal when they behave the same.
+    """
+    from kannuki.errors import DeadlockError
+
+    out: list[object] = []
+    names: dict[int, str] = {}
+    bound = 10.0
+
+    def attempt(table: Any, key: object, **kwargs: Any) -> object:
+        try:
+            return table.acquire(key, **kwargs)
+        except DeadlockError as exc:
+            text = str(exc)
+            for ident, name in names.items():
+                text = text.replace(str(ident), name)
+            return ("DeadlockError", exc.key, text)
+
+    def settle(predicate: Any) -> None:
+        deadline = time.monotonic() + bound
+        while not predicate():
+            assert time.monotonic() < deadline, "scenario step not reached in time"
+            time.sleep(0.002)
+
+    def background(name: str, target: Any) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        assert thread.ident is not None
+        names[thread.ident] = name
+        return thread
+
+    table, other = core.LockTable(), core.LockTable()
+    mine = table.acquire("a")
+    out.append(("again", [attempt(table, "a", timeout=t) for t in (None, 1.0, 0)]))
+    out.append(("shared-on-exclusive", attempt(table, "a", shared=True, timeout=1.0)))
+    read = table.acquire("r", shared=True)
+    read_again = attempt(table, "r", shared=True, timeout=1.0)
+    out.append(("read-again", read_again, attempt(table, "r", timeout=1.0)))
+    results: dict[str, object] = {}
+    go = threading.Event()
+
+    def writer() -> None:
+        results["writer"] = token = table.acquire("r", timeout=bound)
+        go.wait(bound)
+        table.release("r", token)
+
+    w = background("writer", writer)
+    settle(lambda: table.waiters("r") == 1)
+    out.append(("read-behind-writer", attempt(table, "r", shared=True, timeout=1.0)))
+    table.release("r", read)
+    table.release("r", read_again)  # type: ignore[arg-type]
+    settle(lambda: "writer" in results)
+
+    def holds_b_wants_a() -> None:
+        b = table.acquire("b")
+        results["t-b"] = got = table.acquire("a", timeout=bound)
+        table.release("a", got)
+        table.release("b", b)
+
+    t = background("t-b", holds_b_wants_a)
+    settle(lambda: table.waiters("a") == 1)
+    out.append(("cycle-of-two", attempt(table, "b", timeout=1.0)))
+
+    def holds_y_wants_b() -> None:
+        y = other.acquire("y")
+        results["t-y"] = got = table.acquire("b", timeout=bound)
+        table.release("b", got)
+        other.release("y", y)
+
+    u = background("t-y", holds_y_wants_b)
+    settle(lambda: table.waiters("b") == 1)
+    out.append(("cycle-of-three-across-tables", attempt(other, "y", timeout=1.0)))
+    simulated = other.acquire("s")
+    out.append(("disowned", other.disown("s", simulated), attempt(other, "s", timeout=0.05)))
+    table.release("a", mine)
+    go.set()
+    for thread in (w, t, u):
+        thread.join(bound)
+        assert not thread.is_alive()
+    out.append(("tokens", results["writer"], results["t-b"], results["t-y"]))
+    other.release("s", simulated)
+    out.append(("left", len(table), len(other), table.waiters("a"), table.waiters("b")))
+    return out
+
+
+@needs_native
+def test_deadlock_detection_identical_on_both_twins() -> None:
+    """The same deadlock scenario gives the same errors, messages, tokens and final state."""
+    pure, native = _deadlock_scenario(_pure), _deadlock_scenario(_native)
+    assert pure == native
+    assert ("again", [pure[0][1][0], pure[0][1][1], 0]) == pure[0]  # type: ignore[index]
+    assert sum(1 for step in pure if "DeadlockError" in repr(step)) == 6
+    assert ("disowned", True, 0) in pure

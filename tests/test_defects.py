@@ -124,3 +124,25 @@ def test_item_25_extend_renews_a_lease_now(api: str, tmp_path: Any) -> None:
             await maybe(plain.extend())
 
     asyncio.run(body())
+
+
+def test_ensure_held_of_a_plain_memory_hold_sees_a_forced_release() -> None:
+    """memory:// without a lease: ensure_held() asks the table, reports the loss once and raises."""
+    calls: list[str] = []
+    locker = kannuki.Locker(f"memory://ensure-{uuid.uuid4().hex[:6]}", on_lost=lambda lock, why: calls.append(why))
+    lock = locker.lock("k")
+    assert lock.acquire()
+    lock.ensure_held()
+    assert locker.force_release("k") == 1
+    with pytest.raises(kannuki.LockLostError):
+        lock.ensure_held()
+    assert lock.lost and not lock.locked() and len(calls) == 1 and locker.stats().lost == 1
+    with pytest.raises(kannuki.NotHeldError):
+        lock.release()
+
+
+def test_a_locker_without_a_url_names_the_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Locker() with no URL and no $KANNUKI_URL: ConfigurationError that says how to give one."""
+    monkeypatch.delenv("KANNUKI_URL", raising=False)
+    with pytest.raises(kannuki.ConfigurationError, match="KANNUKI_URL"):
+        kannuki.Locker()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,10 +43,95 @@ def test_bad_options_are_refused(url: str) -> None:
         kannuki.Locker(url, ttl=-1)
 
 
-def test_shared_locks_are_not_supported(locker: kannuki.Locker) -> None:
-    """shared=True is refused before anything is touched."""
-    with pytest.raises(kannuki.NotSupportedError, match="shared"):
-        locker.lock("k", shared=True)
+def test_item_24_shared_locks_coexist_and_exclude_writers(locker: kannuki.Locker, tmp_path: Path) -> None:
+    """LOCK_SH: two readers (and a third from another backend) at once, each in the record; a writer waits for all."""
+    readers = [locker.lock("doc", shared=True) for _ in range(2)]
+    assert all(reader.acquire(timeout=0) for reader in readers)
+    tokens = [reader.token for reader in readers]
+    assert tokens[0] < tokens[1]
+    holders = locker.holders("doc")
+    assert [(h.shared, h.token, h.pid) for h in holders] == [(True, t, os.getpid()) for t in tokens]
+    assert all(h.name == readers[0].name and h.expires_at > time.time() for h in holders)
+    other = kannuki.Locker(locker.backend.describe(), key_prefix=locker.options.key_prefix)
+    try:
+        third = other.lock("doc", shared=True)
+        assert third.acquire(timeout=0) and third.token > tokens[1]
+        third_token = third.token
+        assert len(other.holders("doc")) == 3
+        third.release()
+        writer = other.lock("doc")
+        assert not writer.acquire(timeout=0)
+        readers[0].ensure_held()
+        readers[0].extend(60)  # a reader's renewal edits only its own entry
+        (renewed,) = [h for h in locker.holders("doc") if h.token == tokens[0]]
+        assert renewed.expires_at > time.time() + 50
+        readers[0].release()
+        assert [h.token for h in locker.holders("doc")] == [tokens[1]]
+        assert not writer.acquire(timeout=0)
+        readers[1].release()
+        assert not locker.held("doc")
+        assert writer.acquire(timeout=0) and writer.token == third_token + 1
+        (holder,) = locker.holders("doc")
+        assert (holder.shared, holder.token) == (False, writer.token)
+        assert not locker.lock("doc", shared=True).acquire(timeout=0.05)
+        writer.release()
+    finally:
+        other.close()
+    assert not locker.held("doc")
+
+
+def test_item_24_force_release_frees_every_reader_and_tokens_go_on(locker: kannuki.Locker) -> None:
+    """force_release of a key held by two readers frees both (2); the next token is above every one issued."""
+    readers = [locker.lock("stuck", shared=True) for _ in range(3)]
+    assert all(reader.acquire(timeout=0) for reader in readers)
+    highest = readers[2].token
+    readers[2].release()  # the highest token is no longer held, but it was issued
+    assert locker.force_release("stuck") == 2
+    assert not locker.held("stuck")
+    for reader in readers[:2]:
+        with pytest.raises(kannuki.LockLostError):
+            reader.release()
+    again = locker.lock("stuck")
+    assert again.acquire(timeout=0) and again.token == highest + 1
+    again.release()
+
+
+def test_item_24_killed_reader_is_freed_at_once(url: str, tmp_path: Path) -> None:
+    """A reader process killed by SIGKILL drops its LOCK_SH with it: a writer gets the key at once."""
+    import signal
+    import subprocess
+    import sys
+
+    from support import subprocess_env
+
+    script = (
+        "import sys, time, kannuki\n"
+        "lock = kannuki.Locker(sys.argv[1]).lock('victim', shared=True)\n"
+        "assert lock.acquire(timeout=5)\n"
+        "print(lock.token, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, url], stdout=subprocess.PIPE, text=True, env=subprocess_env()
+    )
+    locker = kannuki.Locker(url)
+    try:
+        assert proc.stdout is not None
+        token = int(proc.stdout.readline())
+        (holder,) = locker.holders("victim")
+        assert (holder.shared, holder.pid, holder.token) == (True, proc.pid, token)
+        assert not locker.lock("victim").acquire(timeout=0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        writer = locker.lock("victim")
+        assert writer.acquire(timeout=5) and writer.token == token + 1
+        writer.release()
+    finally:
+        locker.close()
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def test_lock_file_record_holders_and_tokens(locker: kannuki.Locker, tmp_path: Path) -> None:
@@ -185,3 +272,125 @@ def test_forked_child_does_not_keep_the_parents_flock(locker: kannuki.Locker) ->
 
 def _wait_for(event: object) -> None:
     event.wait(30)  # type: ignore[attr-defined]
+
+
+# -- item 23: a waiting writer keeps new readers out ----------------------------------
+
+LIVENESS = 10.0  # seconds: the writer must get in well within this, and always does after the fix
+
+
+def _overlapping_reader(locker: kannuki.Locker, key: str, started: Any, stop: Any, errors: list[str]) -> None:
+    """Hand over hand: take the next shared lock (one try) before letting go of the last, so this
+    reader always overlaps itself; only when the try is refused does it let go and wait its turn."""
+    current = locker.lock(key, shared=True)
+    if not current.acquire(timeout=LIVENESS):
+        errors.append("a reader could not start")
+        return
+    started.set()
+    deadline = time.monotonic() + 3 * LIVENESS
+    for _ in range(100_000):
+        if stop.is_set() or time.monotonic() > deadline:
+            break
+        time.sleep(0.002)
+        following = locker.lock(key, shared=True)
+        got = following.acquire(timeout=0)
+        current.release()
+        if not got and not following.acquire(timeout=LIVENESS):
+            errors.append("a reader waited past the liveness bound")
+            return
+        current = following
+    current.release()
+
+
+def _writer_gets_in_among_readers(readers: kannuki.Locker, writers: kannuki.Locker, key: str) -> None:
+    """Two reader threads overlap without a gap; a writer (another locker) must still get the key."""
+    stop = threading.Event()
+    errors: list[str] = []
+    starts = [threading.Event() for _ in range(2)]
+    threads = [
+        threading.Thread(target=_overlapping_reader, args=(readers, key, started, stop, errors), daemon=True)
+        for started in starts
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        assert all(started.wait(LIVENESS) for started in starts), errors
+        writer = writers.lock(key)
+        assert writer.acquire(timeout=LIVENESS), "the writer starved behind overlapping readers"
+        assert all(not h.shared for h in writers.holders(key))
+        writer.release()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(3 * LIVENESS)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+
+
+WAITING_WRITER = """
+import sys, kannuki
+options = {"namespace": sys.argv[3]} if len(sys.argv) > 3 else {}
+lock = kannuki.Locker(sys.argv[1], **options).lock(sys.argv[2])
+print("waiting", flush=True)
+lock.acquire(timeout=60)
+"""
+
+
+def _shared_try(locker: kannuki.Locker, key: str) -> bool:
+    lock = locker.lock(key, shared=True)
+    got = lock.acquire(timeout=0)
+    if got:
+        lock.release()
+    return got
+
+
+def _dead_writers_mark_runs_out(locker: kannuki.Locker, url: str, key: str, *extra: str) -> None:
+    """A writer process waits behind a reader (its mark keeps new readers out) and is SIGKILLed:
+    its mark expires by itself, and new readers get in again."""
+    import subprocess
+    import sys
+
+    from support import subprocess_env, wait_until
+
+    reader = locker.lock(key, shared=True)
+    assert reader.acquire(timeout=0)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WAITING_WRITER, url, key, *extra],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "waiting"
+        assert wait_until(lambda: not _shared_try(locker, key), LIVENESS), "the waiting writer left no mark"
+        proc.kill()
+        proc.wait(10)
+        late = locker.lock(key, shared=True)
+        assert late.acquire(timeout=LIVENESS), "a dead writer's mark kept readers out"
+        late.release()
+    finally:
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        reader.release()
+
+
+def test_item_23_waiting_writer_is_not_starved_by_overlapping_readers(url: str) -> None:
+    """file: a waiting writer's mark in the key's mutex file stops new readers; it gets in within the bound."""
+    key = f"doc-{uuid.uuid4().hex[:8]}"
+    readers, writers = kannuki.Locker(url), kannuki.Locker(url)
+    try:
+        _writer_gets_in_among_readers(readers, writers, key)
+    finally:
+        readers.close()
+        writers.close()
+
+
+def test_item_23_a_dead_writers_mark_expires(url: str) -> None:
+    """file: the mark of a writer killed while waiting keeps readers out only until it expires."""
+    locker = kannuki.Locker(url)
+    try:
+        _dead_writers_mark_runs_out(locker, url, f"doc-{uuid.uuid4().hex[:8]}")
+    finally:
+        locker.close()

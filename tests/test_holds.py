@@ -372,3 +372,39 @@ def _child_view(locker: Any, lock: Any, api: str) -> None:
 
     asyncio.run(close())
     os._exit(0)
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_an_interrupted_circuit_probe_lets_the_next_call_probe(api: str) -> None:
+    """The half-open probe is cut by KeyboardInterrupt: the next call probes again, never CircuitOpenError."""
+
+    async def body() -> None:
+        cls = kannuki.Locker if api == "sync" else kannuki.AsyncLocker
+        locker = cls(f"memory://probe-{uuid.uuid4().hex[:6]}", circuit_failures=1, circuit_reset=0.05)
+        backend = locker.backend
+        real_acquire = backend.acquire
+        outcomes: list[BaseException] = [kannuki.BackendError("store down"), KeyboardInterrupt()]
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            if outcomes:
+                raise outcomes.pop(0)
+            return real_acquire(*args, **kwargs)
+
+        backend.acquire = failing
+        try:
+            with pytest.raises(kannuki.BackendError):
+                await maybe(locker.lock("k").acquire())
+            with pytest.raises(kannuki.CircuitOpenError):
+                await maybe(locker.lock("k").acquire())
+            await asyncio.sleep(0.1)
+            with pytest.raises(KeyboardInterrupt):  # the probe, interrupted
+                await maybe(locker.lock("k").acquire())
+            lock = locker.lock("k")
+            assert await maybe(lock.acquire())  # probes again and closes the circuit
+            await maybe(lock.release())
+            assert locker.circuit_state().state == "closed"
+        finally:
+            del backend.acquire
+            await maybe(locker.aclose() if api == "async" else locker.close())
+
+    asyncio.run(body())

@@ -584,3 +584,163 @@ def test_every_server_name_is_short_and_needs_no_escaping() -> None:
         assert _name_literal(name) == b"'" + sent.encode() + b"'"
 
     check()
+
+
+# -- item 4: fencing tokens strictly increasing across processes by default ------------
+
+TOKEN_PRINTER = """
+import sys, kannuki
+locker = kannuki.Locker(sys.argv[1], key_prefix=sys.argv[2])
+with locker.lock("fenced", timeout=30) as lock:
+    print(lock.token, locker.backend.tokens_fenced, flush=True)
+locker.close()
+"""
+
+
+def test_item_4_tokens_strictly_increase_across_processes_by_default(mysql_url: str, prefix: str) -> None:
+    """Three processes, one after another, default options: three strictly increasing tokens (not 1, 1, 1)."""
+    tokens = []
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", TOKEN_PRINTER, mysql_url, prefix],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        token, fenced = done.stdout.split()
+        assert fenced == "True"
+        tokens.append(int(token))
+    assert tokens == sorted(set(tokens)) and len(tokens) == 3
+
+
+def _questions(db: Any) -> int:
+    """Statements the server counted on this session (this one included)."""
+    return int(
+        _scalar(
+            db,
+            "SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'QUESTIONS'",
+        )
+    )
+
+
+def test_item_4_the_token_comes_with_get_lock_in_one_statement(make_locker: Any) -> None:
+    """MariaDB: the token is drawn by the GET_LOCK statement itself: a try + release is two statements."""
+    locker = make_locker()
+    with locker.lock("one", timeout=0):
+        pass  # the first connection sets the sequence up, once
+    lock = locker.lock("one")
+    assert lock.acquire(timeout=0)
+    assert lock.grant is not None
+    db = lock.grant.conn.db
+    counts = []
+    for _ in range(5):  # the fewest of five: the watcher may slip a statement of its own in
+        before = _questions(db)
+        first = lock.token
+        lock.release()
+        assert lock.acquire(timeout=0) and lock.grant.conn.db is db  # the pooled connection again
+        counts.append(_questions(db) - before)
+        assert lock.token > first
+    assert min(counts) == 3  # RELEASE_LOCK, GET_LOCK (with NEXTVAL), the question itself
+    assert locker.backend.tokens_fenced
+    lock.release()
+
+
+def test_item_4_wrapped_and_url_lockers_share_the_sequence(raw: Any, make_locker: Any, prefix: str) -> None:
+    """A wrapped connection and a URL locker (two in-process tables): tokens still strictly increase."""
+    wrapped = kannuki.Locker(raw, key_prefix=prefix)
+    pooled = make_locker()
+    try:
+        tokens = []
+        for locker in (wrapped, pooled, wrapped, pooled):
+            with locker.lock("shared-seq", timeout=5) as lock:
+                tokens.append(lock.token)
+        assert tokens == sorted(set(tokens)) and len(tokens) == 4
+        many = wrapped.lock_many(["shared-seq", "other"])
+        assert many.acquire(timeout=0) and many.tokens is not None and min(many.tokens) > tokens[-1]
+        many.release()
+    finally:
+        wrapped.close()
+
+
+def test_item_4_no_usable_sequence_warns_once_and_says_so(mysql_url: str, prefix: str) -> None:
+    """No database to keep the sequence in: one RuntimeWarning naming it, tokens_fenced False, locks still work."""
+    import warnings
+
+    url = mysql_url.rsplit("/", 1)[0]  # no database selected
+    locker = kannuki.Locker(url, key_prefix=prefix)
+    try:
+        with pytest.warns(RuntimeWarning, match="kannuki_fencing_seq"):
+            with locker.lock("unfenced", timeout=0) as lock:
+                assert lock.token
+        assert not locker.backend.tokens_fenced
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with locker.lock("unfenced", timeout=0) as lock:
+                assert lock.token
+    finally:
+        locker.close()
+
+
+def test_item_4_fencing_false_and_the_counter_table(make_locker: Any, raw: Any) -> None:
+    """fencing=False: in-process tokens, nothing on the server; the counter table (MySQL's fencing=True) still counts up."""
+    assert not make_locker(fencing=False).backend.tokens_fenced
+    table = f"t_fence_{uuid.uuid4().hex[:8]}"
+    lockers = [make_locker(fencing=True, fencing_table=table) for _ in range(2)]
+    for locker in lockers:
+        locker.backend._token_mode = "table"  # what a MySQL server (no sequences) gets with fencing=True
+    try:
+        tokens = []
+        for locker in (*lockers, *lockers):
+            with locker.lock("counted", timeout=5) as lock:
+                tokens.append(lock.token)
+        assert tokens == [1, 2, 3, 4]
+    finally:
+        raw.cursor().execute(f"DROP TABLE IF EXISTS {table}")
+
+
+# -- item 14: a wrapped connection shared by threads ------------------------------------
+
+
+def test_item_14_a_wait_on_a_wrapped_connection_does_not_stall_its_other_threads(
+    raw: Any, make_locker: Any, prefix: str
+) -> None:
+    """One thread waits 30 s on the wrapped connection; another's 20 try+release rounds get through meanwhile."""
+    wrapped = kannuki.Locker(raw, key_prefix=prefix)
+    holder = make_locker().lock("busy")
+    assert holder.acquire(timeout=0)
+    waiting = threading.Event()
+    unsubscribe = kannuki.subscribe(lambda event: waiting.set(), events={"waiting"})
+    results: list[bool] = []
+    busy = wrapped.lock("busy")
+    waiter = threading.Thread(target=lambda: results.append(busy.acquire(timeout=30)))
+    rounds: list[int] = []
+
+    def others() -> None:
+        for i in range(20):
+            lock = wrapped.lock(f"free-{i}")
+            assert lock.acquire(timeout=0)
+            lock.release()
+            rounds.append(i)
+
+    worker = threading.Thread(target=others)
+    waiter.start()
+    try:
+        assert waiting.wait(10)
+        worker.start()
+        worker.join(10)  # liveness bound: a third of the waiter's wait
+        assert not worker.is_alive() and len(rounds) == 20, f"{len(rounds)} of 20 rounds got through"
+        assert not results  # the waiter is still waiting
+        holder.release()
+        waiter.join(10)
+        assert results == [True]
+        busy.release()
+    finally:
+        unsubscribe()
+        if holder.locked():
+            holder.release()
+        waiter.join(30)
+        if worker.ident is not None:
+            worker.join(60)
+        wrapped.close()

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -245,26 +246,29 @@ def test_session_lock_survives_the_users_rollback(pg_url: str, pg_conn: Any, pre
 def test_deadlock_is_its_own_error(pg_url: str, prefix: str) -> None:
     """Two connection lockers waiting for each other's keys: the server's victim gets DeadlockError.
 
-    (The server sees a cycle only between sessions: a URL locker pins one
-    connection per lock, so there lock_many's fixed order is the remedy.)
+    (The server sees a cycle only between sessions that wait on the server: a
+    URL locker pins one connection per lock, so there lock_many's fixed order
+    is the remedy; a wrapped connection's session locks poll, so that other
+    threads can use it meanwhile. Transaction-level locks wait on the server.)
     """
     conns = [psycopg.connect(pg_url, autocommit=True) for _ in range(2)]
     a, b = (kannuki.Locker(conn, key_prefix=prefix) for conn in conns)
     errors: list[BaseException] = []
     barrier = threading.Barrier(2, timeout=10)
 
-    def cross(locker: kannuki.Locker, first: str, second: str) -> None:
-        with locker.lock(first):
-            barrier.wait()
-            try:
-                with locker.lock(second, timeout=20):
-                    pass
-            except BaseException as exc:
-                errors.append(exc)
+    def cross(locker: kannuki.Locker, conn: Any, first: str, second: str) -> None:
+        try:
+            with conn.transaction():
+                with locker.lock(first, transaction=True):
+                    barrier.wait()
+                    with locker.lock(second, transaction=True, timeout=20):
+                        pass
+        except BaseException as exc:
+            errors.append(exc)
 
     threads = [
-        threading.Thread(target=cross, args=(a, "x", "y")),
-        threading.Thread(target=cross, args=(b, "y", "x")),
+        threading.Thread(target=cross, args=(a, conns[0], "x", "y")),
+        threading.Thread(target=cross, args=(b, conns[1], "y", "x")),
     ]
     for t in threads:
         t.start()
@@ -439,9 +443,8 @@ def test_holders_describe_the_pinned_connection(locker: kannuki.Locker, pg_conn:
         assert holder.application == "kannuki" and holder.user == "postgres"
         assert holder.host == "127.0.0.1" and holder.since is not None and not holder.shared
         listed = [h for h in locker.list_held() if h.lock_id == lock.lock_id]
-        assert [(h.name, h.pid) for h in listed] == [
-            (f"#{lock.lock_id}", grant.pid)
-        ]  # the server knows IDs only
+        # The server knows IDs only; the locker names the locks it holds itself.
+        assert [(h.name, h.pid) for h in listed] == [(lock.name, grant.pid)]
     assert lock.holders() == []
 
 
@@ -458,11 +461,15 @@ def test_terminated_backend_is_lock_lost(locker: kannuki.Locker, pg_conn: Any) -
     assert locker.stats().lost == 1
 
 
-def test_pooler_moving_the_session_is_lock_lost(locker: kannuki.Locker, pg_url: str) -> None:
-    """Release landing on another server backend (as behind PgBouncer in transaction mode) is LockLostError, not a no-op.
+def test_item_11_pooler_moving_the_session_is_lock_lost_and_freed_where_taken(
+    locker: kannuki.Locker, pg_url: str
+) -> None:
+    """Release landing on another server backend (as behind PgBouncer in transaction mode) is LockLostError,
+    and the lock does not stay on the backend it was taken on: that server session is ended.
 
-    Simulated honestly at the driver level: the pinned connection is swapped for
-    another one, as a transaction-mode pooler would route the next statement.
+    Simulated at the driver level: the pinned connection is swapped for another
+    one, as a transaction-mode pooler would route the next statement; the
+    original stays open (as a pooler's server connection would).
     """
     lock = locker.lock("moved")
     assert lock.acquire(blocking=False)
@@ -471,13 +478,12 @@ def test_pooler_moving_the_session_is_lock_lost(locker: kannuki.Locker, pg_url: 
     session.conn = psycopg.connect(pg_url, autocommit=True)
     session._cursor = session.conn.cursor()
     try:
-        with pytest.raises(LockLostError, match="PID"):
+        with pytest.raises(LockLostError, match="PID") as info:
             lock.release()
-        assert locker.held("moved")  # still held on the original backend: nothing was unlocked elsewhere
+        assert f"ended server session {original.info.backend_pid}" in str(info.value)
+        assert not locker.held("moved")  # freed where it was taken (PostgreSQL >= 14 waits for the end)
     finally:
         original.close()
-    # The server ends the closed session (and its locks) asynchronously: wait for it, bounded.
-    assert wait_until(lambda: not locker.held("moved"))
 
 
 def test_pooler_release_unlocks_nothing_on_the_backend_it_landed_on(
@@ -712,7 +718,7 @@ def test_lock_many_waits_on_the_server(locker: kannuki.Locker, pg_conn: Any, pre
 
 
 def test_fencing_tokens_increase_across_lockers(pg_url: str, pg_conn: Any, prefix: str) -> None:
-    """fencing=True: tokens from the server counter increase strictly across two lockers, try and wait paths."""
+    """fencing=True: tokens from the server sequence increase strictly across two lockers, try and wait paths."""
     a = kannuki.Locker(pg_url, key_prefix=prefix, fencing=True)
     b = kannuki.Locker(pg_url, key_prefix=prefix, fencing=True)
     tokens = []
@@ -727,7 +733,6 @@ def test_fencing_tokens_increase_across_lockers(pg_url: str, pg_conn: Any, prefi
         unlocker.join(10)
         assert tokens == sorted(set(tokens)) and len(tokens) == 5
     finally:
-        pg_conn.execute(f"DELETE FROM {sql.FENCING_TABLE} WHERE lock_id = %s", [a.lock("fenced").lock_id])
         a.close()
         b.close()
 
@@ -823,10 +828,18 @@ def test_two_lockers_on_one_connection_exclude_each_other(pg_url: str, prefix: s
     """PostgreSQL session locks are re-entrant per session: two lockers wrapping one connection still exclude."""
     conn = psycopg.connect(pg_url, autocommit=True)
     first, second = kannuki.Locker(conn, key_prefix=prefix), kannuki.Locker(conn, key_prefix=prefix)
+    outcomes: list[bool] = []
+
+    def other_thread() -> None:  # (this thread waiting for its own key would be a DeadlockError)
+        outcomes.append(second.lock("shared-conn").acquire(blocking=False))
+        outcomes.append(second.lock("shared-conn").acquire(timeout=0.1))
+
     try:
         with first.lock("shared-conn"):
-            assert second.lock("shared-conn").acquire(blocking=False) is False
-            assert second.lock("shared-conn").acquire(timeout=0.1) is False
+            thread = threading.Thread(target=other_thread)
+            thread.start()
+            thread.join(30)
+            assert outcomes == [False, False]
         assert second.lock("shared-conn").acquire(blocking=False)
     finally:
         conn.close()
@@ -845,3 +858,283 @@ def test_url_lockers_of_one_process_queue_on_one_table(pg_url: str, prefix: str)
     finally:
         a.close()
         b.close()
+
+
+# -- defects of issue 12 (one test each, named after its item) --------------------------------
+
+
+def test_item_1_transaction_locks_on_one_connection_exclude_each_other(pg_url: str, prefix: str) -> None:
+    """Advisory locks are re-entrant within one server session: two transaction-level Locks on one connection
+    (and a transaction-level Lock beside a session Lock of a locker wrapping it) must still exclude."""
+    conn = psycopg.connect(pg_url, autocommit=True)
+    wrapped = kannuki.Locker(conn, key_prefix=prefix)
+    url_locker = kannuki.Locker(pg_url, key_prefix=prefix)
+    try:
+        with conn.transaction():
+            first, second = wrapped.lock("x", transaction=True), url_locker.lock("x", transaction=conn)
+            assert first.acquire(blocking=False)
+            assert second.acquire(blocking=False) is False
+            first.release()  # a no-op on the server (it ends with the transaction), but frees it here
+            assert second.acquire(blocking=False)
+            second.release()
+        session = wrapped.lock("y")
+        assert session.acquire(blocking=False)
+        with conn.transaction():
+            assert wrapped.lock("y", transaction=True).acquire(blocking=False) is False
+            assert url_locker.lock("y", transaction=conn).acquire(blocking=False) is False
+        session.release()
+        with conn.transaction():
+            in_transaction = wrapped.lock("z", transaction=True)
+            assert in_transaction.acquire(blocking=False)
+            assert wrapped.lock("z").acquire(blocking=False) is False  # the other way round too
+            in_transaction.release()
+    finally:
+        wrapped.close()
+        url_locker.close()
+        conn.close()
+
+
+def test_item_2_a_rollback_never_repeats_a_token(pg_url: str, prefix: str) -> None:
+    """A fenced lock taken inside the user's transaction, which is then rolled back: the next holder (in
+    another locker) still gets a larger token (a sequence is never rolled back)."""
+    conn = psycopg.connect(pg_url, autocommit=True)
+    wrapped = kannuki.Locker(conn, key_prefix=prefix, fencing=True)
+    url_locker = kannuki.Locker(pg_url, key_prefix=prefix, fencing=True)
+    try:
+        tokens = []
+        for _ in range(2):
+            with conn.transaction():
+                with wrapped.lock("k") as lock:  # a session lock, its token drawn in the transaction
+                    tokens.append(lock.token)
+                with wrapped.lock("t", transaction=True) as lock:
+                    tokens.append(lock.token)
+                raise psycopg.Rollback  # the transaction block rolls back and swallows it
+            with url_locker.lock("k") as lock:
+                tokens.append(lock.token)
+            with conn.transaction(), url_locker.lock("t", transaction=conn) as lock:
+                tokens.append(lock.token)
+        assert tokens == sorted(set(tokens)) and len(tokens) == 8
+    finally:
+        wrapped.close()
+        url_locker.close()
+        conn.close()
+
+
+def test_item_4_tokens_come_from_the_server_sequence_by_default(pg_url: str, prefix: str) -> None:
+    """By default every acquisition's token comes from kannuki_fencing_seq in the lock statement itself:
+    strictly increasing across lockers with their own in-process tables (URL, pool, connection), the
+    try and wait paths, lock_many and transaction-level locks; fencing=False keeps them local."""
+    psycopg_pool = pytest.importorskip("psycopg_pool")
+    conn = psycopg.connect(pg_url, autocommit=True)
+    holder = psycopg.connect(pg_url, autocommit=True)
+    with psycopg_pool.ConnectionPool(pg_url, min_size=1, max_size=2, kwargs={"autocommit": True}) as pool:
+        lockers = [kannuki.Locker(target, key_prefix=prefix) for target in (pg_url, pool, conn)]
+        try:
+            tokens = []
+            for locker in lockers * 2:
+                with locker.lock("k") as lock:
+                    tokens.append(lock.token)
+                with locker.lock_many(["k", "other"]) as multi:
+                    tokens.append(multi.tokens[0])
+            assert raw_try(holder, f"{prefix}:k")
+            unlocker = unlock_soon(holder, f"{prefix}:k")
+            with lockers[0].lock("k", timeout=30) as lock:  # the wait path
+                tokens.append(lock.token)
+            unlocker.join(10)
+            with conn.transaction(), lockers[0].lock("k", transaction=conn) as lock:
+                tokens.append(lock.token)
+            assert tokens == sorted(set(tokens)) and len(tokens) == 14
+            assert all(locker.backend.tokens_fenced for locker in lockers)
+            (last,) = conn.execute(f"SELECT last_value FROM {sql.FENCING_SEQUENCE}").fetchone()
+            assert last >= tokens[-1]
+            local = kannuki.Locker(pg_url, key_prefix=prefix, fencing=False)
+            assert local.backend.tokens_fenced is False
+            local.close()
+        finally:
+            for locker in lockers:
+                locker.close()
+            conn.close()
+            holder.close()
+
+
+@pytest.fixture
+def unprivileged_url(pg_url: str, pg_conn: Any) -> Iterator[str]:
+    """A role of this test's own, allowed to log in and nothing more (no CREATE on public, no sequence USAGE)."""
+    role = f"kannuki_t_{uuid.uuid4().hex[:8]}"
+    pg_conn.execute(f"CREATE ROLE {role} LOGIN")
+    parts = pg_url.split("://", 1)[1].split("@", 1)
+    try:
+        yield f"postgresql://{role}@{parts[-1]}"
+    finally:
+        pg_conn.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = %s", [role]
+        )
+        pg_conn.execute(f"DROP ROLE {role}")
+
+
+def test_item_4_a_role_without_the_sequence_gets_one_warning(
+    pg_url: str, unprivileged_url: str, prefix: str
+) -> None:
+    """A role that may neither create nor use the sequence: locks still work, tokens are the in-process
+    ones (tokens_fenced False, so the locker can report None), and exactly one warning says why."""
+    with kannuki.Locker(pg_url, key_prefix=prefix) as owner, owner.lock("k"):
+        pass  # the sequence exists now (created by a role that may), without USAGE for the new role
+    locker = kannuki.Locker(unprivileged_url, key_prefix=prefix)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tokens = []
+            for _ in range(3):
+                with locker.lock("k") as lock:
+                    tokens.append(lock.token)
+            with locker.lock_many(["a", "b"]) as multi:
+                tokens.extend(multi.tokens)
+        messages = [str(w.message) for w in caught]
+        assert len(messages) == 1 and sql.FENCING_SEQUENCE in messages[0] and "GRANT USAGE" in messages[0]
+        assert caught[0].category is RuntimeWarning
+        assert locker.backend.tokens_fenced is False
+        assert all(isinstance(token, int) and token > 0 for token in tokens)
+    finally:
+        locker.close()
+
+
+def test_item_6_a_broken_lock_many_connection_goes_back_to_the_pool_once(
+    pg_url: str, pg_conn: Any, prefix: str
+) -> None:
+    """Locker(ConnectionPool) + lock_many on a connection that breaks: the connection goes back once, not once
+    per key, so a max_size=2 pool never hands out more than 2."""
+    psycopg_pool = pytest.importorskip("psycopg_pool")
+    with psycopg_pool.ConnectionPool(pg_url, min_size=2, max_size=2, kwargs={"autocommit": True}) as pool:
+        pool.wait(timeout=10)
+        locker = kannuki.Locker(pool, key_prefix=prefix)
+        try:
+            multi = locker.lock_many(["a", "b", "c"])
+            assert multi.acquire(timeout=10)
+            pg_conn.execute("SELECT pg_terminate_backend(%s, 5000)", [multi._holds[0].grant.pid])
+            with pytest.raises(LockLostError):
+                multi.release()
+            borrowed = [pool.getconn(timeout=10) for _ in range(2)]
+            try:
+                with pytest.raises(psycopg_pool.PoolTimeout):
+                    pool.getconn(timeout=0.5)
+            finally:
+                for conn in borrowed:
+                    pool.putconn(conn)
+            assert pool.get_stats()["pool_size"] <= 2
+        finally:
+            locker.close()
+
+
+def test_item_8_timeouts_beyond_lock_timeouts_range(
+    locker: kannuki.Locker, pg_conn: Any, prefix: str
+) -> None:
+    """Timeouts of ~25 days and more (lock_timeout's int milliseconds overflow) and up to the largest float:
+    a free key is taken, in session and transaction-level locks."""
+    for timeout in (25 * 86400.0, 30 * 86400.0, 2e305, 1.7e308):
+        lock = locker.lock("long", timeout=timeout)
+        assert lock.acquire()
+        lock.release()
+        with pg_conn.transaction():
+            with locker.lock("long", transaction=pg_conn, timeout=timeout):
+                pass
+    assert sql.lock_timeout_setting(1.7e308) == f"{sql.MAX_LOCK_TIMEOUT_MS}ms"
+
+
+@pytest.mark.parametrize("transaction", [False, True])
+def test_item_8_a_long_wait_goes_in_slices(
+    pg_url: str, pg_conn: Any, prefix: str, monkeypatch: pytest.MonkeyPatch, transaction: bool
+) -> None:
+    """A wait longer than lock_timeout's maximum goes on in slices: with the maximum made 50 ms, a key freed
+    after two slices ran out is still taken, and the waiting setting never outlives the wait."""
+    monkeypatch.setattr(sql, "MAX_LOCK_TIMEOUT_MS", 50)
+    settings: list[str] = []
+    original = sql.lock_timeout_setting
+
+    def recorded(timeout: float | None) -> str:
+        settings.append(original(timeout))
+        return settings[-1]
+
+    monkeypatch.setattr(sql, "lock_timeout_setting", recorded)
+    locker = kannuki.Locker(pg_url, key_prefix=prefix)
+    user = psycopg.connect(pg_url, autocommit=True)
+    try:
+        assert raw_try(pg_conn, f"{prefix}:sliced")
+        result: list[bool] = []
+
+        def wait() -> None:
+            if transaction:
+                with user.transaction():
+                    result.append(locker.lock("sliced", transaction=user).acquire(timeout=60))
+            else:
+                result.append(locker.lock("sliced").acquire(timeout=60))
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        assert wait_until(lambda: len(settings) >= 3, 30)  # two slices ran out, a third waits
+        raw_unlock(pg_conn, f"{prefix}:sliced")
+        waiter.join(30)
+        assert result == [True] and settings[0] == "50ms"
+        assert user.execute("SHOW lock_timeout").fetchone()[0] == "0"
+    finally:
+        locker.close()
+        user.close()
+
+
+def test_item_13_held_and_holders_leave_a_pooled_connection_idle(
+    pg_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """psycopg_pool with non-autocommit connections: held()/holders()/list_held() give the connection back
+    idle, so the pool never warns "rolling back returned connection"."""
+    psycopg_pool = pytest.importorskip("psycopg_pool")
+    with psycopg_pool.ConnectionPool(pg_url, min_size=1, max_size=1) as pool:
+        pool.wait(timeout=10)
+        locker = kannuki.Locker(pool, key_prefix=prefix)
+        try:
+            with caplog.at_level("WARNING", logger="psycopg.pool"):
+                for _ in range(3):
+                    assert locker.held("k") is False
+                    assert locker.lock("k").holders() == []
+                    locker.list_held()
+                with pool.connection() as conn:
+                    assert conn.info.transaction_status == 0  # idle
+            assert [r.getMessage() for r in caplog.records if "rolling back" in r.getMessage()] == []
+        finally:
+            locker.close()
+
+
+def test_item_14_a_shared_connection_serves_other_threads_while_one_waits(
+    pg_url: str, pg_conn: Any, prefix: str
+) -> None:
+    """Locker(psycopg.Connection) used by several threads: while one waits for a key held elsewhere, the
+    others' release and try go through at once instead of queueing behind the whole wait."""
+    conn = psycopg.connect(pg_url, autocommit=True)
+    locker = kannuki.Locker(conn, key_prefix=prefix)
+    waiting = threading.Event()
+    unsubscribe = kannuki.subscribe(lambda event: event.key == "held" and waiting.set(), events=["waiting"])
+    try:
+        assert raw_try(pg_conn, f"{prefix}:held")
+        mine = locker.lock("mine")
+        assert mine.acquire(blocking=False)
+        result: list[bool] = []
+        waiter = threading.Thread(target=lambda: result.append(locker.lock("held").acquire(timeout=60)))
+        waiter.start()
+        assert waiting.wait(30)
+        served: list[bool] = []
+
+        def others() -> None:
+            mine.release()
+            other = locker.lock("other")
+            served.append(other.acquire(blocking=False))
+            other.release()
+
+        other = threading.Thread(target=others)
+        other.start()
+        other.join(20)
+        assert served == [True] and waiter.is_alive()  # done while the first thread still waits
+        raw_unlock(pg_conn, f"{prefix}:held")
+        waiter.join(30)
+        assert result == [True]
+    finally:
+        unsubscribe()
+        locker.close()
+        conn.close()

@@ -40,6 +40,28 @@ def hold_forever(url: str, prefix: str, ready: Any) -> None:
     time.sleep(600)
 
 
+def report_token(url: str, prefix: str, tokens: Any) -> None:
+    """Worker: take the key once with the default options and put its token on the queue."""
+    locker = kannuki.Locker(url, key_prefix=prefix)
+    with locker.lock("fenced", timeout=60) as lock:
+        tokens.put(lock.token)
+    locker.close()
+
+
+def test_item_4_tokens_increase_across_processes_by_default(pg_url: str) -> None:
+    """Three processes, one after the other, each with its own in-process table: by default their tokens
+    come from the server sequence and increase strictly (each used to get token 1)."""
+    prefix = f"t-pg-{uuid.uuid4().hex[:8]}"
+    queue = SPAWN.Queue()
+    tokens = []
+    for _ in range(3):
+        worker = SPAWN.Process(target=report_token, args=(pg_url, prefix, queue))
+        worker.start()
+        assert join_all([worker], 60) == [0]
+        tokens.append(queue.get(timeout=10))
+    assert tokens == sorted(set(tokens)) and len(tokens) == 3
+
+
 def test_four_processes_lose_no_update(pg_url: str, pg_conn: Any) -> None:
     """4 spawned processes x 50 read-modify-writes under one lock: the row ends at exactly 200."""
     table = f"t_pg_counter_{uuid.uuid4().hex[:8]}"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -228,3 +231,125 @@ def _child_checks(locker: kannuki.Locker, lock: kannuki.Lock) -> None:
     assert other.acquire(timeout=0)
     other.release()
     locker.close()
+
+
+# -- item 23: a waiting writer keeps new readers out ----------------------------------
+
+LIVENESS = 10.0  # seconds: the writer must get in well within this, and always does after the fix
+
+
+def _overlapping_reader(locker: kannuki.Locker, key: str, started: Any, stop: Any, errors: list[str]) -> None:
+    """Hand over hand: take the next shared lock (one try) before letting go of the last, so this
+    reader always overlaps itself; only when the try is refused does it let go and wait its turn."""
+    current = locker.lock(key, shared=True)
+    if not current.acquire(timeout=LIVENESS):
+        errors.append("a reader could not start")
+        return
+    started.set()
+    deadline = time.monotonic() + 3 * LIVENESS
+    for _ in range(100_000):
+        if stop.is_set() or time.monotonic() > deadline:
+            break
+        time.sleep(0.002)
+        following = locker.lock(key, shared=True)
+        got = following.acquire(timeout=0)
+        current.release()
+        if not got and not following.acquire(timeout=LIVENESS):
+            errors.append("a reader waited past the liveness bound")
+            return
+        current = following
+    current.release()
+
+
+def _writer_gets_in_among_readers(readers: kannuki.Locker, writers: kannuki.Locker, key: str) -> None:
+    """Two reader threads overlap without a gap; a writer (another locker) must still get the key."""
+    stop = threading.Event()
+    errors: list[str] = []
+    starts = [threading.Event() for _ in range(2)]
+    threads = [
+        threading.Thread(target=_overlapping_reader, args=(readers, key, started, stop, errors), daemon=True)
+        for started in starts
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        assert all(started.wait(LIVENESS) for started in starts), errors
+        writer = writers.lock(key)
+        assert writer.acquire(timeout=LIVENESS), "the writer starved behind overlapping readers"
+        assert all(not h.shared for h in writers.holders(key))
+        writer.release()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(3 * LIVENESS)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+
+
+WAITING_WRITER = """
+import sys, kannuki
+options = {"namespace": sys.argv[3]} if len(sys.argv) > 3 else {}
+lock = kannuki.Locker(sys.argv[1], **options).lock(sys.argv[2])
+print("waiting", flush=True)
+lock.acquire(timeout=60)
+"""
+
+
+def _shared_try(locker: kannuki.Locker, key: str) -> bool:
+    lock = locker.lock(key, shared=True)
+    got = lock.acquire(timeout=0)
+    if got:
+        lock.release()
+    return got
+
+
+def _dead_writers_mark_runs_out(locker: kannuki.Locker, url: str, key: str, *extra: str) -> None:
+    """A writer process waits behind a reader (its mark keeps new readers out) and is SIGKILLed:
+    its mark expires by itself, and new readers get in again."""
+    import subprocess
+    import sys
+
+    from support import subprocess_env, wait_until
+
+    reader = locker.lock(key, shared=True)
+    assert reader.acquire(timeout=0)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WAITING_WRITER, url, key, *extra],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "waiting"
+        assert wait_until(lambda: not _shared_try(locker, key), LIVENESS), "the waiting writer left no mark"
+        proc.kill()
+        proc.wait(10)
+        late = locker.lock(key, shared=True)
+        assert late.acquire(timeout=LIVENESS), "a dead writer's mark kept readers out"
+        late.release()
+    finally:
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        reader.release()
+
+
+def test_item_23_waiting_writer_is_not_starved_by_overlapping_readers(url: str) -> None:
+    """sqlite: a waiting writer's mark in kannuki_intents stops new readers; it gets in within the bound."""
+    key = f"doc-{uuid.uuid4().hex[:8]}"
+    readers, writers = kannuki.Locker(url), kannuki.Locker(url)
+    try:
+        _writer_gets_in_among_readers(readers, writers, key)
+    finally:
+        readers.close()
+        writers.close()
+
+
+def test_item_23_a_dead_writers_mark_expires(url: str) -> None:
+    """sqlite: the mark of a writer killed while waiting keeps readers out only until it expires."""
+    locker = kannuki.Locker(url)
+    try:
+        _dead_writers_mark_runs_out(locker, url, f"doc-{uuid.uuid4().hex[:8]}")
+    finally:
+        locker.close()

@@ -44,6 +44,7 @@ SOURCES = [
     "backends/redis_async.py",
     "backends/sqlite_async.py",
     "backends/file_async.py",
+    "backends/etcd_async.py",
     "_hold_async.py",
     "_lock_async.py",
     "_locker_async.py",

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
 import logging
 import os
 from types import ModuleType
@@ -28,18 +30,57 @@ __all__ = [
 FALLBACK_REASON: str | None = None
 IMPLEMENTATION: ModuleType
 
+# Written into the built package by setup.py when it built no compiled core, with the reason.
+_FALLBACK_NOTE = "_fallback_reason.txt"
+
+
+def _not_built_reason() -> str:
+    """Why there is no ``kannuki._native`` file to import, as far as the installed package tells."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        with open(os.path.join(here, _FALLBACK_NOTE), encoding="utf-8") as note:
+            recorded = note.read().strip()
+    except OSError:
+        recorded = ""
+    if recorded:
+        return f"the compiled core was not built when kannuki was installed: {recorded}"
+    try:
+        others = sorted(
+            name for name in os.listdir(here) if name.startswith("_native.") and name != "_native.pyi"
+        )
+    except OSError:
+        others = []
+    if others:
+        suffixes = ", ".join(importlib.machinery.EXTENSION_SUFFIXES)
+        return (
+            f"the compiled core here ({', '.join(others)}) was built for another Python; "
+            f"this one loads {suffixes}: reinstall kannuki for this interpreter"
+        )
+    return (
+        "the compiled core is not installed (kannuki._native is missing: a build without a C compiler, "
+        "or a source tree that was never built)"
+    )
+
+
 if os.environ.get("KANNUKI_NO_EXTENSIONS", "") not in ("", "0"):
     FALLBACK_REASON = "KANNUKI_NO_EXTENSIONS is set"
 else:
     try:
-        from kannuki import _native as IMPLEMENTATION
-    except ImportError as exc:  # not built, or built for another interpreter
-        FALLBACK_REASON = f"the compiled core did not load: {exc}"
+        # import_module, not `from kannuki import _native`: a missing submodule of a package that is
+        # still initialising would otherwise be reported as "most likely due to a circular import".
+        IMPLEMENTATION = importlib.import_module("kannuki._native")
+    except ModuleNotFoundError as exc:
+        if exc.name == "kannuki._native":
+            FALLBACK_REASON = _not_built_reason()
+        else:  # the compiled module is there but needs a module that is not
+            FALLBACK_REASON = f"the compiled core did not load: {type(exc).__name__}: {exc}"
+    except ImportError as exc:  # there, but built for another interpreter, or a broken build
+        FALLBACK_REASON = f"the compiled core is installed but did not load: {type(exc).__name__}: {exc}"
 
 if FALLBACK_REASON is not None:
     from kannuki import _pure as IMPLEMENTATION
 
-    logging.getLogger("kannuki").debug("using the pure-Python core (%s)", FALLBACK_REASON)
+    logging.getLogger("kannuki").debug("using the pure-Python core: %s", FALLBACK_REASON)
 
 NATIVE: bool = FALLBACK_REASON is None
 

@@ -114,7 +114,25 @@ class LockTableProtocol(Protocol):
 
         ``timeout`` None waits forever, 0 tries once. Waiters are served FIFO;
         the wait releases the GIL and a signal handler's exception (Ctrl-C)
-        propagates with nothing left held or queued.
+        propagates with nothing left held or queued, even when it comes just
+        as the key is handed over (the token is given back, never lost).
+
+        Each holder belongs to the thread that acquired it (a number never
+        reused by a later thread, unlike ``threading.get_ident()``; a hold
+        left by a thread that ended is nobody's). Before it waits, a thread
+        walks the wait-for graph across every table of the process (the
+        holders of ``key`` and the waiters queued ahead -> the key each of
+        those threads waits for -> its holders and queue ...): a wait that
+        would close a cycle raises :class:`kannuki.errors.DeadlockError` at
+        once, with nothing held or queued. That covers a thread that holds
+        ``key`` already (exclusive; or shared and asking for exclusive, or
+        shared again behind a queued exclusive request it blocks) and
+        cycles between threads (1 holds A and waits for B, 2 holds B and
+        asks for A: 2 gets the error). Leases count as held until they
+        expire. A hold handed to another thread to release still belongs to
+        the thread that took it: if that thread then waits for the same key,
+        it gets the error. A try (``timeout=0``) never raises it: it answers 0.
+        Waits of the async API (polling tries) are not part of the graph.
         """
 
     def try_acquire(self, key: Hashable, shared: bool) -> int:
@@ -128,6 +146,14 @@ class LockTableProtocol(Protocol):
 
     def renew(self, key: Hashable, token: int, ttl: float | None) -> bool:
         """Give holder ``token`` a new TTL from now; False when it is not a holder."""
+
+    def disown(self, key: Hashable, token: int) -> bool:
+        """Make holder ``token`` of ``key`` nobody's; False when it is not a holder.
+
+        For a hold taken on behalf of someone else (``kannuki.testing``'s
+        simulated holder, a hold another thread is to release): waiting for
+        it is then an ordinary wait, never a DeadlockError.
+        """
 
     def held(self, key: Hashable) -> bool: ...
 

@@ -144,6 +144,7 @@ class HoldKeeper:
         instrumented: bool = True,
         on_lost: LostCallback | None = None,
         auto_renew: bool = True,
+        watch_interval: float | None = 1.0,
     ) -> None:
         self.backend = backend
         self.stats = stats
@@ -151,9 +152,14 @@ class HoldKeeper:
         self.instrumented = instrumented
         self.on_lost = on_lost
         self.auto_renew = auto_renew
+        self.watch_interval = watch_interval
         self.idle_stop = IDLE_STOP
         self._held: dict[int, Hold] = {}
         self._leases: dict[int, Hold] = {}
+        # Holds whose session the worker watches (stores that set ``watches``), and when it looks next.
+        self._watched: dict[int, Hold] = {}
+        self._next_watch = 0.0
+        self._sleep_until = 0.0  # when the sleeping worker wakes by itself (monotonic)
         # Plain holds (a store's in-process table, no lease): their tokens, one set per table; no
         # Hold or Grant object at all. ``plain`` is the set of the table the locker uses now.
         self._plain_sets: dict[int, PlainTokens] = {}
@@ -198,7 +204,7 @@ class HoldKeeper:
 
     @property
     def renewing(self) -> bool:
-        """True while the renewal worker runs."""
+        """True while the worker (renewals and the session watcher) runs."""
         return self._worker.alive
 
     # -- taking ---------------------------------------------------------------
@@ -226,11 +232,17 @@ class HoldKeeper:
             hold.due = since + grant.ttl / 3
             hold.expires = since + grant.ttl
             self._leases[id(hold)] = hold
+        if self.watch_interval is not None and getattr(hold.backend, "watches", False):
+            self._watched[id(hold)] = hold
+        if (grant.ttl is not None and self.auto_renew) or id(hold) in self._watched:
             try:
-                self._start_worker()
+                self._start_worker(
+                    hold.due if grant.ttl is not None else since + (self.watch_interval or 0.0)
+                )
             except BaseException:
                 self._held.pop(id(hold), None)
                 self._leases.pop(id(hold), None)
+                self._watched.pop(id(hold), None)
                 finish(hold.backend.abort(grant))
                 raise
         if self.instrumented and _events.SUBSCRIBERS:
@@ -265,6 +277,25 @@ class HoldKeeper:
         reason = "the in-process table no longer holds it (cleared, or its lease expired)"
         self._report_lost(lock.key, lock.lock_id, lock.shared, token, since, reason, lock, lock.on_lost)
         return LockLostError(f"the lock {lock.key!r} was lost while held: {reason}", key=lock.key)
+
+    def check_plain(self, lock: Any) -> None:
+        """``ensure_held`` of a plain hold: its table must still list its token; LockLostError, reported once, if not."""
+        tokens: PlainTokens = lock._plain_set
+        token = lock._plain
+        if token not in tokens:
+            raise LockLostError(
+                f"the lock {lock.key!r} is no longer held: released by Locker.close()", key=lock.key
+            )
+        if any(held == token for held, _shared, _expires in tokens.table.holders(lock.name)):
+            return
+        try:
+            tokens.remove(token)
+        except KeyError:  # released meanwhile by close(): that is not a loss to report
+            raise LockLostError(
+                f"the lock {lock.key!r} is no longer held: released by Locker.close()", key=lock.key
+            ) from None
+        lock._spent = True
+        raise self.plain_not_released(lock, token, lock._since, True)
 
     def abandon_plain(self, lock: Any) -> None:
         """A Lock holding a plain hold was garbage-collected: warn naming its key, then release it."""
@@ -307,6 +338,8 @@ class HoldKeeper:
         recorded = self._held.pop(id(hold), None) is hold
         if hold.grant.ttl is not None:
             self._leases.pop(id(hold), None)
+        if self._watched:
+            self._watched.pop(id(hold), None)
         if not recorded or hold.generation != _fork.GENERATION:
             raise LockLostError(
                 f"the lock {hold.key!r} is no longer held: {hold.lost or 'released'}", key=hold.key
@@ -365,6 +398,7 @@ class HoldKeeper:
                 return False
             hold.lost = reason
             self._leases.pop(id(hold), None)
+            self._watched.pop(id(hold), None)
             return True
 
     def _report_hold_lost(self, hold: Hold, reason: str, owner: Any) -> None:
@@ -426,11 +460,13 @@ class HoldKeeper:
 
     # -- renewal ------------------------------------------------------------------
 
-    def _start_worker(self) -> None:
+    def _start_worker(self, due: float) -> None:
+        """Make sure the worker runs, and wakes by ``due`` (monotonic) at the latest."""
         if not self._worker.alive:
+            self._sleep_until = 0.0
             self._worker.start(self._run)
-        elif self._worker.in_worker() is False:
-            self._worker.wake()
+        elif due < self._sleep_until and not self._worker.in_worker():
+            self._worker.wake()  # it sleeps past this hold's first turn (rare: waking costs the GIL)
 
     def renew_due(self) -> float | None:
         """Renew every lease that is due now; the monotonic time of the next due one (None: none left)."""
@@ -441,6 +477,23 @@ class HoldKeeper:
             self._renew(hold)
         with self._mutex:
             return min((hold.due for hold in self._leases.values()), default=None)
+
+    def watch_due(self) -> float | None:
+        """Look at the sessions of watched holds when due; the monotonic time of the next look (None: none)."""
+        if not self._watched or self.watch_interval is None:
+            return None
+        now = _monotonic()
+        if now >= self._next_watch:
+            for hold in list(self._watched.values()):
+                try:
+                    reason = hold.backend.gone(hold.grant)
+                except Exception as exc:  # a look that fails is no verdict: the next one may tell
+                    log.debug("kannuki: watching %r failed: %s", hold.key, exc)
+                    continue
+                if reason is not None:
+                    self.lose(hold, reason)
+            self._next_watch = now + self.watch_interval
+        return self._next_watch
 
     def _renew(self, hold: Hold) -> None:
         grant = hold.grant
@@ -480,13 +533,16 @@ class HoldKeeper:
         while not self._closed and generation == _fork.GENERATION:
             try:
                 next_due = self.renew_due()
+                next_watch = self.watch_due()
+                if next_watch is not None:
+                    next_due = next_watch if next_due is None else min(next_due, next_watch)
             except BaseException as exc:  # supervised: nothing may stop the renewals
                 if cancelled(exc) or self._closed:
                     return
                 log.exception("kannuki: the renewal worker hit an error; it goes on")
                 next_due = _monotonic() + RETRY_CAP
             now = _monotonic()
-            if not self._leases:
+            if not self._leases and not self._watched:
                 idle_since = now if idle_since is None else idle_since
                 if now - idle_since >= self.idle_stop:
                     return
@@ -494,6 +550,7 @@ class HoldKeeper:
             else:
                 idle_since = None
                 wait = RETRY_CAP if next_due is None else max(0.0, next_due - now)
+            self._sleep_until = now + wait
             try:
                 worker.wait(wait)
             except BaseException as exc:
@@ -539,6 +596,7 @@ class HoldKeeper:
         self._mutex = Mutex()
         self._held = {}
         self._leases = {}
+        self._watched = {}
         for tokens in self._plain_sets.values():
             tokens.clear()  # in place: held Lock objects point at these sets
         self._worker.forget()

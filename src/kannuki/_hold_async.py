@@ -142,6 +142,7 @@ class AsyncHoldKeeper:
         instrumented: bool = True,
         on_lost: LostCallback | None = None,
         auto_renew: bool = True,
+        watch_interval: float | None = 1.0,
     ) -> None:
         self.backend = backend
         self.stats = stats
@@ -149,9 +150,14 @@ class AsyncHoldKeeper:
         self.instrumented = instrumented
         self.on_lost = on_lost
         self.auto_renew = auto_renew
+        self.watch_interval = watch_interval
         self.idle_stop = IDLE_STOP
         self._held: dict[int, Hold] = {}
         self._leases: dict[int, Hold] = {}
+        # Holds whose session the worker watches (stores that set ``watches``), and when it looks next.
+        self._watched: dict[int, Hold] = {}
+        self._next_watch = 0.0
+        self._sleep_until = 0.0  # when the sleeping worker wakes by itself (monotonic)
         # Plain holds (a store's in-process table, no lease): their tokens, one set per table; no
         # Hold or Grant object at all. ``plain`` is the set of the table the locker uses now.
         self._plain_sets: dict[int, PlainTokens] = {}
@@ -196,7 +202,7 @@ class AsyncHoldKeeper:
 
     @property
     def renewing(self) -> bool:
-        """True while the renewal worker runs."""
+        """True while the worker (renewals and the session watcher) runs."""
         return self._worker.alive
 
     # -- taking ---------------------------------------------------------------
@@ -225,11 +231,17 @@ class AsyncHoldKeeper:
             hold.due = since + grant.ttl / 3
             hold.expires = since + grant.ttl
             self._leases[id(hold)] = hold
+        if self.watch_interval is not None and getattr(hold.backend, "watches", False):
+            self._watched[id(hold)] = hold
+        if (grant.ttl is not None and self.auto_renew) or id(hold) in self._watched:
             try:
-                self._start_worker()
+                self._start_worker(
+                    hold.due if grant.ttl is not None else since + (self.watch_interval or 0.0)
+                )
             except BaseException:
                 self._held.pop(id(hold), None)
                 self._leases.pop(id(hold), None)
+                self._watched.pop(id(hold), None)
                 await afinish(hold.backend.abort(grant))
                 raise
         if self.instrumented and _events.SUBSCRIBERS:
@@ -264,6 +276,25 @@ class AsyncHoldKeeper:
         reason = "the in-process table no longer holds it (cleared, or its lease expired)"
         self._report_lost(lock.key, lock.lock_id, lock.shared, token, since, reason, lock, lock.on_lost)
         return LockLostError(f"the lock {lock.key!r} was lost while held: {reason}", key=lock.key)
+
+    def check_plain(self, lock: Any) -> None:
+        """``ensure_held`` of a plain hold: its table must still list its token; LockLostError, reported once, if not."""
+        tokens: PlainTokens = lock._plain_set
+        token = lock._plain
+        if token not in tokens:
+            raise LockLostError(
+                f"the lock {lock.key!r} is no longer held: released by Locker.close()", key=lock.key
+            )
+        if any(held == token for held, _shared, _expires in tokens.table.holders(lock.name)):
+            return
+        try:
+            tokens.remove(token)
+        except KeyError:  # released meanwhile by close(): that is not a loss to report
+            raise LockLostError(
+                f"the lock {lock.key!r} is no longer held: released by Locker.close()", key=lock.key
+            ) from None
+        lock._spent = True
+        raise self.plain_not_released(lock, token, lock._since, True)
 
     def abandon_plain(self, lock: Any) -> None:
         """A Lock holding a plain hold was garbage-collected: warn naming its key, then release it."""
@@ -306,6 +337,8 @@ class AsyncHoldKeeper:
         recorded = self._held.pop(id(hold), None) is hold
         if hold.grant.ttl is not None:
             self._leases.pop(id(hold), None)
+        if self._watched:
+            self._watched.pop(id(hold), None)
         if not recorded or hold.generation != _fork.GENERATION:
             raise LockLostError(
                 f"the lock {hold.key!r} is no longer held: {hold.lost or 'released'}", key=hold.key
@@ -364,6 +397,7 @@ class AsyncHoldKeeper:
                 return False
             hold.lost = reason
             self._leases.pop(id(hold), None)
+            self._watched.pop(id(hold), None)
             return True
 
     def _report_hold_lost(self, hold: Hold, reason: str, owner: Any) -> None:
@@ -425,11 +459,13 @@ class AsyncHoldKeeper:
 
     # -- renewal ------------------------------------------------------------------
 
-    def _start_worker(self) -> None:
+    def _start_worker(self, due: float) -> None:
+        """Make sure the worker runs, and wakes by ``due`` (monotonic) at the latest."""
         if not self._worker.alive:
+            self._sleep_until = 0.0
             self._worker.start(self._run)
-        elif self._worker.in_worker() is False:
-            self._worker.wake()
+        elif due < self._sleep_until and not self._worker.in_worker():
+            self._worker.wake()  # it sleeps past this hold's first turn (rare: waking costs the GIL)
 
     async def renew_due(self) -> float | None:
         """Renew every lease that is due now; the monotonic time of the next due one (None: none left)."""
@@ -440,6 +476,23 @@ class AsyncHoldKeeper:
             await self._renew(hold)
         with self._mutex:
             return min((hold.due for hold in self._leases.values()), default=None)
+
+    def watch_due(self) -> float | None:
+        """Look at the sessions of watched holds when due; the monotonic time of the next look (None: none)."""
+        if not self._watched or self.watch_interval is None:
+            return None
+        now = _monotonic()
+        if now >= self._next_watch:
+            for hold in list(self._watched.values()):
+                try:
+                    reason = hold.backend.gone(hold.grant)
+                except Exception as exc:  # a look that fails is no verdict: the next one may tell
+                    log.debug("kannuki: watching %r failed: %s", hold.key, exc)
+                    continue
+                if reason is not None:
+                    self.lose(hold, reason)
+            self._next_watch = now + self.watch_interval
+        return self._next_watch
 
     async def _renew(self, hold: Hold) -> None:
         grant = hold.grant
@@ -479,13 +532,16 @@ class AsyncHoldKeeper:
         while not self._closed and generation == _fork.GENERATION:
             try:
                 next_due = await self.renew_due()
+                next_watch = self.watch_due()
+                if next_watch is not None:
+                    next_due = next_watch if next_due is None else min(next_due, next_watch)
             except BaseException as exc:  # supervised: nothing may stop the renewals
                 if acancelled(exc) or self._closed:
                     return
                 log.exception("kannuki: the renewal worker hit an error; it goes on")
                 next_due = _monotonic() + RETRY_CAP
             now = _monotonic()
-            if not self._leases:
+            if not self._leases and not self._watched:
                 idle_since = now if idle_since is None else idle_since
                 if now - idle_since >= self.idle_stop:
                     return
@@ -493,6 +549,7 @@ class AsyncHoldKeeper:
             else:
                 idle_since = None
                 wait = RETRY_CAP if next_due is None else max(0.0, next_due - now)
+            self._sleep_until = now + wait
             try:
                 await worker.wait(wait)
             except BaseException as exc:
@@ -538,6 +595,7 @@ class AsyncHoldKeeper:
         self._mutex = AMutex()
         self._held = {}
         self._leases = {}
+        self._watched = {}
         for tokens in self._plain_sets.values():
             tokens.clear()  # in place: held Lock objects point at these sets
         self._worker.forget()

@@ -225,10 +225,8 @@ class Lock:
         hold = self._current("ensure_held")
         if hold is not None:
             self.locker._keeper.check(hold, self)
-        elif self._plain not in self._plain_set:
-            raise LockLostError(
-                f"the lock {self.key!r} is no longer held: released by Locker.close()", key=self.key
-            )
+        else:
+            self.locker._keeper.check_plain(self)
 
     def extend(self, ttl: float | None = None) -> None:
         """Renew this lock's lease now, optionally to a new ``ttl`` (seconds).

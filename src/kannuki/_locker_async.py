@@ -19,7 +19,7 @@ from kannuki.backends._types import Holder
 from kannuki.backends.memory_async import AsyncMemoryBackend
 from kannuki.backends.registry import backend_for
 from kannuki.circuit import CircuitBreaker, CircuitState
-from kannuki.errors import NotSupportedError
+from kannuki.errors import ConfigurationError, NotSupportedError
 from kannuki.events import LockerStats
 from kannuki.options import DEFAULT, LockerOptions, check_seconds
 
@@ -88,6 +88,10 @@ class AsyncLocker:
         self.options, backend_options = LockerOptions.split(options)
         if url_or_connection is None:
             url_or_connection = os.environ.get("KANNUKI_URL") or None
+            if url_or_connection is None:
+                raise ConfigurationError(
+                    "url is required: pass a URL (or a connection, pool or client), or set $KANNUKI_URL"
+                )
         backend = backend_for(url_or_connection, asynchronous=ASYNCHRONOUS, **backend_options)
         self._own_backend = backend
         self.scheme: str = backend.scheme
@@ -104,6 +108,7 @@ class AsyncLocker:
             instrumented=self.options.instrumentation,
             on_lost=self.options.on_lost,
             auto_renew=self.options.auto_renew,
+            watch_interval=self.options.watch_interval,
         )
         # The store's uncontended entry for plain locks; an open circuit must be able to refuse, so none then.
         self._fast = backend.fast_path() if self._circuit is None else None

@@ -72,13 +72,20 @@ class LockTable:
         timeout: float | None = None,
         ttl: float | None = None,
     ) -> int:
-        """Take ``key``; return a fencing token (> 0), or 0 when not acquired in ``timeout``."""
+        """Take ``key``; return a fencing token (> 0), or 0 when not acquired in ``timeout``.
+
+        A wait that would close a wait-for cycle between threads of this process (this
+        thread holding ``key`` included) raises ``kannuki.errors.DeadlockError`` at once;
+        a try (``timeout=0``) answers 0. See ``kannuki._coreapi.LockTableProtocol``.
+        """
     def try_acquire(self, key: Hashable, shared: bool) -> int:
         """``acquire(key, shared, 0, None)`` without re-checking arguments: one try, no TTL."""
     def release(self, key: Hashable, token: int) -> bool:
         """Compare-and-delete: free the holder ``token`` of ``key``; False when it is not a holder."""
     def renew(self, key: Hashable, token: int, ttl: float | None) -> bool:
         """Give holder ``token`` a new TTL from now (None: no TTL); False when it is not a holder."""
+    def disown(self, key: Hashable, token: int) -> bool:
+        """Make holder ``token`` of ``key`` nobody's; False when it is not a holder."""
     def held(self, key: Hashable) -> bool: ...
     def holders(self, key: Hashable) -> list[tuple[int, bool, float | None]]: ...
     def waiters(self, key: Hashable) -> int: ...

@@ -9,6 +9,7 @@ be run / was not found, 128+N the command died of signal N.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ import kannuki
 from kannuki.backends._types import Holder
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
 
-__all__ = ["EXIT_BACKEND", "EXIT_NOT_ACQUIRED", "EXIT_USAGE", "default_url", "main"]
+__all__ = ["EXIT_BACKEND", "EXIT_NOT_ACQUIRED", "EXIT_USAGE", "default_url", "info", "main"]
 
 EXIT_FREE = 1
 EXIT_USAGE = 2
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"kannuki {_version()}")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
 
     run = sub.add_parser(
@@ -113,8 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     ident = sub.add_parser("id", parents=[common], help="print the 64-bit lock ID of KEY (no store needed)")
     ident.add_argument("key", metavar="KEY")
 
-    held = sub.add_parser("held", parents=[common], help="exit 0 when KEY is held by anyone, 1 when free")
+    held = sub.add_parser(
+        "held",
+        parents=[common],
+        help="say whether KEY is held by anyone (and by whom); exit 0 when held, 1 when free",
+    )
     held.add_argument("key", metavar="KEY")
+    held.add_argument("-q", "--quiet", action="store_true", help="print nothing: only the exit status")
 
     listing = sub.add_parser(
         "list", parents=[common], help="show the locks held in the store, with their holders"
@@ -132,16 +138,130 @@ def build_parser() -> argparse.ArgumentParser:
     breaking.add_argument(
         "--yes", action="store_true", help="do not ask: break it (and end the holder's session)"
     )
+
+    info = sub.add_parser(
+        "info",
+        help="what this install has: version, core (native or pure, and why), drivers found",
+        description="Print kannuki's version, which core is loaded (the compiled one, or the pure-Python "
+        "one and why) and the drivers of each store with their versions.",
+    )
+    info.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    # Each verb's own parser, to report an unknown option with that verb's usage.
+    for name, verb_parser in sub.choices.items():
+        verb_parser.set_defaults(verb_parser=verb_parser, verb=name)
     return parser
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
+def core_line() -> str:
+    """``native`` or ``pure Python (why)``: the core this process loaded."""
+    if kannuki.NATIVE:
+        return "native (compiled Cython)"
+    return f"pure Python ({kannuki._core.FALLBACK_REASON})"
 
-        return version("kannuki")
-    except Exception:
-        return "unknown"
+
+def version_line() -> str:
+    """``kannuki --version``: the version and the core loaded."""
+    if kannuki.NATIVE:
+        return f"kannuki {kannuki.__version__}, native core"
+    return f"kannuki {kannuki.__version__}, pure-Python core (`kannuki info` says why)"
+
+
+# The drivers of each store: (store, distribution names (the first is the driver), module to import,
+# how to install it). The standard-library stores are listed with their library.
+DRIVERS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    (
+        "postgresql",
+        ("psycopg", "psycopg-binary", "psycopg-c", "psycopg-pool"),
+        "psycopg",
+        "pip install 'kannuki[postgres]' 'psycopg[binary]'",
+    ),
+    ("mysql", ("mysqlclient",), "MySQLdb", "pip install 'kannuki[mysql]'"),
+    ("redis", ("redis",), "redis", "pip install 'kannuki[redis]'"),
+    ("prometheus", ("prometheus-client",), "prometheus_client", "pip install 'kannuki[prometheus]'"),
+)
+
+
+def _distribution_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _driver_report(store: str, distributions: tuple[str, ...], module: str, hint: str) -> dict[str, Any]:
+    """What is installed for one store: versions of its distributions, and whether the driver imports."""
+    found = {name: v for name in distributions if (v := _distribution_version(name)) is not None}
+    report: dict[str, Any] = {"store": store, "installed": bool(found), "versions": found}
+    if not found:
+        report["note"] = f"not installed: {hint}"
+        return report
+    try:
+        imported = importlib.import_module(module)
+    except Exception as exc:  # installed but broken (a missing libpq, a wrong build)
+        report["note"] = f"installed but does not import: {type(exc).__name__}: {exc}"
+        return report
+    if module == "psycopg":
+        try:
+            libpq = imported.pq.version()  # e.g. 160004 for 16.4
+            report["note"] = f"libpq {libpq // 10000}.{libpq % 100} ({imported.pq.__impl__} implementation)"
+        except Exception:  # a psycopg without pq details: the versions say enough
+            pass
+    return report
+
+
+def info() -> dict[str, Any]:
+    """What ``kannuki info`` reports, as a dict (also its ``--json`` output)."""
+    import platform
+    import sqlite3
+
+    core = kannuki._core
+    stdlib = [
+        {"store": "memory", "installed": True, "versions": {}, "note": "built in"},
+        {
+            "store": "sqlite",
+            "installed": True,
+            "versions": {"sqlite3": sqlite3.sqlite_version},
+            "note": "standard library",
+        },
+        {
+            "store": "file",
+            "installed": os.name == "posix",
+            "versions": {},
+            "note": "standard library (flock)" if os.name == "posix" else "POSIX only",
+        },
+    ]
+    return {
+        "version": kannuki.__version__,
+        "location": os.path.dirname(os.path.abspath(kannuki.__file__)),
+        "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
+        "core": "native" if kannuki.NATIVE else "pure",
+        "core_file": getattr(core.IMPLEMENTATION, "__file__", None),
+        "fallback_reason": core.FALLBACK_REASON,
+        "drivers": [_driver_report(*driver) for driver in DRIVERS] + stdlib,
+    }
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    report = info()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"kannuki {report['version']} ({report['location']})")
+    print(f"python:  {report['python']}")
+    if report["core"] == "native":
+        print(f"core:    native, compiled ({report['core_file']})")
+    else:
+        print(f"core:    pure Python: {report['fallback_reason']}")
+        if not (report["fallback_reason"] or "").startswith("KANNUKI_NO_EXTENSIONS"):
+            print("         (it works the same, only slower; reinstall with a C compiler for the native one)")
+    print("drivers:")
+    for driver in report["drivers"]:
+        versions = ", ".join(f"{name} {version}" for name, version in driver["versions"].items())
+        details = "; ".join(part for part in (versions, driver.get("note")) if part)
+        print(f"  {driver['store']:<11} {details}")
+    return 0
 
 
 def _error(message: str) -> None:
@@ -170,7 +290,14 @@ def _cmd_id(args: argparse.Namespace) -> int:
 
 def _cmd_held(args: argparse.Namespace) -> int:
     with _locker(args) as locker:
-        return 0 if locker.held(args.key) else EXIT_FREE
+        held = locker.held(args.key)
+        if not args.quiet:
+            if held:
+                holders = _holders_quietly(locker, args.key)
+                print(f"{args.key}: held by {_who(holders)}")
+            else:
+                print(f"{args.key}: free")
+    return 0 if held else EXIT_FREE
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -264,9 +391,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return status
 
 
-def _holders_quietly(lock: Any) -> list[Holder]:
+def _holders_quietly(lock: Any, key: str | None = None) -> list[Holder]:
+    """``lock.holders()`` (or ``locker.holders(key)``), or [] when the store cannot tell."""
     try:
-        return list(lock.holders())
+        return list(lock.holders() if key is None else lock.holders(key))
     except Exception:  # who holds it is a courtesy
         return []
 
@@ -344,13 +472,49 @@ def _terminal_sent_it() -> bool:
         return False
 
 
-VERBS = {"run": _cmd_run, "id": _cmd_id, "held": _cmd_held, "list": _cmd_list, "break": _cmd_break}
+VERBS = {
+    "run": _cmd_run,
+    "id": _cmd_id,
+    "held": _cmd_held,
+    "list": _cmd_list,
+    "break": _cmd_break,
+    "info": _cmd_info,
+}
+
+
+def _unknown_options(verb_parser: argparse.ArgumentParser, unknown: Sequence[str]) -> str:
+    """The error for options ``verb_parser`` does not know, with the closest one it does."""
+    import difflib
+
+    options = [o for action in verb_parser._actions for o in action.option_strings if o.startswith("--")]
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    first = next((u.split("=", 1)[0] for u in unknown if u.startswith("--")), None)
+    close = difflib.get_close_matches(first, options, n=1) if first else []
+    return message + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """parse_args, but an unknown option is reported with its verb's usage (``kannuki run: ...``)."""
+    args, unknown = parser.parse_known_args(argv)
+    verb_parser: argparse.ArgumentParser = args.verb_parser
+    if unknown:
+        verb_parser.error(_unknown_options(verb_parser, unknown))
+    if args.verb == "run" and args.command and args.command[0] != "--" and args.command[0].startswith("-"):
+        # `kannuki run KEY --timeout 5 -- cmd`: everything after KEY is the command; an option there
+        # is a misplaced one, not a program to run.
+        option = args.command[0].split("=", 1)[0]
+        known = any(option in action.option_strings for action in verb_parser._actions)
+        verb_parser.error(
+            (f"{option} after KEY" if known else _unknown_options(verb_parser, [args.command[0]]))
+            + ": run's options go before KEY, the command after --: kannuki run [OPTIONS] KEY -- COMMAND..."
+        )
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``kannuki`` command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     try:
         return VERBS[args.verb](args)
     except (ConfigurationError, NotSupportedError, TypeError, ValueError) as exc:

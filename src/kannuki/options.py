@@ -6,13 +6,15 @@ Every check names the parameter it refuses, so a bad value is fixed at once.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+from collections.abc import Iterable
 from typing import Any, Literal, overload
 
 from kannuki._coreapi import BACKOFF_KINDS, JITTER_KINDS
 from kannuki.errors import ConfigurationError
 
-__all__ = ["DEFAULT", "STRATEGIES", "LockerOptions", "check_seconds"]
+__all__ = ["DEFAULT", "STRATEGIES", "LockerOptions", "check_seconds", "did_you_mean", "locker_option_names"]
 
 STRATEGIES = ("blocking", "non_blocking", "retry")
 
@@ -86,6 +88,9 @@ class LockerOptions:
     circuit_reset: float = 30.0
     auto_renew: bool = True
     on_lost: Any = None  # callable(lock, reason), called when a held lock is found lost
+    # Seconds between looks at the connections of held PostgreSQL / MySQL locks (no round trip
+    # while healthy): a dead session is noticed within twice this. None turns the watcher off.
+    watch_interval: float | None = 1.0
 
     def __post_init__(self) -> None:
         err = ConfigurationError
@@ -114,6 +119,10 @@ class LockerOptions:
         object.__setattr__(
             self, "retry_jitter", check_choice(jitter, "retry_jitter", JITTER_KINDS, error=err)
         )
+        interval = check_seconds(self.watch_interval, "watch_interval", error=err)
+        if interval == 0:
+            raise err("watch_interval must be > 0 seconds, or None to turn the watcher off")
+        object.__setattr__(self, "watch_interval", interval)
         for name in ("instrumentation", "auto_renew"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, not {getattr(self, name)!r}")
@@ -134,3 +143,14 @@ class LockerOptions:
         mine = {k: v for k, v in options.items() if k in names}
         rest = {k: v for k, v in options.items() if k not in names}
         return cls(**mine), rest
+
+
+def locker_option_names() -> tuple[str, ...]:
+    """The API-level option names of ``Locker`` / ``configure`` (the fields of :class:`LockerOptions`)."""
+    return tuple(field.name for field in dataclasses.fields(LockerOptions))
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` naming the known option closest to a misspelt ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

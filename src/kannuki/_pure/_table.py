@@ -3,18 +3,55 @@
 One mutex guards the whole table and is never held while a thread waits.
 Each waiter blocks on its own pre-acquired lock; the releaser grants the lock
 to the head waiter(s) before waking them (direct hand-off), so nobody barges.
+
+Every holder records the thread that acquired it, and every thread that waits
+in a table of this process is listed in one process-wide registry of waits.
+Before it waits, a thread walks the wait-for graph (the holders of its key and
+the waiters queued ahead of it -> what those threads wait for -> ...) across
+every table; a wait that would close a cycle raises DeadlockError instead.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Hashable
 from typing import Callable
 
+from kannuki.errors import DeadlockError
+
 _INF = math.inf
+_get_ident = threading.get_ident
+_local = threading.local()
+_next_serial = itertools.count(1).__next__
+
+
+def _thread_serial() -> int:
+    """This thread's number, the owner recorded for its holds and waits.
+
+    Unlike ``threading.get_ident()`` it is never reused by a later thread, so
+    a hold left by a thread that ended is nobody's: a new thread that happens
+    to get the old ident does not wait "for itself".
+    """
+    try:
+        serial: int = _local.serial
+    except AttributeError:
+        serial = _local.serial = _next_serial()
+    return serial
+
+
+# The process-wide registry of waits: thread serial -> (table, key, waiter) for each thread
+# waiting in a LockTable now. A thread adds itself only while holding _waits_guard, right after
+# its deadlock check, so checks are serialised and one of two threads closing a cycle at the
+# same moment always sees the other. An entry may outlive its wait for a moment: an edge counts
+# only while its waiter is still queued and ungranted, which is read under that table's mutex.
+# Lock order: _waits_guard, then one table mutex at a time; never the other way round.
+_waits: dict[int, tuple[LockTable, Hashable, _Waiter]] = {}
+_waits_guard = threading.RLock()  # reentrant: a signal handler may wait while its thread walks
 
 
 def _check_timeout(timeout: object) -> float:
@@ -43,25 +80,88 @@ def _check_token(token: object) -> int:
     return token
 
 
+_Cycle = list[tuple[Hashable, int]]
+
+
+def _walk(table: LockTable, key: Hashable, waiter: _Waiter, me: int) -> _Cycle | None:
+    """With ``_waits_guard`` held: the path from ``waiter`` back to thread ``me`` in the wait-for graph, or None.
+
+    Depth first over ``key -> the threads blocking it -> the key each of them
+    waits for (the registry) -> ...``, one table mutex at a time. The path is
+    ``(key, ident)`` steps: ``key`` is blocked by the thread ``ident``
+    (``threading.get_ident()``), which waits for the next step's key; the
+    last step's thread is this one.
+    """
+    stack: list[tuple[LockTable, Hashable, _Waiter, _Cycle]] = [(table, key, waiter, [])]
+    seen: set[int] = set()
+    expanded: set[tuple[LockTable, Hashable]] = set()  # keys whose holders are listed already
+    while stack:
+        at, at_key, at_waiter, path = stack.pop()
+        slot = (at, at_key)
+        first = slot not in expanded
+        expanded.add(slot)
+        for thread in at._blockers(at_key, at_waiter, first):
+            if thread == me:
+                return [*path, (at_key, waiter.ident)]
+            if thread in seen:
+                continue
+            seen.add(thread)
+            edge = _waits.get(thread)
+            if edge is not None:  # only a thread that waits can block for ever
+                stack.append((edge[0], edge[1], edge[2], [*path, (at_key, edge[2].ident)]))
+    return None
+
+
+def _deadlock(key: Hashable, cycle: _Cycle) -> DeadlockError:
+    """The error for a wait on ``key`` that would close ``cycle`` (see ``LockTable._find_cycle``)."""
+    if len(cycle) == 1:
+        message = (
+            f"waiting for {key!r} would never end: this thread holds it already (locks are not"
+            " reentrant, and a hold belongs to the thread that took it, whichever thread is to"
+            " release it; timeout=0 only tries)"
+        )
+    else:
+        # "blocked by": the thread holds the key, or waits for it ahead in the queue.
+        steps = [f"{key!r} is blocked by thread {cycle[0][1]}"]
+        steps += [f"which waits for {waited!r}, blocked by thread {thread}" for waited, thread in cycle[1:-1]]
+        steps.append(f"which waits for {cycle[-1][0]!r}, blocked by this thread")
+        message = f"waiting for {key!r} would deadlock: " + ", ".join(steps)
+    return DeadlockError(message, key=key if isinstance(key, str) else None)
+
+
+def _reset_waits_in_child() -> None:
+    # The child has one thread: the others' waits are void, and the guard may be held by one of them.
+    global _waits_guard
+    _waits_guard = threading.RLock()
+    _waits.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_waits_in_child)
+
+
 class _Waiter:
-    __slots__ = ("lock", "shared", "signaled", "token", "ttl")
+    __slots__ = ("gone", "ident", "lock", "shared", "signaled", "thread", "token", "ttl")
 
     def __init__(self, shared: bool, ttl: float) -> None:
         self.shared = shared
         self.ttl = ttl
         self.token = 0
         self.signaled = False
+        self.gone = False  # left the queue without a grant (timeout, interrupt, deadlock)
+        self.thread = _thread_serial()
+        self.ident = _get_ident()
         self.lock = threading.Lock()
         self.lock.acquire()
 
 
 class _Entry:
-    """One key: its holders ``token -> (shared, expires_at)`` and its queue of waiters."""
+    """One key: its holders ``token -> (shared, expires_at, owner thread)`` and its queue of waiters."""
 
     __slots__ = ("exclusive", "holders", "nttl", "waiters")
 
     def __init__(self) -> None:
-        self.holders: dict[int, tuple[bool, float]] = {}
+        self.holders: dict[int, tuple[bool, float, int]] = {}
         self.exclusive = False
         self.nttl = 0  # holders with a TTL: skip the expiry scan when 0
         self.waiters: deque[_Waiter] = deque()
@@ -76,6 +176,11 @@ class LockTable:
     ``clock`` (default ``time.monotonic``) measures TTLs. With the default
     clock a waiter behind a TTL holder wakes by itself when the lease runs out;
     with an injected clock, advance it and call ``expire()`` or ``acquire()``.
+
+    Each holder belongs to the thread that acquired it. A blocking acquire
+    (timeout not 0) that would wait for this thread itself, directly or
+    through other threads' waits in any table of this process, raises
+    :class:`kannuki.errors.DeadlockError` at once instead of waiting.
     """
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
@@ -92,14 +197,14 @@ class LockTable:
 
     # -- internals, all called with the mutex held ---------------------------------
 
-    def _add(self, entry: _Entry, shared: bool, ttl: float) -> int:
+    def _add(self, entry: _Entry, shared: bool, ttl: float, owner: int) -> int:
         token = self._next_token
         self._next_token += 1
         expires = _INF
         if ttl != _INF:
             expires = self._clock() + ttl
             entry.nttl += 1
-        entry.holders[token] = (shared, expires)
+        entry.holders[token] = (shared, expires, owner)
         if not shared:
             entry.exclusive = True
         return token
@@ -120,7 +225,7 @@ class LockTable:
         waiters = entry.waiters
         while waiters and entry.grantable(waiters[0].shared):
             waiter = waiters.popleft()
-            waiter.token = self._add(entry, waiter.shared, waiter.ttl)
+            waiter.token = self._add(entry, waiter.shared, waiter.ttl, waiter.thread)
             granted_ttl = granted_ttl or waiter.ttl != _INF
             self._signal(waiter)
         if granted_ttl:
@@ -141,7 +246,7 @@ class LockTable:
         if not entry.nttl:
             return 0
         now = self._clock()
-        dead = [token for token, (_, expires) in entry.holders.items() if expires <= now]
+        dead = [token for token, (_, expires, _owner) in entry.holders.items() if expires <= now]
         for token in dead:
             self._drop(entry, token)
         if dead:
@@ -184,18 +289,38 @@ class LockTable:
 
         ``timeout`` None waits forever, 0 tries once. Waiters are served FIFO
         and a new request never overtakes a queued one. The wait is
-        interruptible (Ctrl-C); nothing stays held or queued after it.
+        interruptible (Ctrl-C): the exception propagates with nothing held
+        or queued, even when the key was handed over just before.
+
+        A wait that can never end raises :class:`kannuki.errors.DeadlockError`
+        at once, with nothing held or queued: this thread already holds
+        ``key`` (exclusive, or shared while an exclusive request is queued or
+        this one is exclusive), or ``key`` is blocked by a thread that waits,
+        directly or through other threads, for a key this thread holds or
+        waits ahead for, in any table of this process. A try (``timeout=0``)
+        never raises it: it answers 0.
         """
         wait = _check_timeout(timeout)
         lease = _check_ttl(ttl)
         shared = bool(shared)
-        with self._mutex:
-            token = self._take_now(key, shared, lease)
-            if token or wait == 0:
-                return token
-            waiter = _Waiter(shared, lease)
-            self._entries[key].waiters.append(waiter)  # _take_now found it held or queued
-        return self._wait(key, waiter, wait)
+        token = 0
+        waiter = None
+        try:
+            with self._mutex:
+                token = self._take_now(key, shared, lease, _thread_serial())
+                if token or wait == 0:
+                    return token
+                waiter = _Waiter(shared, lease)
+                self._entries[key].waiters.append(waiter)  # _take_now found it held or queued
+            return self._wait(key, waiter, wait)
+        except BaseException:
+            # A signal handler's exception can come at any bytecode check: as the mutex is let go,
+            # as _wait starts. Give back what was taken, leave the queue (both idempotent).
+            if token:
+                self._give_back(key, token)
+            elif waiter is not None:
+                self._leave(key, waiter)
+            raise
 
     def try_acquire(self, key: Hashable, shared: bool) -> int:
         """``acquire(key, shared, 0, None)`` for callers whose arguments are already valid: one try, no TTL.
@@ -203,21 +328,37 @@ class LockTable:
         The uncontended hot path: a token (> 0), or 0 when ``key`` is held or
         has waiters (then call ``acquire`` to wait).
         """
-        with self._mutex:
-            return self._take_now(key, bool(shared), _INF)
+        token = 0
+        try:
+            with self._mutex:
+                token = self._take_now(key, bool(shared), _INF, _thread_serial())
+        except BaseException:
+            if token:  # a signal handler raised as the mutex was let go: give the key back
+                self._give_back(key, token)
+            raise
+        return token
 
-    def _take_now(self, key: Hashable, shared: bool, lease: float) -> int:
+    def _take_now(self, key: Hashable, shared: bool, lease: float, owner: int) -> int:
         """With the mutex held: a new holder of ``key`` when it is free for ``shared`` and nobody queues; else 0."""
         entry = self._entry(key)
         if entry is None:
             entry = self._entries[key] = _Entry()
         elif entry.waiters or not entry.grantable(shared):
             return 0
-        return self._add(entry, shared, lease)
+        return self._add(entry, shared, lease, owner)
 
     def _wait(self, key: Hashable, waiter: _Waiter, wait: float) -> int:
-        deadline = time.monotonic() + wait
+        me = waiter.thread
+        outer = _waits.get(me)  # a wait of this thread that a signal handler interrupted to wait here
         try:
+            cycle = self._find_cycle(key, waiter)
+            if cycle is not None:
+                with self._mutex:
+                    if not waiter.token:  # else granted meanwhile: the cycle is gone, take the key
+                        self._abandon(key, waiter)
+                if not waiter.token:
+                    raise _deadlock(key, cycle)
+            deadline = time.monotonic() + wait
             while True:
                 remaining = deadline - time.monotonic()
                 sleep = remaining
@@ -243,15 +384,71 @@ class LockTable:
                         self._abandon(key, waiter)
                         return 0
         except BaseException:
-            with self._mutex:
-                if waiter.token:
-                    entry = self._entries.get(key)
-                    if entry is not None and self._drop(entry, waiter.token):
-                        self._grant(entry)
-                        self._forget_if_idle(key, entry)
-                else:
-                    self._abandon(key, waiter)
+            # Interrupted (a signal handler's exception, e.g. Ctrl-C), anywhere up to the return:
+            # give back a key handed over meanwhile, or leave the queue.
+            self._leave(key, waiter)
             raise
+        finally:
+            if outer is None:
+                _waits.pop(me, None)
+            else:
+                with _waits_guard:
+                    _waits[me] = outer
+
+    def _find_cycle(self, key: Hashable, waiter: _Waiter) -> _Cycle | None:
+        """With no table mutex held: the wait-for cycle that ``waiter`` would close, or None.
+
+        None also registers the wait in the process-wide registry, in the same
+        critical section as the check: of two threads closing a cycle at once,
+        the second one always sees the first. The cycle is as ``_walk`` gives it.
+        """
+        me = waiter.thread
+        with _waits_guard:
+            cycle = _walk(self, key, waiter, me)
+            if cycle is None:
+                _waits[me] = (self, key, waiter)
+            return cycle
+
+    def _blockers(self, key: Hashable, waiter: _Waiter, holders: bool) -> list[int]:
+        """The threads (serials) that ``waiter`` (queued for ``key``) waits on; [] once it no longer waits.
+
+        Every holder's thread (unless ``holders`` is false: listed already),
+        then the waiter's just ahead of it in the queue (no barging: it is
+        served only after it; that one waits for the one ahead of it, and so
+        on, so the walk reaches them all). A shared holder counts for a shared
+        waiter too: such a waiter queues only behind an exclusive request that
+        waits for that holder.
+        """
+        with self._mutex:
+            entry = self._entry(key)  # expired leases do not block
+            if entry is None or waiter.token or waiter.gone:
+                return []
+            threads = [owner for _shared, _expires, owner in entry.holders.values()] if holders else []
+            try:
+                place = entry.waiters.index(waiter)
+            except ValueError:  # not queued: only while it is being granted, under this mutex
+                return threads
+            if place:
+                threads.append(entry.waiters[place - 1].thread)
+            return threads
+
+    def _leave(self, key: Hashable, waiter: _Waiter) -> None:
+        """An interrupted wait: give back the key if it was handed over, else leave the queue (idempotent)."""
+        with self._mutex:
+            if waiter.token:
+                entry = self._entries.get(key)
+                if entry is not None and self._drop(entry, waiter.token):
+                    self._grant(entry)
+                    self._forget_if_idle(key, entry)
+            else:
+                self._abandon(key, waiter)
+
+    def _give_back(self, key: Hashable, token: int) -> None:
+        with self._mutex:
+            entry = self._entries.get(key)
+            if entry is not None and self._drop(entry, token):
+                self._grant(entry)
+                self._forget_if_idle(key, entry)
 
     def _sleep_bound(self, key: Hashable) -> float:
         # Racy read without the mutex is fine: a change of holders kicks the waiter.
@@ -259,12 +456,15 @@ class LockTable:
         if entry is None or not entry.nttl:
             return _INF
         try:
-            earliest = min(expires for _, expires in entry.holders.values())
+            earliest = min(expires for _, expires, _owner in entry.holders.values())
         except (ValueError, RuntimeError):  # emptied or resized under us: look again soon
             return 0.001
         return max(earliest - self._clock(), 0.0) + 0.0005
 
     def _abandon(self, key: Hashable, waiter: _Waiter) -> None:
+        if waiter.gone:
+            return
+        waiter.gone = True
         entry = self._entries.get(key)
         if entry is None:
             return
@@ -294,14 +494,30 @@ class LockTable:
             entry = self._entry(key)
             if entry is None or token not in entry.holders:
                 return False
-            shared, expires = entry.holders[token]
+            shared, expires, owner = entry.holders[token]
             entry.nttl -= expires != _INF
             if lease != _INF:
                 entry.nttl += 1
-                entry.holders[token] = (shared, self._clock() + lease)
+                entry.holders[token] = (shared, self._clock() + lease, owner)
             else:
-                entry.holders[token] = (shared, _INF)
+                entry.holders[token] = (shared, _INF, owner)
             self._kick(entry)
+            return True
+
+    def disown(self, key: Hashable, token: int) -> bool:
+        """Make holder ``token`` of ``key`` nobody's: no thread waits "for itself" on it; False when it is not a holder.
+
+        For a hold taken on behalf of someone else (a simulated holder, a
+        hold that another thread is to release): a wait for it is an ordinary
+        wait, never a DeadlockError.
+        """
+        _check_token(token)
+        with self._mutex:
+            entry = self._entry(key)
+            if entry is None or token not in entry.holders:
+                return False
+            shared, expires, _owner = entry.holders[token]
+            entry.holders[token] = (shared, expires, 0)  # serials start at 1: 0 is no thread
             return True
 
     def held(self, key: Hashable) -> bool:
@@ -318,7 +534,7 @@ class LockTable:
                 return []
             return [
                 (token, shared, None if expires == _INF else expires)
-                for token, (shared, expires) in sorted(entry.holders.items())
+                for token, (shared, expires, _owner) in sorted(entry.holders.items())
             ]
 
     def waiters(self, key: Hashable) -> int:

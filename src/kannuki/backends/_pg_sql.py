@@ -22,34 +22,52 @@ __all__ = [
     "CHECK_HELD",
     "CONNECTION_INFO",
     "DEADLOCK_DETECTED",
+    "DUPLICATE_TABLE",
+    "FENCING_CHECK",
     "FENCING_DDL",
-    "FENCING_NEXT",
-    "FENCING_TABLE",
+    "FENCING_SEQUENCE",
+    "FREE_STRANDED",
     "HELD",
     "HOLDERS",
+    "INSUFFICIENT_PRIVILEGE",
+    "IN_RECOVERY",
     "LIST_HELD",
     "LOCK_NOT_AVAILABLE",
+    "MAX_LOCK_TIMEOUT_MS",
     "QUERY_CANCELED",
+    "READ_ONLY_TRANSACTION",
     "SET_LOCK_TIMEOUT",
     "SHOW_LOCK_TIMEOUT",
     "TERMINATE_HOLDERS",
     "TERMINATE_HOLDERS_PRE14",
     "TERMINATE_WAIT_MS",
+    "TIMED_WAIT",
     "TIMED_WAIT_LOCK",
+    "TIMED_WAIT_LOCK_FENCED",
     "TIMED_WAIT_MANY",
+    "TIMED_WAIT_MANY_FENCED",
+    "TRY",
     "TRY_LOCK",
     "TRY_LOCK_FENCED",
     "TRY_MANY",
+    "TRY_MANY_FENCED",
+    "TRY_XACT",
     "TRY_XACT_LOCK",
+    "TRY_XACT_LOCK_FENCED",
     "UNDEFINED_TABLE",
     "UNDO_MANY",
     "UNIQUE_VIOLATION",
     "UNLOCK",
     "UNLOCK_ALL",
     "UNLOCK_CHECKED",
+    "WAIT",
     "WAIT_LOCK",
+    "WAIT_LOCK_FENCED",
     "WAIT_MANY",
+    "WAIT_MANY_FENCED",
+    "WAIT_XACT",
     "WAIT_XACT_LOCK",
+    "WAIT_XACT_LOCK_FENCED",
     "check_not_replica",
     "check_params",
     "holder_from_row",
@@ -58,8 +76,10 @@ __all__ = [
     "many_params",
     "split_lock_id",
     "sqlstate",
+    "stranded_params",
     "timed_params",
     "translate_error",
+    "wait_slice",
 ]
 
 # -- SQLSTATEs that change what an error means ------------------------------
@@ -72,14 +92,17 @@ UNIQUE_VIOLATION = "23505"  # two sessions racing CREATE SEQUENCE IF NOT EXISTS
 DUPLICATE_TABLE = "42P07"  # the same race, seen another way
 INSUFFICIENT_PRIVILEGE = "42501"
 READ_ONLY_TRANSACTION = "25006"
-# A prepared statement that a pooler in transaction mode mixed up between server sessions.
-DUPLICATE_PREPARED_STATEMENT = "42P05"
-INVALID_STATEMENT_NAME = "26000"
+
+# The server sequence fencing tokens come from (see "fencing tokens" below).
+FENCING_SEQUENCE = "kannuki_fencing_seq"
+_NEXT = f"nextval('{FENCING_SEQUENCE}'::regclass)"
 
 # -- one connection, once ---------------------------------------------------
 
 # Asked once per new connection: the server PID to pin locks to, and whether it is a standby.
 CONNECTION_INFO = "SELECT pg_backend_pid(), pg_is_in_recovery()"
+# The same for a connection given as transaction= (servers before 14, which do not report in_hot_standby).
+IN_RECOVERY = "SELECT pg_is_in_recovery()"
 
 # -- session locks: indexed by ``shared`` (False, True) ---------------------
 # Each returns the server PID of the session in the same row, so a pooler that
@@ -147,11 +170,11 @@ MAX_LOCK_TIMEOUT_MS = 2_147_483_647
 
 _REQUESTS = "unnest(%s::bigint[], %s::boolean[]) WITH ORDINALITY AS r(id, shared, ord)"
 
-# One row: (all_taken, pid). When any try fails, the same statement gives back
+# One row: (all_taken, _, pid). When any try fails, the same statement gives back
 # every advisory lock of this session, so callers must run it on a connection
 # that held no lock before (a fresh one from the pool).
-TRY_MANY = f"""
-SELECT t.all_taken, CASE WHEN NOT t.all_taken THEN pg_advisory_unlock_all() END IS NULL, pg_backend_pid()
+_TRY_MANY = f"""
+SELECT t.all_taken, CASE WHEN NOT t.all_taken THEN pg_advisory_unlock_all() END IS NULL, pg_backend_pid(){{token}}
 FROM (
     SELECT bool_and(x.ok) AS all_taken FROM (
         SELECT CASE WHEN r.shared THEN pg_try_advisory_lock_shared(r.id)
@@ -160,28 +183,32 @@ FROM (
     ) AS x
 ) AS t
 """.strip()
+TRY_MANY = _TRY_MANY.format(token="")
+# The same with the call's fencing token as a fourth column (NULL when not all were taken).
+TRY_MANY_FENCED = _TRY_MANY.format(token=f", CASE WHEN t.all_taken THEN {_NEXT} END")
 
 # Waits for each in order, under the lock_timeout set before it in the same
 # transaction; returns (count, pid). On 55P03 the locks taken before the one
 # that timed out stay held (session locks ignore the rollback): run UNDO_MANY.
-WAIT_MANY = f"""
-SELECT count(x.ok), pg_backend_pid() FROM (
+_WAIT_MANY = f"""
+SELECT count(x.ok), pg_backend_pid(){{token}} FROM (
     SELECT CASE WHEN r.shared THEN pg_advisory_lock_shared(r.id)::text
                 ELSE pg_advisory_lock(r.id)::text END AS ok
-    FROM {_REQUESTS} ORDER BY r.ord
+    FROM {{setting}}{_REQUESTS} ORDER BY r.ord
 ) AS x
 """.strip()
+WAIT_MANY = _WAIT_MANY.format(token="", setting="")
 
 # WAIT_MANY in one round trip (see _WITH_LOCK_TIMEOUT): every row of the join
 # needs the setting's row, so the locks come after it.
-TIMED_WAIT_MANY = f"""
-{_WITH_LOCK_TIMEOUT}
-SELECT count(x.ok), pg_backend_pid() FROM (
-    SELECT CASE WHEN r.shared THEN pg_advisory_lock_shared(r.id)::text
-                ELSE pg_advisory_lock(r.id)::text END AS ok
-    FROM setting, {_REQUESTS} ORDER BY r.ord
-) AS x
-""".strip()
+TIMED_WAIT_MANY = f"{_WITH_LOCK_TIMEOUT}\n" + _WAIT_MANY.format(token="", setting="setting, ")
+
+# The two waits with the call's fencing token as a third column: an aggregate's
+# own columns are computed once all its rows are in, so after every lock.
+WAIT_MANY_FENCED = _WAIT_MANY.format(token=f", {_NEXT}", setting="")
+TIMED_WAIT_MANY_FENCED = f"{_WITH_LOCK_TIMEOUT}\n" + _WAIT_MANY.format(
+    token=f", {_NEXT}", setting="setting, "
+)
 
 # Gives back those of the requested locks that this session holds now.
 UNDO_MANY = f"""
@@ -257,8 +284,6 @@ TERMINATE_HOLDERS_PRE14 = (
 # statement before it takes anything. CACHE 1 (the default) keeps the values
 # in call order across sessions.
 
-FENCING_SEQUENCE = "kannuki_fencing_seq"
-_NEXT = f"nextval('{FENCING_SEQUENCE}'::regclass)"
 FENCING_DDL = f"CREATE SEQUENCE IF NOT EXISTS {FENCING_SEQUENCE} AS bigint CACHE 1"
 # Once per backend, read-only: can this session draw from the sequence?
 # (usable or NULL, exists, why not: 'standby' / 'read-only' or NULL)
@@ -353,7 +378,14 @@ def stranded_params(pid: int, lock_id: int, shared: bool) -> dict[str, Any]:
     """The parameters of FREE_STRANDED for a lock taken on server PID ``pid``."""
     classid, objid = split_lock_id(lock_id)
     mode = "ShareLock" if shared else "ExclusiveLock"
-    return {"pid": pid, "id": lock_id, "classid": classid, "objid": objid, "mode": mode, "ms": TERMINATE_WAIT_MS}
+    return {
+        "pid": pid,
+        "id": lock_id,
+        "classid": classid,
+        "objid": objid,
+        "mode": mode,
+        "ms": TERMINATE_WAIT_MS,
+    }
 
 
 def timed_params(timeout: float | None, params: Sequence[Any]) -> tuple[Any, ...]:

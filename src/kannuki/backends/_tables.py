@@ -5,6 +5,12 @@ A backend whose waiters should queue in-process before they reach the store
 the table of its store's identity here, so two lockers on one store share one
 queue and one token sequence. In a forked child every table is emptied: the
 child has none of the parent's threads, so their holds and waits are void.
+
+Deadlocks between threads are found across all of these tables at once: the
+core twin keeps one process-wide registry of the threads waiting in any
+LockTable, and a wait that would close a wait-for cycle (a thread waiting for
+a key it holds, or for a thread that waits, directly or not, for it) raises
+``DeadlockError`` instead (see ``kannuki._coreapi.LockTableProtocol.acquire``).
 """
 
 from __future__ import annotations

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterable
 from typing import Any, ClassVar, Protocol
 
 from kannuki.errors import ConfigurationError
+from kannuki.options import did_you_mean, locker_option_names
 
 __all__ = [
+    "BACKEND_OPTIONS",
     "NO_WAIT_CALLBACK",
     "FastPath",
     "Grant",
@@ -133,6 +136,8 @@ class StoreTraits:
     supports_ttl: ClassVar[bool] = False
     # The store's default lease length (seconds), or None when its holds are not leases.
     ttl: float | None = None
+    # True when ``gone(grant)`` can tell, without a round trip, that a held lock's session died.
+    watches: ClassVar[bool] = False
 
     @classmethod
     def wraps(cls, obj: Any) -> bool:
@@ -146,13 +151,42 @@ class StoreTraits:
         """The store in one line for messages, without secrets (no password)."""
         return f"{self.scheme}://"
 
+    def gone(self, grant: Grant) -> str | None:
+        """Why ``grant``'s session is dead, seen without a round trip (its socket); None while it looks alive.
+
+        Called by the hold owner's watcher every ``watch_interval`` for stores that set
+        ``watches``; it must never block, and must answer None while a statement of the
+        caller is in flight on the connection (it cannot tell then).
+        """
+        return None
+
     def listing_note(self) -> str | None:
         """What ``list_held`` cannot see on this store, in one sentence (None: it sees every lock)."""
         return None
 
 
-def reject_unknown_options(scheme: str, options: dict[str, Any]) -> None:
-    """Raise ConfigurationError naming the first option the backend does not know."""
+# The backend options each store accepts (keywords of Locker(...) besides the Locker options), for
+# the "did you mean" of a misspelt one. tests/test_bad_input.py checks each is accepted.
+BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
+    "memory": ("ttl",),
+    "sqlite": ("ttl", "busy_timeout"),
+    "file": ("ttl",),
+    "postgresql": ("pool_size", "connect_timeout", "application_name", "allow_replica", "fencing"),
+    "mysql": ("connect_timeout", "pool_size", "fencing", "fencing_table", "allow_cluster"),
+    "redis": ("ttl", "namespace", "socket_timeout", "connect_timeout"),
+}
+BACKEND_OPTIONS["mariadb"] = BACKEND_OPTIONS["mysql"]
+
+
+def reject_unknown_options(scheme: str, options: dict[str, Any], known: Iterable[str] = ()) -> None:
+    """Raise ConfigurationError naming the first option the backend does not know.
+
+    The message suggests the closest option name ("did you mean 'default_timeout'?") among the
+    ``Locker`` options, the store's own (:data:`BACKEND_OPTIONS`) and ``known``.
+    """
     if options:
         name = min(options)
-        raise ConfigurationError(f"unknown option {name!r} for the {scheme} backend")
+        candidates = [*locker_option_names(), *BACKEND_OPTIONS.get(scheme, ()), *known]
+        raise ConfigurationError(
+            f"unknown option {name!r} for the {scheme} backend{did_you_mean(name, candidates)}"
+        )

@@ -1,12 +1,21 @@
 """``file:///dir``: OS file locks in a directory, for the processes of one machine.
 
 Each key has a lock file ``<dir>/<lock id as 16 hex digits>.lock``. Holding the
-lock is holding an exclusive ``flock`` on that file; the file also carries a
-one-line JSON lease record (name, token, pid, host, since, expires_at), so
-other processes can see who holds it, and the key's last fencing token, so
-tokens strictly increase (the counter is read and bumped under the flock).
+lock is holding a ``flock`` on that file: ``LOCK_EX`` for an exclusive lock,
+``LOCK_SH`` for a shared one. The file also carries a one-line JSON lease
+record, so other processes can see who holds it (name, token, pid, host,
+since, expires_at; for shared holders one entry per reader under
+``readers``), and the key's last fencing token, so tokens strictly increase.
 A key's first token is the wall clock in microseconds, so tokens keep
 increasing even after the lock files are deleted.
+
+Shared holders edit the one record together, so they do it under a short
+exclusive flock on the key's mutex file ``<16 hex digits>.mutex``; an
+exclusive holder needs none (no reader can hold the key beside it). The mutex
+file also keeps the marks of writers waiting for the key, each with its own
+short expiry (``INTENT_TTL``, refreshed at every try of the waiter): a new
+reader stays out while a mark is live, so overlapping readers cannot starve
+a writer, and a dead waiter's mark runs out by itself.
 
 The rule for leases, and why it differs from sqlite and redis: the OS lock
 is the lock. While the holder's process lives nobody else can take it, even
@@ -23,7 +32,7 @@ notices that, and ``release()`` raises ``LockLostError``.
   kannuki (deleting a lock file races with a process about to lock it);
   ``force_release`` atomically replaces a held one with a fresh file that
   keeps the token counter.
-- Exclusive locks only (no shared mode). POSIX only: on Windows it raises
+- Exclusive and shared locks. POSIX only: on Windows it raises
   NotSupportedError. Not for network filesystems.
 - Waiting polls with backoff; threads (and tasks) of one process queue
   locally first. Every flock and file read or write blocks: the sync backend
@@ -45,7 +54,7 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from kannuki._compat import arun_blocking, asleep, atable_acquire, atable_release
-from kannuki.backends._lease import DEFAULT_TTL, HOST, LocalGate, check_ttl, poll_backoff
+from kannuki.backends._lease import DEFAULT_TTL, HOST, INTENT_TTL, LocalGate, check_ttl, poll_backoff
 from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, reject_unknown_options
 from kannuki.backends.base_async import AsyncBackend
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
@@ -58,6 +67,9 @@ except ImportError:  # Windows
 __all__ = ["AsyncFileBackend", "file_name"]
 
 _SUFFIX = ".lock"
+_MUTEX_SUFFIX = ".mutex"
+# The longest wait for a key's mutex file (held only for a read and a write of a small record).
+MUTEX_WAIT = 5.0
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BUSY_ERRNOS = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 
@@ -98,6 +110,22 @@ def _write_record(fd: int, record: dict[str, Any]) -> None:
     os.ftruncate(fd, len(data))
 
 
+def _flock_free(fd: int, operation: int, path: str) -> bool:
+    """Can ``fd`` take the flock ``operation`` (``LOCK_SH`` / ``LOCK_EX``) without waiting? (It keeps it.)"""
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in _BUSY_ERRNOS:
+            raise BackendError(f"cannot test the lock file {path}: {exc}") from exc
+        return False
+    return True
+
+
+def _entry_expiry(entry: dict[str, Any]) -> float:
+    expires = entry.get("expires_at")
+    return float(expires) if isinstance(expires, (int, float)) else 0.0
+
+
 def _same_file(fd: int, path: str) -> bool:
     """Is ``path`` still the file open on ``fd`` (not removed, not replaced)?"""
     try:
@@ -107,20 +135,51 @@ def _same_file(fd: int, path: str) -> bool:
     return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
 
 
+def _intents(fd: int, now: float) -> dict[str, float]:
+    """The live marks of waiting writers in a mutex file: owner -> expiry (expired ones left out)."""
+    writers = _read_record(fd).get("writers")
+    if not isinstance(writers, dict):
+        return {}
+    return {
+        owner: expires
+        for owner, expires in writers.items()
+        if isinstance(expires, (int, float)) and expires > now
+    }
+
+
+def _readers(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The shared holders a lease record lists (token as text -> entry); {} for an exclusive or freed record."""
+    readers = record.get("readers") if record.get("held") and record.get("shared") else None
+    if not isinstance(readers, dict):
+        return {}
+    return {token: entry for token, entry in readers.items() if isinstance(entry, dict)}
+
+
+def _next_token(record: dict[str, Any]) -> int:
+    """The token after the record's last one; a new (or wiped) file starts from the microsecond clock,
+    so tokens keep increasing even when someone deletes the lock directory."""
+    last = record.get("token")
+    return last + 1 if isinstance(last, int) and last > 0 else time.time_ns() // 1000
+
+
 class _LockFile:
     """One open lock file of this process; holding its flock is holding the lock.
 
     Kept in the grant (``grant.conn``). ``close`` drops the flock and is
     idempotent: the descriptor number is forgotten first, so a second close
     (an abort after an interrupted release) can never close a descriptor the
-    OS has handed to someone else since.
+    OS has handed to someone else since. ``record`` is this holder's part of
+    the lease record: the whole record for an exclusive holder, its own entry
+    under ``readers`` for a shared one.
     """
 
-    __slots__ = ("_open", "fd", "path", "record")
+    __slots__ = ("_open", "fd", "path", "record", "shared", "token")
 
-    def __init__(self, fd: int, path: str, open_files: set[_LockFile]) -> None:
+    def __init__(self, fd: int, path: str, open_files: set[_LockFile], shared: bool = False) -> None:
         self.fd = fd
         self.path = path
+        self.shared = shared
+        self.token = 0
         self.record: dict[str, Any] = {}
         self._open = open_files
         open_files.add(self)
@@ -140,10 +199,10 @@ class _LockFile:
 
 
 class AsyncFileBackend(AsyncBackend):
-    """Exclusive locks as ``flock`` on per-key files in one directory."""
+    """Exclusive and shared locks as ``flock`` on per-key files in one directory."""
 
     scheme = "file"
-    supports_shared = False
+    supports_shared = True
     supports_ttl = True
 
     def __init__(
@@ -188,32 +247,109 @@ class AsyncFileBackend(AsyncBackend):
 
     # -- blocking steps (run directly by the sync backend, in a worker thread by the async one) --
 
-    def _try_acquire(self, name: str, lock_id: int, ttl: float, taken: list[_LockFile]) -> _LockFile | None:
+    def _mutex_path(self, path: str) -> str:
+        return path[: -len(_SUFFIX)] + _MUTEX_SUFFIX
+
+    def _with_mutex(self, path: str, work: Callable[[int], Any]) -> Any:
+        """``work(fd)`` under an exclusive flock on the key's mutex file (``fd`` is that file, for the marks).
+
+        Held only for a few reads and writes of small files; a mutex that stays
+        locked longer than ``MUTEX_WAIT`` (its holder is stopped) is a BackendError.
+        """
+        mutex = self._mutex_path(path)
+        fd = self._open(mutex)
+        try:
+            deadline = time.monotonic() + MUTEX_WAIT
+            delay = 0.0005
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in _BUSY_ERRNOS:
+                        raise BackendError(f"cannot lock the mutex file {mutex}: {exc}") from exc
+                if time.monotonic() >= deadline:
+                    raise BackendError(f"the mutex file {mutex} stayed locked for {MUTEX_WAIT:g}s")
+                time.sleep(delay)
+                delay = min(delay * 2, 0.02)
+            try:
+                return work(fd)
+            except OSError as exc:
+                raise BackendError(f"updating the lock files of {path} failed: {exc}") from exc
+        finally:
+            os.close(fd)  # drops the mutex
+
+    def _mark_intent(self, path: str, owner: str | None) -> None:
+        """Mark (``owner``) or refresh a waiting writer's intent in the mutex file; ``None``: nothing to mark.
+
+        Best effort: a mark that cannot be written (the mutex stayed locked)
+        only costs the writer its priority for this try; it keeps polling.
+        """
+        if owner is None:
+            return
+
+        def mark(fd: int) -> None:
+            writers = _intents(fd, self._now())
+            writers[owner] = self._now() + INTENT_TTL
+            _write_record(fd, {"writers": writers})
+
+        try:
+            self._with_mutex(path, mark)
+        except BackendError:
+            pass
+
+    def _withdraw_intent(self, lock_id: int, owner: str) -> None:
+        """Remove a writer's mark (it got the lock, or gave up waiting)."""
+        path = self._path(lock_id)
+        if not os.path.exists(self._mutex_path(path)):
+            return
+
+        def withdraw(fd: int) -> None:
+            writers = _intents(fd, self._now())
+            if writers.pop(owner, None) is not None or _read_all(fd):
+                _write_record(fd, {"writers": writers})
+
+        self._with_mutex(path, withdraw)
+
+    def _try_acquire(
+        self,
+        name: str,
+        lock_id: int,
+        shared: bool,
+        ttl: float,
+        taken: list[_LockFile],
+        intent: str | None = None,
+    ) -> _LockFile | None:
         """One non-blocking flock try: the locked file with its record written, or None when held.
 
         The open file goes into ``taken`` before it is locked, so whoever is
         interrupted after this returns (a cancelled task, Ctrl-C) can close it.
+        ``intent`` (a waiting writer's mark): written when the key is busy,
+        removed once the lock is had.
         """
         path = self._path(lock_id)
         taken.clear()  # earlier tries of this acquire closed theirs
-        held = _LockFile(self._open(path), path, self._open_files)
+        held = _LockFile(self._open(path), path, self._open_files, shared)
         taken.append(held)
         try:
             try:
-                fcntl.flock(held.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(held.fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except OSError as exc:
                 if exc.errno in _BUSY_ERRNOS:
                     held.close()
+                    self._mark_intent(path, intent)
                     return None
                 raise
             if not _same_file(held.fd, path):  # removed between our open and our flock: try again
                 held.close()
                 return None
+            if shared:
+                if not self._with_mutex(path, lambda mutex_fd: self._join_readers(held, name, ttl, mutex_fd)):
+                    held.close()  # a writer is waiting: readers stay out until it had its turn
+                    return None
+                return held
             now = self._now()
-            last = int(_read_record(held.fd).get("token") or 0)
-            # A new (or wiped) file starts from the microsecond clock, so tokens keep
-            # increasing even when someone deletes the lock directory.
-            token = last + 1 if last else time.time_ns() // 1000
+            token = _next_token(_read_record(held.fd))
             record = {
                 "name": name,
                 "token": token,
@@ -225,6 +361,9 @@ class AsyncFileBackend(AsyncBackend):
             }
             _write_record(held.fd, record)
             held.record = record
+            held.token = token
+            if intent is not None:
+                self._withdraw_intent_quietly(lock_id, intent)
         except OSError as exc:
             held.close()  # closing drops the flock
             raise BackendError(f"file lock on {path} failed: {exc}") from exc
@@ -233,26 +372,73 @@ class AsyncFileBackend(AsyncBackend):
             raise
         return held
 
+    def _join_readers(self, held: _LockFile, name: str, ttl: float, mutex_fd: int) -> bool:
+        """Under the mutex, with ``LOCK_SH`` held: add this reader to the record; False when a writer waits."""
+        now = self._now()
+        if _intents(mutex_fd, now):
+            return False
+        record = _read_record(held.fd)
+        token = _next_token(record)
+        readers = {t: e for t, e in _readers(record).items() if _entry_expiry(e) > now}
+        entry = {"pid": os.getpid(), "host": HOST, "since": now, "expires_at": now + ttl}
+        readers[str(token)] = entry
+        _write_record(
+            held.fd, {"name": name, "token": token, "held": True, "shared": True, "readers": readers}
+        )
+        held.record = entry
+        held.token = token
+        return True
+
+    def _edit_readers(self, held: _LockFile, name: str, entry: dict[str, Any] | None) -> bool:
+        """Put this reader's ``entry`` in the record (None: take it out); False when the file is no longer ours."""
+
+        def edit(_mutex_fd: int) -> bool:
+            if held.closed or not _same_file(held.fd, held.path):
+                return False
+            record = _read_record(held.fd)
+            readers = _readers(record)
+            last = record.get("token")
+            token = last if isinstance(last, int) and last >= held.token else held.token
+            if entry is None:
+                readers.pop(str(held.token), None)
+            else:
+                readers[str(held.token)] = entry
+            fresh: dict[str, Any] = {"name": name, "token": token, "held": bool(readers)}
+            if readers:
+                fresh.update(shared=True, readers=readers)
+            _write_record(held.fd, fresh)
+            return True
+
+        done: bool = self._with_mutex(held.path, edit)
+        return done
+
     def _release(self, held: _LockFile, name: str, token: int) -> bool:
         """Write the freed record (keeping the token) and close; False when the file was no longer ours."""
-        intact = not held.closed and _same_file(held.fd, held.path)
         try:
-            if intact:  # keep the token in the file: the next holder counts on from it
-                _write_record(held.fd, {"name": name, "token": token, "held": False})
+            if held.shared:
+                intact = not held.closed and self._edit_readers(held, name, None)
+            else:
+                intact = not held.closed and _same_file(held.fd, held.path)
+                if intact:  # keep the token in the file: the next holder counts on from it
+                    _write_record(held.fd, {"name": name, "token": token, "held": False})
         except OSError as exc:
             raise BackendError(f"writing the lock file {held.path} failed: {exc}") from exc
         finally:
             held.close()  # drops the flock
         return intact
 
-    def _renew(self, held: _LockFile, ttl: float) -> bool:
+    def _renew(self, held: _LockFile, name: str, ttl: float) -> bool:
         if held.closed or not _same_file(held.fd, held.path):
             return False
         record = dict(held.record, expires_at=self._now() + ttl)
-        try:
-            _write_record(held.fd, record)
-        except OSError as exc:
-            raise BackendError(f"writing the lock file {held.path} failed: {exc}") from exc
+        if held.shared:
+            if not self._edit_readers(held, name, record):
+                return False
+        else:
+            try:
+                _write_record(held.fd, record)
+            except OSError as exc:
+                raise BackendError(f"writing the lock file {held.path} failed: {exc}") from exc
         held.record = record
         return True
 
@@ -260,37 +446,60 @@ class AsyncFileBackend(AsyncBackend):
     def _check(held: _LockFile) -> bool:
         return not held.closed and _same_file(held.fd, held.path)
 
-    def _holder_of(self, path: str, lock_id: int | None) -> Holder | None:
-        """The holder recorded in ``path`` if the file is locked now; None when free or missing."""
+    def _inspect(self, path: str, lock_id: int | None) -> tuple[list[Holder], int]:
+        """The holders of the lock file ``path`` if it is locked now ([] when free or missing), and its last token.
+
+        ``LOCK_SH`` fails only while an exclusive holder has the file; when it
+        succeeds, an upgrade to ``LOCK_EX`` tells whether readers hold it. The
+        OS locks decide, never the record (a reader killed by SIGKILL leaves its
+        entry behind).
+        """
         try:
             fd = os.open(path, os.O_RDONLY | _CLOEXEC)
         except FileNotFoundError:
-            return None
+            return [], 0
         except OSError as exc:
             raise BackendError(f"cannot read the lock file {path}: {exc}") from exc
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in _BUSY_ERRNOS:
-                    raise BackendError(f"cannot test the lock file {path}: {exc}") from exc
-            else:
-                return None  # we could lock it: nobody holds it
+            free = _flock_free(fd, fcntl.LOCK_SH, path) and _flock_free(fd, fcntl.LOCK_EX, path)
             record = _read_record(fd)
         finally:
             os.close(fd)
+        last = record.get("token")
+        last_token = last if isinstance(last, int) and last > 0 else 0
+        if free:
+            return [], last_token
         if lock_id is None:
             lock_id = int(os.path.basename(path)[: -len(_SUFFIX)], 16)
             lock_id = lock_id - (1 << 64) if lock_id >= 1 << 63 else lock_id
-        return Holder(
-            name=str(record.get("name", "")),
+        name = str(record.get("name", ""))
+        readers = sorted((int(t), e) for t, e in _readers(record).items() if t.isdigit())
+        if readers:
+            holders = [
+                Holder(
+                    name=name,
+                    lock_id=lock_id,
+                    shared=True,
+                    token=token,
+                    pid=entry.get("pid"),
+                    host=entry.get("host"),
+                    since=entry.get("since"),
+                    expires_at=entry.get("expires_at"),
+                )
+                for token, entry in readers
+            ]
+            return holders, last_token
+        holder = Holder(
+            name=name,
             lock_id=lock_id,
-            token=record.get("token"),
+            shared=bool(record.get("shared")),
+            token=None if record.get("shared") else record.get("token"),
             pid=record.get("pid"),
             host=record.get("host"),
             since=record.get("since"),
             expires_at=record.get("expires_at"),
         )
+        return [holder], last_token
 
     def _list_held(self) -> list[Holder]:
         try:
@@ -302,13 +511,11 @@ class AsyncFileBackend(AsyncBackend):
         out = []
         for entry in names:
             if entry.endswith(_SUFFIX) and len(entry) == 16 + len(_SUFFIX):
-                holder = self._holder_of(os.path.join(self.directory, entry), None)
-                if holder is not None:
-                    out.append(holder)
+                out.extend(self._inspect(os.path.join(self.directory, entry), None)[0])
         return out
 
     def _force_release(self, name: str, lock_id: int) -> int:
-        """Replace a held lock file by a free one that keeps its token; 1 when one was held, else 0.
+        """Replace a held lock file by a free one that keeps its token; how many holders it freed.
 
         Nobody can take a flock away from its process, but the lock is the
         file at the path: after the atomic rename the holder's flock is on an
@@ -316,12 +523,12 @@ class AsyncFileBackend(AsyncBackend):
         acquirer locks the new one, counting on from the recorded token.
         """
         path = self._path(lock_id)
-        holder = self._holder_of(path, lock_id)
-        if holder is None:
+        holders, last_token = self._inspect(path, lock_id)
+        if not holders:
             return 0
         fresh: dict[str, Any] = {"name": name, "held": False}
-        if isinstance(holder.token, int) and holder.token > 0:
-            fresh["token"] = holder.token
+        if last_token:
+            fresh["token"] = last_token
         scratch = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
             fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o666)
@@ -336,7 +543,7 @@ class AsyncFileBackend(AsyncBackend):
             except OSError:
                 pass
             raise BackendError(f"cannot replace the lock file {path}: {exc}") from exc
-        return 1
+        return len(holders)
 
     # -- locking --------------------------------------------------------------
 
@@ -351,39 +558,47 @@ class AsyncFileBackend(AsyncBackend):
         on_wait: Callable[[], None] = NO_WAIT_CALLBACK,
         transaction: Any = None,
     ) -> Grant | None:
-        if shared:
-            raise NotSupportedError(
-                "the file backend has no shared locks; use sqlite:/// for shared locks", key=name
-            )
         if transaction is not None:
             raise NotSupportedError("the file backend has no transaction-level locks; drop transaction=")
         lease = self._lease if ttl is None else ttl
         taken: list[_LockFile] = []
         try:
-            held = await arun_blocking(self._try_acquire, name, lock_id, lease, taken)
+            held = await arun_blocking(self._try_acquire, name, lock_id, shared, lease, taken)
             if held is None and timeout != 0:
                 on_wait()
-                held = await self._wait(name, lock_id, lease, timeout, taken)
+                held = await self._wait(name, lock_id, shared, lease, timeout, taken)
         except BaseException:
             for stray in taken:  # locked, but the caller will never hear of it: closing frees it
                 stray.close()
             raise
         if held is None:
             return None
-        return Grant(name, lock_id, False, held.record["token"], lease, conn=held)
+        return Grant(name, lock_id, shared, held.token, lease, conn=held)
 
     async def _wait(
-        self, name: str, lock_id: int, ttl: float, timeout: float | None, taken: list[_LockFile]
+        self,
+        name: str,
+        lock_id: int,
+        shared: bool,
+        ttl: float,
+        timeout: float | None,
+        taken: list[_LockFile],
     ) -> _LockFile | None:
-        """Queue behind this process's waiters for ``name``, then poll the flock with backoff."""
+        """Queue behind this process's waiters for ``name``, then poll the flock with backoff.
+
+        A writer marks its intent at every try (see the module's docstring) and
+        withdraws it when it gives up; the try that takes the lock removes it.
+        """
         start = time.monotonic()
-        gate = await atable_acquire(self._gate.table, name, False, timeout, None)
+        gate = await atable_acquire(self._gate.table, name, shared, timeout, None)
         if not gate:
             return None
+        intent = None if shared else os.urandom(8).hex()
+        held = None
         try:
             backoff = poll_backoff()
             while True:
-                held = await arun_blocking(self._try_acquire, name, lock_id, ttl, taken)
+                held = await arun_blocking(self._try_acquire, name, lock_id, shared, ttl, taken, intent)
                 if held is not None:
                     return held
                 remaining = None if timeout is None else timeout - (time.monotonic() - start)
@@ -391,7 +606,17 @@ class AsyncFileBackend(AsyncBackend):
                     return None
                 await asleep(backoff.next_delay(remaining))
         finally:
-            await atable_release(self._gate.table, name, gate)
+            try:
+                if intent is not None and held is None:
+                    await arun_blocking(self._withdraw_intent_quietly, lock_id, intent)
+            finally:
+                await atable_release(self._gate.table, name, gate)
+
+    def _withdraw_intent_quietly(self, lock_id: int, owner: str) -> None:
+        try:
+            self._withdraw_intent(lock_id, owner)
+        except Exception:  # the directory is gone or stuck: the mark runs out by itself
+            pass
 
     async def release(self, grant: Grant) -> None:
         held: _LockFile = grant.conn
@@ -414,7 +639,7 @@ class AsyncFileBackend(AsyncBackend):
 
     async def renew(self, grant: Grant, ttl: float | None = None) -> bool:
         lease = ttl if ttl is not None else grant.ttl if grant.ttl is not None else self._lease
-        renewed: bool = await arun_blocking(self._renew, grant.conn, lease)
+        renewed: bool = await arun_blocking(self._renew, grant.conn, grant.name, lease)
         return renewed
 
     async def check(self, grant: Grant) -> bool:
@@ -428,11 +653,11 @@ class AsyncFileBackend(AsyncBackend):
     # -- inspection -----------------------------------------------------------
 
     async def held(self, name: str, lock_id: int) -> bool:
-        return await arun_blocking(self._holder_of, self._path(lock_id), lock_id) is not None
+        return bool(await self.holders(name, lock_id))
 
     async def holders(self, name: str, lock_id: int) -> list[Holder]:
-        holder = await arun_blocking(self._holder_of, self._path(lock_id), lock_id)
-        return [holder] if holder is not None else []
+        holders, _last_token = await arun_blocking(self._inspect, self._path(lock_id), lock_id)
+        return holders
 
     async def list_held(self) -> list[Holder]:
         return await arun_blocking(self._list_held)

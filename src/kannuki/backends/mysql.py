@@ -26,9 +26,25 @@ An interrupted wait (Ctrl-C in sync code, a cancelled task in async code) is
 ended on the server: a side connection sends KILL QUERY for the waiting
 connection, which is then closed, so nothing it may have been granted
 meanwhile survives. A wrapped connection cannot be killed from the side (its
-credentials are the caller's), so it waits in 1-second slices and an
-interruption takes effect at the end of the current one, followed by a
-RELEASE_LOCK of the name.
+credentials are the caller's), and it serves every thread or task of its
+locker one statement at a time (a FIFO guard): so it never waits on the
+server longer than a short slice (``WRAPPED_SLICE``; MySQL, whose GET_LOCK
+waits in whole seconds, polls with ``GET_LOCK(name, 0)`` and a capped
+backoff instead). Between slices the others' statements (a release, a try,
+another key's wait) go through, and an interruption takes effect at the end
+of the current slice, followed by a RELEASE_LOCK of the name.
+
+Fencing tokens. On MariaDB 10.3+ they come from the server sequence
+``kannuki_fencing_seq`` (created when missing), drawn by the GET_LOCK
+statement itself once the lock is granted (``CASE GET_LOCK(..) WHEN 1 THEN
+NEXTVAL(..)``): no extra round trip, strictly increasing per key across every
+client of the server, never rolled back. MySQL has no sequences: there the
+tokens come from the in-process table (increasing within one process only)
+unless ``fencing=True``, which draws them from a counter table in one more
+round trip. Where the MariaDB sequence cannot be created or used, the tokens
+are the in-process table's and one warning says why (``fencing=True`` falls
+back to the counter table instead). ``fencing=False``: in-process tokens, no
+server work.
 
 ``check`` asks in one round trip whether the pinned session still holds the
 name; ``abort`` closes the pinned connection; ``force_release`` refuses to
@@ -36,8 +52,9 @@ free another session's lock unless ``terminate=True``, which KILLs the holding
 connection. A KILLed holder finds out at release: LockLostError.
 
 Options: ``connect_timeout`` (seconds, default 5), ``pool_size`` (idle
-connections kept, default 8), ``fencing`` (tokens from a server-side counter
-table), ``fencing_table``, ``allow_cluster`` (accept a Galera node).
+connections kept, default 8), ``fencing`` (None: the sequence where the
+server has one; True: server tokens always; False: in-process tokens),
+``fencing_table``, ``allow_cluster`` (accept a Galera node).
 
 The async module is the source; the sync one is generated from it by
 ``tools/async_to_sync.py``.
@@ -52,15 +69,18 @@ import re
 import select
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any, Callable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from kannuki._compat import Mutex, finish, run_blocking, table_acquire, table_release
+from kannuki._compat import Mutex, finish, run_blocking, sleep, table_acquire, table_release
+from kannuki._core import Backoff
 from kannuki._core import lock_id as compute_lock_id
 from kannuki.backends._mysql_names import NAMESPACE, mysql_lock_name
 from kannuki.backends._tables import object_table, process_table
 from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, LockRequest, reject_unknown_options
+from kannuki.backends._watch import peek
 from kannuki.backends.base import Backend
 from kannuki.errors import (
     BackendError,
@@ -73,14 +93,68 @@ from kannuki.errors import (
 __all__ = ["MySQLBackend", "cluster_refusal", "mysql_lock_name"]
 
 _monotonic = time.monotonic
-# One statement at a time on a connection that several threads or tasks may use.
+
+
+class _FairLock:
+    """A lock handed over in arrival order, for a connection shared by several threads.
+
+    ``threading.Lock`` is not fair: a thread that lets go and asks again at
+    once (a waiter between two GET_LOCK slices) takes it again before the
+    threads already waiting wake up, so their statements would wait for the
+    whole wait. Tickets make it first come, first served; a waiter interrupted
+    (Ctrl-C) gives its turn up.
+    """
+
+    __slots__ = ("_cond", "_gave_up", "_next", "_serving")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._next = 0
+        self._serving = 0
+        self._gave_up: set[int] = set()
+
+    def __enter__(self) -> None:
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            try:
+                while ticket != self._serving:
+                    self._cond.wait()
+            except BaseException:
+                if ticket == self._serving:
+                    self._serving += 1  # our turn came as we were interrupted: pass it on
+                else:
+                    self._gave_up.add(ticket)
+                self._pass_on()
+                raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._cond:
+            self._serving += 1
+            self._pass_on()
+
+    def locked(self) -> bool:
+        """True while a thread has the turn (a statement may be in flight)."""
+        return self._serving != self._next
+
+    def _pass_on(self) -> None:
+        while self._serving in self._gave_up:
+            self._gave_up.discard(self._serving)
+            self._serving += 1
+        self._cond.notify_all()
+
+
+# One statement at a time on a connection: a pooled one is used by one acquisition at a time
+# (a plain lock); a wrapped one by every thread or task of its locker (first come, first served).
 _Guard = threading.Lock
+_SharedGuard = _FairLock
 
 # One server-side wait lasts at most this long; "forever" re-issues it (MariaDB refuses -1).
 FOREVER_SLICE = 7 * 24 * 3600.0
-# On a wrapped connection nobody can KILL the wait from the side, so it waits
-# in short slices and Ctrl-C takes effect at the end of the current one.
-WRAPPED_SLICE = 1.0
+# A wrapped connection is shared by the locker's threads and tasks, and nobody can KILL its
+# wait from the side: it waits on the server in slices this short (MySQL: polls, at most this
+# far apart), so the others' statements and Ctrl-C get through between two slices.
+WRAPPED_SLICE = 0.05
 # Extra time to wait for the server's answer beyond GET_LOCK's own timeout.
 ANSWER_GRACE = 30.0
 # An idle pooled connection unused this long is pinged before reuse.
@@ -89,6 +163,22 @@ STALE_AFTER = 30.0
 _CONNECTION_GONE = (2006, 2013)
 # ER_LOCK_DEADLOCK, ER_USER_LOCK_DEADLOCK: the server broke a wait-for cycle by failing this wait.
 _DEADLOCK = (1213, 3058)
+
+# Fencing tokens on MariaDB: one server sequence, drawn in the GET_LOCK statement once granted.
+FENCING_SEQUENCE = "kannuki_fencing_seq"
+_SEQUENCE_DDL = b"CREATE SEQUENCE IF NOT EXISTS `" + FENCING_SEQUENCE.encode() + b"`"
+_SEQUENCE_SHAPE = b"SELECT minimum_value, increment, cycle_option FROM `" + FENCING_SEQUENCE.encode() + b"`"
+_SEQUENCE_NEXT = b"SELECT NEXTVAL(`" + FENCING_SEQUENCE.encode() + b"`)"
+# GET_LOCK's answer: 1 granted, 0 timed out, NULL error. With the sequence: the token (>= 1), 0, NULL.
+_GET_LOCK = b"SELECT GET_LOCK(%s, %s)"
+_GET_LOCK_FENCED = (
+    b"SELECT CASE GET_LOCK(%s, %s) WHEN 1 THEN NEXTVAL(`"
+    + FENCING_SEQUENCE.encode()
+    + b"`) WHEN 0 THEN 0 END"
+)
+# Where the tokens come from: the sequence, the counter table (fencing=True without a sequence), or
+# the in-process table (unfenced: increasing within this process only).
+_SEQUENCE, _TABLE, _LOCAL = "sequence", "table", "local"
 
 _IDENTIFIER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
@@ -146,7 +236,7 @@ class _Session:
         self.last_used = _monotonic()
         # A wrapped connection is shared by every lock of its locker (threads or tasks); a pooled
         # one by the keys of one lock_many: one statement at a time.
-        self.guard = _Guard()
+        self.guard: Any = _Guard() if owned else _SharedGuard()
         self.broken = False
         self.checked = False  # the cluster check passed
         self.pending = False  # a statement was sent whose answer is not read yet (a GET_LOCK wait)
@@ -258,6 +348,7 @@ class MySQLBackend(Backend):
     supports_shared = False
     supports_transaction = False
     supports_ttl = False
+    watches = True  # gone(): an idle session's socket shows a KILL or a restart with no round trip
 
     def __init__(
         self,
@@ -266,7 +357,7 @@ class MySQLBackend(Backend):
         connection: Any = None,
         connect_timeout: float = 5.0,
         pool_size: int = 8,
-        fencing: bool = False,
+        fencing: bool | None = None,
         fencing_table: str = "kannuki_fencing",
         allow_cluster: bool = False,
         scheme: str = "mysql",
@@ -277,8 +368,8 @@ class MySQLBackend(Backend):
             )
         if not (isinstance(pool_size, int) and not isinstance(pool_size, bool) and pool_size >= 0):
             raise ConfigurationError(f"pool_size must be an int >= 0, not {pool_size!r}")
-        if not isinstance(fencing, bool):
-            raise ConfigurationError(f"fencing must be True or False, not {fencing!r}")
+        if fencing is not None and not isinstance(fencing, bool):
+            raise ConfigurationError(f"fencing must be None, True or False, not {fencing!r}")
         if not (
             isinstance(fencing_table, str)
             and 0 < len(fencing_table) <= 64
@@ -291,7 +382,9 @@ class MySQLBackend(Backend):
             raise ConfigurationError(f"allow_cluster must be True or False, not {allow_cluster!r}")
         if fencing and connection is not None:
             raise ConfigurationError(
-                "fencing needs connections kannuki owns (its counter commits on its own); use a mysql:// URL"
+                "fencing=True needs connections kannuki owns (its counter table commits on its own); use a "
+                "mysql:// URL. On MariaDB a wrapped connection draws its tokens from the server sequence by "
+                "default (fencing=None)"
             )
         self._url_scheme = scheme  # mysql or mariadb, for messages; the store's scheme stays "mysql"
         self._params = dict(params or {})
@@ -311,6 +404,8 @@ class MySQLBackend(Backend):
             b" COLLATE ascii_bin NOT NULL PRIMARY KEY, value BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB"
         )
         self._fencing_ready = False
+        # Where tokens come from (_SEQUENCE, _TABLE, _LOCAL); None until the first connection tells.
+        self._token_mode: str | None = _LOCAL if fencing is False else None
         self.allow_cluster = allow_cluster
         self._idle: list[_Session] = []
         self._sessions: set[_Session] = set()  # every connection we opened and have not closed
@@ -380,6 +475,73 @@ class MySQLBackend(Backend):
         user = self._params.get("user")
         database = self._params.get("database", "")
         return f"{self._url_scheme}://{user + '@' if user else ''}{where}/{database}"
+
+    @property
+    def tokens_fenced(self) -> bool:
+        """True while this backend's tokens come from the server (strictly increasing across processes).
+
+        False with ``fencing=False``, on MySQL without ``fencing=True`` and
+        once the MariaDB sequence was found unusable: the tokens are then the
+        in-process table's, > 0 and increasing within this process only.
+        """
+        return self._token_mode != _LOCAL
+
+    # -- fencing tokens -----------------------------------------------------
+
+    def _ready_tokens(self, session: _Session) -> None:
+        """Once per backend, on its first connection: where do the tokens come from? (Sets ``_token_mode``.)
+
+        MariaDB: the sequence, created when missing (on a wrapped connection only
+        outside a transaction, where DDL commits nothing of the caller's) and
+        checked to count upwards from 1 and to be ours to advance. When it
+        cannot be used, ``fencing=True`` takes the counter table; the default
+        takes in-process tokens and one warning says why. MySQL: the counter
+        table with ``fencing=True``, in-process tokens by default.
+        """
+        if not session.mariadb:
+            self._token_mode = _TABLE if self.fencing else _LOCAL
+            return
+        with session.guard:
+            why_not = run_blocking(self._probe_sequence, session)
+        if why_not is None:
+            self._token_mode = _SEQUENCE
+            return
+        if self.fencing:
+            self._token_mode = _TABLE
+            return
+        if self._token_mode is None:  # the first to find out says it, once
+            self._token_mode = _LOCAL
+            warnings.warn(
+                f"kannuki: fencing tokens on {self.describe()} are not strictly increasing across processes: "
+                f"they need the server sequence {FENCING_SEQUENCE}, and {why_not}. Create it once as a user "
+                f"that may (CREATE SEQUENCE {FENCING_SEQUENCE}; GRANT SELECT, INSERT ON {FENCING_SEQUENCE} "
+                "TO <user>), pass fencing=True for a counter table (one more round trip per acquire), or "
+                "fencing=False to go without.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def _probe_sequence(self, session: _Session) -> str | None:
+        """Blocking step: None when the fencing sequence is there (made if missing) and usable, else why not."""
+        db = session.db
+        try:
+            if session.owned or _scalar(db, b"SELECT @@in_transaction") == 0:
+                db.query(_SEQUENCE_DDL)
+            shape = _rows(db, _SEQUENCE_SHAPE, 1)
+            _rows(db, _SEQUENCE_NEXT, 1)  # may we advance it? (needs INSERT on it)
+        except Exception as exc:
+            if not _is_driver_error(exc) or _error_code(exc) in _CONNECTION_GONE:
+                raise
+            if _error_code(exc) == 1064:
+                return "this server has no sequences (MariaDB 10.3 and later have)"
+            return f"it cannot be created or used ({exc})"
+        minimum, increment, cycle = shape[0] if shape else (0, 0, 1)
+        if not (int(minimum) >= 1 and int(increment) >= 1 and not int(cycle)):
+            return (
+                f"it does not count upwards from 1 without cycling (minimum_value={minimum}, "
+                f"increment={increment}, cycle_option={cycle})"
+            )
+        return None
 
     # -- connections --------------------------------------------------------
 
@@ -503,8 +665,11 @@ class MySQLBackend(Backend):
         session: _Session | None = None
         try:
             session = self._checkout()
-            if self._lock_on(session, literal, timeout, deadline, on_wait):
-                token = self._token_for(session, literal, table_token)
+            if self._token_mode is None:
+                self._ready_tokens(session)
+            got = self._lock_on(session, literal, timeout, deadline, on_wait)
+            if got:
+                token = self._token_for(session, literal, table_token, got)
                 pinned = _Pinned(literal, table_token)
                 return Grant(
                     name, lock_id, False, token, None, conn=session, pid=session.conn_id, data=pinned
@@ -541,8 +706,8 @@ class MySQLBackend(Backend):
         timeout: float | None,
         deadline: float | None,
         on_wait: Callable[[], None],
-    ) -> bool:
-        """GET_LOCK on ``session``: True when taken, False when not within the timeout.
+    ) -> int:
+        """GET_LOCK on ``session``: the server's answer when taken (1, or the token from the sequence), else 0.
 
         When it raises, the server may have granted the lock: the caller undoes
         it (``_give_back(..., failed=True)``).
@@ -550,25 +715,40 @@ class MySQLBackend(Backend):
         if timeout == 0 or on_wait is not NO_WAIT_CALLBACK:
             with session.guard:
                 try:
-                    got = run_blocking(_scalar, session.db, b"SELECT GET_LOCK(%s, 0)" % literal)
+                    got = run_blocking(_scalar, session.db, self._get_lock_sql(literal, b"0"))
                 except Exception as exc:
                     raise self._error("GET_LOCK failed", exc) from exc
             if self._granted(session, got):
-                return True
+                return int(got)
             if timeout == 0:
-                return False
+                return 0
             on_wait()
         return self._wait_on_server(session, literal, deadline)
 
-    def _wait_on_server(self, session: _Session, literal: bytes, deadline: float | None) -> bool:
+    def _get_lock_sql(self, literal: bytes, seconds: bytes) -> bytes:
+        template = _GET_LOCK_FENCED if self._token_mode == _SEQUENCE else _GET_LOCK
+        return template % (literal, seconds)
+
+    def _wait_on_server(self, session: _Session, literal: bytes, deadline: float | None) -> int:
+        """GET_LOCK until ``deadline`` in server waits of at most ``_wait_slice``; the answer when taken, else 0.
+
+        A wrapped connection on MySQL (whole-second waits only) polls with
+        ``GET_LOCK(name, 0)`` and sleeps between tries without holding the
+        connection, so it never keeps the locker's other threads out for long.
+        """
         db = session.db
+        polling = not session.owned and not session.mariadb
+        backoff = Backoff("exponential", 0.005, WRAPPED_SLICE, "full")
         while True:
             remaining = None if deadline is None else max(0.0, deadline - _monotonic())
-            wait = self._wait_slice if remaining is None else min(remaining, self._wait_slice)
+            if polling:
+                wait = 0.0
+            else:
+                wait = self._wait_slice if remaining is None else min(remaining, self._wait_slice)
             seconds = b"%.6f" % wait if session.mariadb else b"%d" % math.ceil(wait)  # MySQL: whole seconds
             with session.guard:
                 try:
-                    run_blocking(_send, session, b"SELECT GET_LOCK(%s, %s)" % (literal, seconds))
+                    run_blocking(_send, session, self._get_lock_sql(literal, seconds))
                     if not _wait_readable(db.fileno(), wait + ANSWER_GRACE):
                         raise TimeoutError(
                             f"no answer from the server {ANSWER_GRACE:g}s after GET_LOCK's timeout"
@@ -580,9 +760,11 @@ class MySQLBackend(Backend):
                         raise self._error("GET_LOCK failed", exc) from exc
                     raise
             if self._granted(session, got):
-                return True
+                return int(got)
             if remaining is not None and wait >= remaining:
-                return False
+                return 0
+            if polling:
+                sleep(backoff.next_delay(remaining))
 
     def _end_wait(self, session: _Session, exc: BaseException, wait: float) -> bool:
         """A GET_LOCK wait on ``session`` failed or was interrupted: stop it on the server.
@@ -617,17 +799,24 @@ class MySQLBackend(Backend):
             _close(side)
 
     def _granted(self, session: _Session, got: Any) -> bool:
-        """GET_LOCK's answer: True when taken (counted on ``session``), False when its timeout ran out."""
-        if got == 1:
-            session.locks += 1
-            return True
+        """GET_LOCK's answer: True when taken (counted on ``session``), False when its timeout ran out.
+
+        Taken is 1, or with the sequence the token it drew (>= 1: the sequence
+        was checked to count upwards from 1); 0 is a timeout, NULL an error.
+        """
         if got is None:
             raise BackendError(f"GET_LOCK returned NULL (a server error) on {self.describe()}")
-        return False
+        if got == 0:
+            return False
+        session.locks += 1
+        return True
 
-    def _token_for(self, session: _Session, literal: bytes, table_token: int) -> int:
-        """The acquisition's token: the server counter's next value with fencing, else the table token."""
-        if not self.fencing:
+    def _token_for(self, session: _Session, literal: bytes, table_token: int, got: int) -> int:
+        """The acquisition's token: drawn by GET_LOCK from the sequence, the counter table's next value,
+        or the in-process table's token."""
+        if self._token_mode == _SEQUENCE:
+            return got
+        if self._token_mode != _TABLE:
             return table_token
         with session.guard:
             try:
@@ -749,6 +938,28 @@ class MySQLBackend(Backend):
         finally:
             table_release(self._table, grant.lock_id, pinned.table_token)
 
+    def gone(self, grant: Grant) -> str | None:
+        """A KILL, a server timeout or a restart, seen on the idle pinned connection's socket.
+
+        MySQL sends nothing unasked on a healthy idle session: anything to read there (the
+        "connection was killed" error, or the close itself) means the session is over.
+        """
+        session = grant.conn
+        if not isinstance(session, _Session) or session.pending or session.broken or session.guard.locked():
+            return None  # a statement is in flight: its own answer will tell
+        try:
+            fd = session.db.fileno()
+        except Exception:  # the driver already closed it
+            return "the connection holding the lock was closed"
+        data = peek(fd)
+        if data is None:
+            return None
+        if not data:
+            return f"the server closed the session (connection {session.conn_id}) holding the lock"
+        return (
+            f"the server ended the session (connection {session.conn_id}) holding the lock: KILL or a restart"
+        )
+
     def check(self, grant: Grant) -> bool:
         """One round trip on the pinned connection: does this very session still hold the name?"""
         pinned: _Pinned = grant.data
@@ -797,6 +1008,7 @@ class MySQLBackend(Backend):
         table = self._table
         taken: list[tuple[int, int]] = []  # (lock_id, table token)
         literals: list[bytes] = []  # taken (or being taken) on the server, in order
+        answers: list[int] = []  # GET_LOCK's answer for each of them (the token, with the sequence)
         session: _Session | None = None
         try:
             for request in requests:
@@ -812,19 +1024,23 @@ class MySQLBackend(Backend):
                 taken.append((request.lock_id, table_token))
                 if session is None:
                     session = self._checkout()
+                    if self._token_mode is None:
+                        self._ready_tokens(session)
                 literal = _name_literal(request.name)
                 literals.append(literal)
                 remaining = None if deadline is None else max(0.0, deadline - _monotonic())
-                if not self._lock_on(session, literal, remaining, deadline, tell):
+                got = self._lock_on(session, literal, remaining, deadline, tell)
+                if not got:
                     literals.pop()
                     break
+                answers.append(got)
             else:
                 assert session is not None or not requests
                 if session is None:
                     return []
                 grants = []
-                for request, literal, (_lock_id, table_token) in zip(requests, literals, taken):
-                    token = self._token_for(session, literal, table_token)
+                for request, literal, got, (_lock_id, table_token) in zip(requests, literals, answers, taken):
+                    token = self._token_for(session, literal, table_token, got)
                     pinned = _Pinned(literal, table_token)
                     grants.append(
                         Grant(

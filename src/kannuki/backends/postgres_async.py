@@ -11,28 +11,52 @@ connection never goes back to a pool; once released it is reused. So a
 process opens about as many connections as it holds locks at once, plus at
 most one per key it is waiting for: within one process, waiters for the same
 key (threads, or tasks of an event loop) queue on an in-process lock table
-first, and only the head of that queue waits on the server. The server PID is
-recorded at acquire and checked by the release statement itself before it
-unlocks: behind a pooler in transaction mode (PgBouncer) a release that lands
-on another server backend unlocks nothing there and is LockLostError.
+first, and only the head of that queue waits on the server. Transaction-level
+locks queue the same way on the table of their connection (one server session:
+its advisory locks are re-entrant, so the server cannot tell two of its lockers
+apart), which is also the table of a locker wrapping that connection.
+
+Fencing tokens come from a server sequence (``kannuki_fencing_seq``, created
+when missing), drawn by the lock statement itself once the lock is taken: one
+round trip, strictly increasing per key across processes and hosts, and never
+rolled back by the caller's ROLLBACK. Where the role may not create or use it
+(or on a standby), the tokens come from the in-process table instead,
+``tokens_fenced`` turns False and one warning says why.
+
+Poolers. The server PID is recorded at acquire and checked by the release
+statement itself before it unlocks: behind a pooler in transaction mode
+(PgBouncer) a release that lands on another server backend unlocks nothing
+there and is LockLostError; the lock, still held on the backend it was taken
+on, is then unlocked there if the next statement lands on it, or that server
+session is ended. A connection's first lock statement tells whether a pooler
+sits in between (the PID it returns differs from the one the connection was
+given at login, which a pooler makes up): until then, and from then on behind a
+pooler, kannuki prepares no statement on it, as psycopg advises for poolers.
 
 The locker may also wrap a user's psycopg_pool pool (a connection is borrowed
-per acquisition and given back only once it holds nothing) or a user's single
-connection, shared by every lock of the locker. That connection is one server
-session: a server wait on it holds it until the wait ends, so the other locks
-of the locker wait for it too; a connection outside autocommit mode is used
-by one thread or task at a time, as psycopg's transactions are.
+per acquisition and given back, once, only once it holds nothing) or a user's
+single connection, shared by every lock of the locker. That connection is one
+server session that other threads or tasks may use meanwhile, so a wait on it
+never holds it: it polls with ``pg_try_advisory_lock`` (capped backoff), one
+short statement at a time. A connection outside autocommit mode is used by one
+thread or task at a time, as psycopg's transactions are.
 
 Waits happen on the server, under a ``lock_timeout`` set with
-``set_config(..., true)``, so the setting never outlives the wait. On an
-autocommit connection outside a transaction (kannuki's own connections) the
-setting and the wait are one statement, its own implicit transaction: one round
-trip, like a bare ``pg_advisory_lock``. Inside the caller's transaction they run
-in a savepoint that is always rolled back: session advisory locks survive the
+``set_config(..., true)``, so the setting never outlives the wait (a wait
+longer than its maximum, about 24.8 days, goes in slices). On an autocommit
+connection outside a transaction (kannuki's own connections) the setting and
+the wait are one statement, its own implicit transaction: one round trip, like
+a bare ``pg_advisory_lock``. Inside the caller's transaction they run in a
+savepoint that is always rolled back: session advisory locks survive the
 rollback, the setting does not. A blocking acquire tries first only when someone
 listens for the ``waiting`` event (the try is what tells a wait is coming).
 Only SQLSTATE 55P03 means "not acquired"; 40P01 is DeadlockError; anything
 else is BackendError.
+
+Standbys. A lock taken on a hot standby, or a reading of its pg_locks,
+excludes or sees nobody on the primary: session and transaction-level locks,
+``held``, ``holders``, ``list_held`` and ``force_release`` are refused there
+unless ``allow_replica=True``.
 
 Interruptions. Ctrl-C (sync) or a cancelled task (async) during a server
 wait: psycopg cancels the query on the server. The lock may have been granted
@@ -48,15 +72,15 @@ forked child the parent's connections are forgotten, never closed.
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from kannuki._compat import afinish, atable_acquire, atable_release
-from kannuki._core import LockTable
+from kannuki._compat import afinish, asleep, atable_acquire, atable_release
+from kannuki._core import Backoff, LockTable
 from kannuki.backends import _pg_common as pg
 from kannuki.backends import _pg_sql as sql
 from kannuki.backends._tables import object_table, process_table
@@ -71,10 +95,16 @@ __all__ = ["AsyncPostgresBackend"]
 # process), but holding them avoids ResourceWarnings from their finalizers.
 _ORPHANED_IN_CHILD: list[Any] = []
 
-# Grant.data of a transaction-level lock (it ends with its transaction, not with release).
-_XACT = "transaction"
-# Tokens of transaction-level locks: increasing within the process.
-_XACT_TOKENS = itertools.count(1)
+# A wait on a connection shared with other threads or tasks polls: first and longest pause (seconds).
+POLL_FIRST = 0.002
+POLL_CAP = 0.05
+
+# What a failed statement on the fencing sequence means: look at it again before the next lock.
+_FENCING_ERRORS = (sql.UNDEFINED_TABLE, sql.INSUFFICIENT_PRIVILEGE, sql.READ_ONLY_TRANSACTION)
+
+# Whether a user's connection reaches the server directly (no pooler in between), once known:
+# kannuki prepares its statements there only then (transaction-level locks; sessions keep their own).
+_DIRECT: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 _monotonic = time.monotonic
 
@@ -85,15 +115,38 @@ async def _fetch(cursor: Any, every: bool) -> Any:
     return await cursor.fetchone()
 
 
+def _taken(value: Any) -> bool:
+    """The first column of a try: True (plain), a token (fenced); False or NULL when not taken."""
+    return value is not None and value is not False
+
+
+def _is_direct(conn: Any, pid: Any) -> bool:
+    """Does ``conn`` reach the server itself? A pooler hands out a made-up backend PID at login."""
+    return bool(pid == conn.info.backend_pid)
+
+
+class _Xact:
+    """``Grant.data`` of a transaction-level lock: its entry in the connection's in-process table."""
+
+    __slots__ = ("table", "token")
+
+    def __init__(self, table: LockTable, token: int) -> None:
+        self.table = table
+        self.token = token
+
+
 class _Session:
     """One connection and what this backend knows about it (``Grant.conn`` of a session lock)."""
 
-    __slots__ = ("_cursor", "checked", "conn", "holds", "process")
+    __slots__ = ("_cursor", "checked", "conn", "direct", "holds", "out", "process")
 
     def __init__(self, conn: Any, *, private: bool) -> None:
         self.conn = conn
         self.holds = 0  # locks pinned on this connection now
         self.checked = False  # passed the standby check
+        # True: no pooler in between (statements are prepared); False: a pooler; None: not known yet.
+        self.direct: bool | None = None
+        self.out = False  # borrowed from its source (given back at most once per borrowing)
         self.process = os.getpid()  # a forked child never touches the parent's connection
         # A private connection is used by one acquisition at a time: one cursor
         # is reused. A shared one (the user's own connection) gets a cursor per call.
@@ -102,21 +155,29 @@ class _Session:
     async def run(
         self, statement: str, params: Any = None, *, every: bool = False, apart: bool = False
     ) -> Any:
-        """Execute one statement (prepared on the server after a few uses) and return its row (every row if ``every``).
+        """Execute one statement and return its row (every row if ``every``).
 
-        ``apart``: on a cursor of its own, for a call that may overlap the
-        holder's own use of the connection (``check`` from another thread).
+        Prepared on the server only once the connection is known to reach it
+        directly. ``apart``: on a cursor of its own, for a call that may
+        overlap the holder's own use of the connection (``check`` from another
+        thread).
         """
         conn = self.conn
+        prepare = self.direct is True
         if not conn.autocommit and conn.info.transaction_status == pg.IDLE:
             # A non-autocommit connection of the user: don't leave it idle in transaction.
             async with conn.transaction():
-                return await _fetch(await conn.execute(statement, params, prepare=True), every)
+                return await _fetch(await conn.execute(statement, params, prepare=prepare), every)
         cursor = self._cursor
         if cursor is None or apart:
-            return await _fetch(await conn.execute(statement, params, prepare=True), every)
-        await cursor.execute(statement, params, prepare=True)
+            return await _fetch(await conn.execute(statement, params, prepare=prepare), every)
+        await cursor.execute(statement, params, prepare=prepare)
         return await _fetch(cursor, every)
+
+    def learn(self, pid: Any) -> None:
+        """Take note, from the server PID a statement returned, of whether a pooler sits in between."""
+        if self.direct is None and pid is not None:
+            self.direct = _is_direct(self.conn, pid)
 
     def outside_transaction(self) -> bool:
         """Autocommit with no transaction open: one statement is its own transaction."""
@@ -163,9 +224,12 @@ class _OwnConnections:
             except IndexError:  # another thread took the last one
                 break
             if session.usable():
+                session.out = True
                 return session
-            await self.discard(session)
-        return await self._connect()
+            await self._close(session)
+        session = await self._connect()
+        session.out = True
+        return session
 
     async def _connect(self) -> _Session:
         psycopg = pg.psycopg()
@@ -180,12 +244,20 @@ class _OwnConnections:
         return _Session(conn, private=True)
 
     async def put(self, session: _Session) -> None:
+        if not session.out:  # given back already (every key of a lock_many shares it)
+            return
+        session.out = False
         if len(self.idle) < self.pool_size and session.usable():
             self.idle.append(session)
         else:
-            await self.discard(session)
+            await self._close(session)
 
     async def discard(self, session: _Session) -> None:
+        if session.out:
+            session.out = False
+            await self._close(session)
+
+    async def _close(self, session: _Session) -> None:
         try:
             await session.conn.close()
         except Exception:  # closing a broken connection: nothing left to save
@@ -194,7 +266,7 @@ class _OwnConnections:
     async def aclose(self) -> None:
         idle, self.idle = self.idle, []
         for session in idle:
-            await self.discard(session)
+            await self._close(session)
 
     def forget(self) -> None:
         _ORPHANED_IN_CHILD.extend(self.live)
@@ -233,12 +305,20 @@ class _PoolConnections:
         session = self.sessions.get(conn)
         if session is None:
             session = self.sessions[conn] = _Session(conn, private=True)
+        session.out = True
         return session
 
     async def put(self, session: _Session) -> None:
-        await self.pool.putconn(session.conn)
+        # Once per borrowing: each putconn of a connection the pool has back already would
+        # count it out once more, and the pool would open more than max_size.
+        if session.out:
+            session.out = False
+            await self.pool.putconn(session.conn)
 
     async def discard(self, session: _Session) -> None:
+        if not session.out:
+            return
+        session.out = False
         try:
             await session.conn.close()
         except Exception:
@@ -297,25 +377,38 @@ class AsyncPostgresBackend(AsyncBackend):
     Options (keywords of the locker): ``pool_size`` (idle connections kept for
     reuse, default 4), ``connect_timeout`` (seconds, default 5),
     ``application_name`` (default "kannuki"), ``allow_replica`` (default False:
-    a standby is refused), ``fencing`` (default False; True: fencing tokens of
-    session locks come from a server-side counter table, strictly increasing
-    per key across processes and hosts, instead of the in-process sequence).
+    a standby is refused), ``fencing`` (default True: fencing tokens come from
+    the server sequence ``kannuki_fencing_seq``, strictly increasing per key
+    across processes and hosts; False: from the in-process table only, with no
+    sequence to create).
+
+    ``tokens_fenced`` is True while the tokens of this backend come from the
+    server sequence; False with ``fencing=False``, and once the sequence was
+    found unusable (the role may not create or use it, a standby, a read-only
+    session), which one warning explains. The tokens (``Grant.token``) are
+    then the in-process table's: > 0 and increasing within this process only.
     """
 
     scheme = "postgresql"
     supports_shared = True
     supports_transaction = True
 
-    def __init__(
-        self, source: Any, *, where: str, allow_replica: bool = False, fencing: bool = False
-    ) -> None:
+    def __init__(self, source: Any, *, where: str, allow_replica: bool = False, fencing: bool = True) -> None:
         self._source = source
         self._where = where
         self.allow_replica = allow_replica
         self.fencing = fencing
         # Waiters of this process queue here first, so one connection per key waits on the server.
         self._local = source.local_table()
-        self._fencing_ready = False
+        # The fencing sequence: True usable, False not (tokens are local), None not looked at yet.
+        self._fence: bool | None = None if fencing else False
+        # Connections given as transaction= that passed the standby check (servers before 14 only).
+        self._primaries: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    @property
+    def tokens_fenced(self) -> bool:
+        """True while fencing tokens come from the server sequence (strictly increasing across processes)."""
+        return self._fence is not False
 
     # -- construction -------------------------------------------------------
 
@@ -347,7 +440,7 @@ class AsyncPostgresBackend(AsyncBackend):
     @staticmethod
     def _common_options(options: dict[str, Any]) -> dict[str, Any]:
         allow_replica = options.pop("allow_replica", False)
-        fencing = options.pop("fencing", False)
+        fencing = options.pop("fencing", True)
         reject_unknown_options("postgresql", options)
         for name, value in (("allow_replica", allow_replica), ("fencing", fencing)):
             if not isinstance(value, bool):
@@ -411,27 +504,34 @@ class AsyncPostgresBackend(AsyncBackend):
         try:
             if not session.checked:
                 await self._check_connection(session)
-            token, taken, pid = local_token, False, None
+            fenced = self._fence
+            if fenced is None:
+                fenced = await self._ready_fencing(session)
+            value: Any = None
+            pid, params = None, (lock_id,)
+            # The user's connection, shared with other threads or tasks: a wait on it polls.
+            polls = not source.closes
             asked = True
-            if self.fencing:
-                taken, fenced, pid = await self._try_fenced(session, lock_id, shared)
-                if taken:
-                    token = fenced
-            elif pg.try_first(session.conn, timeout, on_wait):
-                taken, pid = await session.run(sql.TRY_LOCK[shared], (lock_id,))
+            if polls or pg.try_first(session.conn, timeout, on_wait):
+                value, pid = await session.run(sql.TRY[fenced][shared], params)
+            taken = _taken(value)
             if not taken and timeout != 0:
                 on_wait()
-                waits = sql.WAIT_LOCK[shared], sql.TIMED_WAIT_LOCK[shared]
-                row = await self._wait(session, *waits, (lock_id,), timeout)
+                if polls:
+                    row = await self._poll(session, sql.TRY[fenced][shared], params, timeout)
+                else:
+                    row = await self._wait(
+                        session, sql.WAIT[fenced][shared], sql.TIMED_WAIT[fenced][shared], params, timeout
+                    )
                 if row is not None:
-                    taken, pid = True, row[1]
-                    if self.fencing:
-                        (token,) = await session.run(sql.FENCING_NEXT, (lock_id,))
+                    taken, (value, pid) = True, row
+            session.learn(pid)
         except BaseException as exc:
             # Failed or interrupted, maybe just after the server granted it: leave nothing held.
             if asked or source.closes:
                 await afinish(self._give_back(session, lock_id, shared, None))
             if isinstance(exc, Exception) and pg.is_driver_error(exc):
+                self._fencing_failed(exc)
                 raise sql.translate_error(exc, f"acquiring the lock {name!r}", key=name) from exc
             raise
         if not taken:
@@ -439,7 +539,8 @@ class AsyncPostgresBackend(AsyncBackend):
                 await afinish(source.put(session))
             return None
         session.holds += 1
-        return Grant(name, lock_id, shared, int(token), conn=session, pid=pid, data=local_token)
+        token = int(value) if fenced else local_token
+        return Grant(name, lock_id, shared, token, conn=session, pid=pid, data=local_token)
 
     async def _wait(
         self, session: _Session, statement: str, timed: str, params: Any, timeout: float | None
@@ -448,40 +549,110 @@ class AsyncPostgresBackend(AsyncBackend):
 
         ``timed`` is ``statement`` with its lock_timeout in the same statement
         (sql.TIMED_WAIT_*), used when the connection is outside any transaction.
+        A wait longer than ``lock_timeout`` can be goes in slices, each a wait of its own.
         """
         conn = session.conn
-        try:
-            if session.outside_transaction():
-                # One round trip: the statement's implicit transaction takes the setting with it.
-                return await session.run(timed, sql.timed_params(timeout, params))
-            # Rolled back whatever happens: the lock_timeout goes with it, the session lock stays.
-            async with conn.transaction(force_rollback=True):
-                await conn.execute(sql.SET_LOCK_TIMEOUT, (sql.lock_timeout_setting(timeout),), prepare=True)
-                return await _fetch(await conn.execute(statement, params, prepare=True), False)
-        except Exception as exc:
-            if sql.is_not_acquired(exc):
+        deadline = None if timeout is None else _monotonic() + timeout
+        while True:
+            part = sql.wait_slice(timeout)
+            try:
+                if session.outside_transaction():
+                    # One round trip: the statement's implicit transaction takes the setting with it.
+                    return await session.run(timed, sql.timed_params(part, params))
+                # Rolled back whatever happens: the lock_timeout goes with it, the session lock stays.
+                prepare = session.direct is True
+                async with conn.transaction(force_rollback=True):
+                    setting = (sql.lock_timeout_setting(part),)
+                    await conn.execute(sql.SET_LOCK_TIMEOUT, setting, prepare=prepare)
+                    return await _fetch(await conn.execute(statement, params, prepare=prepare), False)
+            except Exception as exc:
+                if not sql.is_not_acquired(exc):
+                    raise
+            if deadline is None or part == timeout:
                 return None
-            raise
+            timeout = max(0.0, deadline - _monotonic())
 
-    async def _try_fenced(self, session: _Session, lock_id: int, shared: bool) -> tuple[bool, int, int]:
-        """One fenced try: (taken, its token or 0, server PID)."""
-        if not session.conn.autocommit:
-            raise ConfigurationError(
-                "fencing=True needs connections in autocommit mode (the counter must commit on its own)"
-            )
-        if not self._fencing_ready:
-            await self._create_fencing_table(session)
-        taken, token, pid = await session.run(sql.TRY_LOCK_FENCED[shared], {"id": lock_id})
-        return bool(taken), int(token or 0), pid
+    async def _poll(self, session: _Session, statement: str, params: Any, timeout: float | None) -> Any:
+        """Try again and again (``statement`` is a try) up to ``timeout``: its row once taken, else None.
 
-    async def _create_fencing_table(self, session: _Session) -> None:
+        For a connection that other threads or tasks use too: each try holds
+        it for one short statement, never for the whole wait.
+        """
+        deadline = None if timeout is None else _monotonic() + timeout
+        backoff = Backoff("exponential", POLL_FIRST, POLL_CAP, "full")
+        while True:
+            remaining = None if deadline is None else deadline - _monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            await asleep(backoff.next_delay(remaining))
+            row = await session.run(statement, params)
+            if _taken(row[0]):
+                return row
+
+    # -- fencing tokens -----------------------------------------------------
+
+    async def _ready_fencing(self, session: _Session) -> bool:
+        """Once per backend: can this role draw from the fencing sequence (created when missing)?
+
+        True when it can. Otherwise the tokens become local (``tokens_fenced``
+        False) and one warning says why. A server error here never fails the
+        acquire; a lost connection does (BackendError).
+        """
         try:
-            await session.conn.execute(sql.FENCING_DDL)
+            usable, exists, why_not = await session.run(sql.FENCING_CHECK)
+            if not exists and why_not is None:
+                await self._create_sequence(session)
+                usable, exists, why_not = await session.run(sql.FENCING_CHECK)
         except Exception as exc:
-            # Two sessions racing CREATE TABLE IF NOT EXISTS: the loser sees a unique violation.
-            if sql.sqlstate(exc) != sql.UNIQUE_VIOLATION:
+            if not (pg.is_driver_error(exc) and sql.sqlstate(exc)):
                 raise
-        self._fencing_ready = True
+            reason = f"it could not be created ({exc})"
+            usable = False
+        else:
+            usable = bool(usable) and why_not is None
+            if why_not == "standby":
+                reason = "the server is a read-only standby, which cannot advance a sequence"
+            elif why_not is not None:
+                reason = "the session is read-only (transaction_read_only is on)"
+            elif not usable:
+                reason = "this role may not use it (GRANT USAGE ON SEQUENCE it to the role)"
+        if usable:
+            self._fence = True
+            return True
+        if self._fence is None:  # the first to find out says it, once
+            self._fence = False
+            warnings.warn(
+                f"kannuki: fencing tokens on {self._where} are not strictly increasing across processes: "
+                f"they need the server sequence {sql.FENCING_SEQUENCE}, and {reason}. Create it once as a role "
+                f"that may (CREATE SEQUENCE {sql.FENCING_SEQUENCE}; GRANT USAGE ON SEQUENCE "
+                f"{sql.FENCING_SEQUENCE} TO <role>), or pass fencing=False to go without.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._fence = False
+        return False
+
+    async def _create_sequence(self, session: _Session) -> None:
+        conn = session.conn
+        try:
+            if pg.outside_transaction(conn):
+                await conn.execute(sql.FENCING_DDL, prepare=False)
+            else:
+                # Its own transaction on an idle non-autocommit connection, a savepoint inside the
+                # caller's: a failure here never aborts the caller's transaction.
+                async with conn.transaction():
+                    await conn.execute(sql.FENCING_DDL, prepare=False)
+        except Exception as exc:
+            # Two sessions racing CREATE SEQUENCE IF NOT EXISTS: the loser sees one of these.
+            if sql.sqlstate(exc) not in (sql.UNIQUE_VIOLATION, sql.DUPLICATE_TABLE):
+                raise
+
+    def _fencing_failed(self, exc: BaseException) -> None:
+        """A lock statement failed on the sequence (dropped, privilege revoked): look at it again next time."""
+        if self._fence is True and sql.sqlstate(exc) in _FENCING_ERRORS:
+            self._fence = None
+
+    # -- standbys -----------------------------------------------------------
 
     async def _check_connection(self, session: _Session) -> None:
         """Once per connection: refuse a standby unless allowed."""
@@ -495,25 +666,49 @@ class AsyncPostgresBackend(AsyncBackend):
         sql.check_not_replica(in_recovery, self.allow_replica, self._where)
         session.checked = True
 
+    async def _check_primary(self, conn: Any) -> None:
+        """The standby check for a connection given as ``transaction=`` (no round trip on PostgreSQL >= 14)."""
+        if self.allow_replica:
+            return
+        standby = conn.info.parameter_status("in_hot_standby")
+        if standby is None:
+            if conn in self._primaries:
+                return
+            (in_recovery,) = await _fetch(await conn.execute(sql.IN_RECOVERY, prepare=False), False)
+            sql.check_not_replica(bool(in_recovery), False, "the connection given as transaction=")
+            self._primaries.add(conn)
+        else:
+            sql.check_not_replica(standby == "on", False, "the connection given as transaction=")
+
+    # -- release ------------------------------------------------------------
+
     async def _give_back(self, session: _Session, lock_id: int, shared: bool, pid: int | None) -> bool:
         """Make sure ``session`` no longer holds ``lock_id`` for one acquisition (failed, interrupted, aborted).
 
         The surest means first: a connection that holds nothing else is closed
-        (that frees whatever it held). Otherwise (other locks on it, or the
-        user's own connection) just this key is given back: checked against the
-        server PID it was taken on when known (never another client's lock
-        behind a pooler), else only if this session holds it. True when the
-        connection was closed. Never raises.
+        (that frees whatever it held), unless a pooler sits in between (closing
+        the client's connection frees nothing on the server's). Otherwise
+        (other locks on it, the user's own connection, a pooler) just this key
+        is given back: checked against the server PID it was taken on when
+        known (never another client's lock behind a pooler; when the statement
+        lands on another backend, the lock is freed where it was taken), else
+        only if this session holds it. True when the connection was closed.
+        Never raises.
         """
         source = self._source
-        if not (session.holds == 0 and source.closes):
+        alone = session.holds == 0 and source.closes
+        if not alone or session.direct is False:
             try:
                 if session.alive() and session.conn.info.transaction_status != pg.INERROR:
                     if pid is None:
                         await session.run(sql.UNDO_MANY, sql.many_params([lock_id], [shared]))
                     else:
-                        await session.run(sql.UNLOCK_CHECKED[shared], (pid, lock_id))
-                    return False
+                        unlocked, _ = await session.run(sql.UNLOCK_CHECKED[shared], (pid, lock_id))
+                        if unlocked is None:  # moved by a pooler: free it on the backend it was taken on
+                            await self._free_stranded(session, lock_id, shared, pid)
+                            alone = source.closes  # and don't keep a connection that moves
+                    if not alone:
+                        return False
             except Exception:  # best effort; the original error is what the caller needs
                 pass
             if not source.closes:
@@ -522,8 +717,28 @@ class AsyncPostgresBackend(AsyncBackend):
         await source.discard(session)
         return True
 
+    async def _free_stranded(self, session: _Session, lock_id: int, shared: bool, pid: int) -> str:
+        """Free a lock left on server PID ``pid`` after a pooler moved ``session`` away; what happened, in words.
+
+        Never raises: the words say what could not be done.
+        """
+        try:
+            waits = session.conn.info.server_version >= 140000
+            unlocked, ended, _ = await session.run(
+                sql.FREE_STRANDED[waits][shared], sql.stranded_params(pid, lock_id, shared)
+            )
+        except Exception as exc:
+            return f"it could not be freed there ({exc}): it stays held until that server session ends"
+        if unlocked:
+            return "it was unlocked there by a second statement that landed on that backend"
+        if ended:
+            return f"kannuki ended server session {pid} (pg_terminate_backend) to free it"
+        return "that server session no longer holds it"
+
     async def release(self, grant: Grant) -> None:
-        if grant.data is _XACT:  # a transaction-level lock: it ends with its transaction
+        data = grant.data
+        if isinstance(data, _Xact):  # a transaction-level lock: it ends with its transaction
+            await atable_release(data.table, grant.lock_id, data.token)
             return
         session: _Session | None = grant.conn
         if session is None or session.inherited():
@@ -555,11 +770,13 @@ class AsyncPostgresBackend(AsyncBackend):
                     ) from exc
                 raise sql.translate_error(exc, f"releasing the lock {name!r}", key=name) from exc
             if released is None:  # the statement ran on another server backend than the lock
+                freed = await self._free_stranded(session, grant.lock_id, grant.shared, grant.pid or 0)
                 await source.discard(session)
                 raise LockLostError(
                     f"the lock {name!r} was taken on server PID {grant.pid} but released on PID {pid}: "
-                    "a pooler in transaction mode (PgBouncer) moved the session; use transaction-level "
-                    "locks behind such a pooler, or connect directly",
+                    f"a pooler in transaction mode (PgBouncer) moved the session, so other clients shared "
+                    f"the backend holding it; {freed}. Use transaction-level locks behind such a pooler, "
+                    "or connect directly",
                     key=name,
                 )
             if not released:
@@ -573,9 +790,13 @@ class AsyncPostgresBackend(AsyncBackend):
             await atable_release(self._local, grant.lock_id, grant.data)
 
     async def abort(self, grant: Grant) -> None:
+        data = grant.data
+        if isinstance(data, _Xact):  # ends with its transaction: only the in-process entry to free
+            await atable_release(data.table, grant.lock_id, data.token)
+            return
         session: _Session | None = grant.conn
-        if grant.data is _XACT or session is None or session.inherited():
-            return  # nothing pinned (released, or ends with its transaction), or the parent's
+        if session is None or session.inherited():
+            return  # nothing pinned (released), or the parent's
         grant.conn = None
         session.holds -= 1
         try:
@@ -592,7 +813,7 @@ class AsyncPostgresBackend(AsyncBackend):
         lock's wait runs on it) or in a failed transaction of its user; the
         connection is alive and nothing says the lock is gone.
         """
-        if grant.data is _XACT:
+        if isinstance(grant.data, _Xact):
             conn = grant.conn
             return not conn.closed and not conn.broken  # it lives as long as its transaction
         session: _Session | None = grant.conn
@@ -623,34 +844,93 @@ class AsyncPostgresBackend(AsyncBackend):
         on_wait: Callable[[], None],
         transaction: Any,
     ) -> Grant | None:
+        conn = self._transaction_connection(transaction)
+        # One server session: its own advisory locks never exclude each other, so its lockers
+        # (this one, other lockers given it, a locker wrapping it) queue on its in-process table.
+        table = object_table("postgresql", conn)
+        local_token: int = table.acquire(lock_id, shared, 0.0, None)
+        if not local_token:
+            if timeout == 0:
+                return None
+            on_wait()
+            on_wait = NO_WAIT_CALLBACK
+            started = _monotonic()
+            local_token = await atable_acquire(table, lock_id, shared, timeout, None)
+            if not local_token:
+                return None
+            if timeout is not None:
+                timeout = max(0.0, timeout - (_monotonic() - started))
+        try:
+            token = await self._xact_on_server(conn, name, lock_id, shared, timeout, on_wait, local_token)
+        except BaseException:
+            await atable_release(table, lock_id, local_token)
+            raise
+        if token is None:
+            await atable_release(table, lock_id, local_token)
+            return None
+        return Grant(name, lock_id, shared, token, conn=conn, data=_Xact(table, local_token))
+
+    async def _xact_on_server(
+        self,
+        conn: Any,
+        name: str,
+        lock_id: int,
+        shared: bool,
+        timeout: float | None,
+        on_wait: Callable[[], None],
+        local_token: int,
+    ) -> int | None:
+        """The transaction-level lock on the server: its token, or None when not taken in ``timeout``."""
         # Interrupted at the try, a lock already granted stays until the caller's transaction ends,
         # which the interruption (an exception through its transaction block) rolls back.
-        conn = self._transaction_connection(transaction)
         try:
-            (taken,) = await _fetch(
-                await conn.execute(sql.TRY_XACT_LOCK[shared], (lock_id,), prepare=True), False
+            await self._check_primary(conn)
+            fenced = self._fence
+            if fenced is None:
+                fenced = await self._ready_fencing(_Session(conn, private=False))
+            # Prepared only where no pooler is in between (psycopg's own advice for poolers).
+            prepare = _DIRECT.get(conn) is True
+            value, pid = await _fetch(
+                await conn.execute(sql.TRY_XACT[fenced][shared], (lock_id,), prepare=prepare), False
             )
+            if conn not in _DIRECT:
+                _DIRECT[conn] = _is_direct(conn, pid)
+            taken = _taken(value)
             if not taken and timeout != 0:
                 on_wait()
                 # Inside a savepoint: on 55P03 (or an interrupt) it rolls back, taking the setting and any
                 # lock with it; on success the caller's own lock_timeout is put back before it is released.
-                (before,) = await _fetch(await conn.execute(sql.SHOW_LOCK_TIMEOUT), False)
-                try:
-                    async with conn.transaction():
-                        await conn.execute(sql.SET_LOCK_TIMEOUT, (sql.lock_timeout_setting(timeout),))
-                        await conn.execute(sql.WAIT_XACT_LOCK[shared], (lock_id,))
-                        await conn.execute(sql.SET_LOCK_TIMEOUT, (before,))
-                    taken = True
-                except Exception as exc:
-                    if not sql.is_not_acquired(exc):
-                        raise
+                (before,) = await _fetch(await conn.execute(sql.SHOW_LOCK_TIMEOUT, prepare=prepare), False)
+                deadline = None if timeout is None else _monotonic() + timeout
+                while True:
+                    part = sql.wait_slice(timeout)
+                    try:
+                        async with conn.transaction():
+                            setting = (sql.lock_timeout_setting(part),)
+                            await conn.execute(sql.SET_LOCK_TIMEOUT, setting, prepare=prepare)
+                            value, _ = await _fetch(
+                                await conn.execute(
+                                    sql.WAIT_XACT[fenced][shared], (lock_id,), prepare=prepare
+                                ),
+                                False,
+                            )
+                            await conn.execute(sql.SET_LOCK_TIMEOUT, (before,), prepare=prepare)
+                        taken = True
+                        break
+                    except Exception as exc:
+                        if not sql.is_not_acquired(exc):
+                            raise
+                    if deadline is None or part == timeout:
+                        break
+                    timeout = max(0.0, deadline - _monotonic())
         except Exception as exc:
             if pg.is_driver_error(exc):
+                self._fencing_failed(exc)
                 raise sql.translate_error(exc, f"acquiring the transaction lock {name!r}", key=name) from exc
             raise
         if not taken:
             return None
-        return Grant(name, lock_id, shared, next(_XACT_TOKENS), conn=conn, data=_XACT)
+        return int(value) if fenced else local_token
 
     def _transaction_connection(self, transaction: Any) -> Any:
         if transaction is True:
@@ -689,8 +969,8 @@ class AsyncPostgresBackend(AsyncBackend):
             )
         if not requests:
             return []
-        if self.fencing or not self._source.closes:
-            # One shared connection (or per-key counters): the generic path, key by key.
+        if not self._source.closes:
+            # One shared connection: the generic path, key by key (each wait polls).
             return await super().acquire_many(requests, timeout=timeout, on_wait=on_wait)
         deadline = None if timeout is None else _monotonic() + timeout
         local = self._local
@@ -732,20 +1012,36 @@ class AsyncPostgresBackend(AsyncBackend):
         try:
             if not session.checked:
                 await self._check_connection(session)
+            fenced = self._fence
+            if fenced is None:
+                fenced = await self._ready_fencing(session)
             # The session holds nothing yet, so TRY_MANY may give back everything on failure.
             taken, pid = False, None
+            token: Any = None
             if pg.try_first(session.conn, timeout, on_wait):
-                taken, _, pid = await session.run(sql.TRY_MANY, params)
+                if fenced:
+                    taken, _, pid, token = await session.run(sql.TRY_MANY_FENCED, params)
+                else:
+                    taken, _, pid = await session.run(sql.TRY_MANY, params)
             if not taken and timeout != 0:
                 on_wait()
-                row = await self._wait(session, sql.WAIT_MANY, sql.TIMED_WAIT_MANY, params, timeout)
+                if fenced:
+                    row = await self._wait(
+                        session, sql.WAIT_MANY_FENCED, sql.TIMED_WAIT_MANY_FENCED, params, timeout
+                    )
+                else:
+                    row = await self._wait(session, sql.WAIT_MANY, sql.TIMED_WAIT_MANY, params, timeout)
                 if row is None:
                     await session.run(sql.UNDO_MANY, params)
                 else:
                     taken, pid = True, row[1]
+                    if fenced:
+                        token = row[2]
+            session.learn(pid)
         except BaseException as exc:
             await afinish(source.discard(session))  # closing it frees whatever it took
             if isinstance(exc, Exception) and pg.is_driver_error(exc):
+                self._fencing_failed(exc)
                 raise sql.translate_error(exc, f"acquiring {len(requests)} locks") from exc
             raise
         if not taken:
@@ -757,7 +1053,7 @@ class AsyncPostgresBackend(AsyncBackend):
                 request.name,
                 request.lock_id,
                 request.shared,
-                local_token,
+                int(token) if fenced else local_token,
                 conn=session,
                 pid=pid,
                 data=local_token,
@@ -773,6 +1069,8 @@ class AsyncPostgresBackend(AsyncBackend):
         source = self._source
         session = await source.get()
         try:
+            if not session.checked:  # a standby's pg_locks shows nothing the primary holds
+                await self._check_connection(session)
             rows: list[Any] = await session.run(statement, params, every=True)
         except BaseException as exc:
             await afinish(source.discard(session))
@@ -820,6 +1118,8 @@ class AsyncPostgresBackend(AsyncBackend):
         source = self._source
         session = await source.get()
         try:
+            if not session.checked:  # ending sessions on a standby frees nothing on the primary
+                await self._check_connection(session)
             if session.conn.info.server_version >= 140000:
                 params: tuple[Any, ...] = (sql.TERMINATE_WAIT_MS, *sql.split_lock_id(lock_id))
                 (ended,) = await session.run(sql.TERMINATE_HOLDERS, params, apart=True)

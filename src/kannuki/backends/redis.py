@@ -8,7 +8,8 @@ unless renewed (the hold owner renews it every ttl/3 through ``renew``). Each
 change is one Lua script, so it is one round trip and atomic:
 
 - acquire: ``INCR`` the key's token counter and ``SET ... PX ttl`` the lock
-  key, only when no one holds it (exclusive) or no writer holds it (shared);
+  key, only when no one holds it (exclusive) or no writer holds it or waits
+  for it (shared);
 - release: compare-and-delete by the acquisition's owner value, then
   ``PUBLISH`` so waiters wake at once instead of polling;
 - renew: compare-and-extend by owner value; check: compare only.
@@ -18,7 +19,14 @@ Keys, under the ``namespace`` (default ``kannuki``) and the full lock name::
     {namespace}:lock:{name}      exclusive holder: "owner|token|pid|since_ms|host", expires
     {namespace}:readers:{name}   shared holders: hash owner -> "expires_ms|token|pid|since_ms|host"
     {namespace}:token:{name}     the fencing-token counter (kept, so tokens only grow)
+    {namespace}:writers:{name}   waiting writers: sorted set owner -> mark expiry (ms), short PX
     {namespace}:released:{name}  the pub/sub channel a release publishes on
+
+A writer that waits marks its intent in ``writers`` at every try (each mark
+expires after ``INTENT_TTL`` unless refreshed, and so does the key): while a
+live mark exists no new reader gets in, so overlapping readers cannot starve
+a writer (as with PostgreSQL's shared locks), and a dead waiter's mark runs
+out by itself. The try that takes the lock, or the waiter giving up, removes it.
 
 The owner value is random per acquisition and made by the client, so an
 acquire whose reply was lost (a cancelled task, Ctrl-C, a timeout while
@@ -48,7 +56,7 @@ from urllib.parse import urlsplit, urlunsplit
 from kannuki._compat import finish, sleep, table_acquire, table_release
 from kannuki._core import Backoff, LockTable
 from kannuki._core import lock_id as compute_lock_id
-from kannuki.backends._lease import DEFAULT_TTL, HOST, check_ttl
+from kannuki.backends._lease import DEFAULT_TTL, HOST, INTENT_TTL, check_ttl
 from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, reject_unknown_options
 from kannuki.backends.base import Backend
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
@@ -99,16 +107,18 @@ local function live_readers(key, now)
 end
 """
 
-# KEYS: lock, readers, counter. ARGV: shared ("1"/"0"), ttl_ms, owner, pid, host.
-# Returns {token, 0} when acquired, else {0, ms until the blocking holder's lease ends (-1: unknown)}.
-# A second run with the same owner (a client that retried after losing the reply) finds its own
-# lease and answers with its token. The token is the counter + 1, but never below the server's
-# clock in microseconds (exact in Lua's doubles until the year 2255), so it never repeats.
+# KEYS: lock, readers, counter, writers. ARGV: shared ("1"/"0"), ttl_ms, owner, pid, host,
+# waiting ("1": a writer that waits, so it marks its intent when the key is busy), intent_ms.
+# Returns {token, 0} when acquired, else {0, ms until the blocking holder's lease (or writer's
+# mark) ends (-1: unknown)}. A second run with the same owner (a client that retried after losing
+# the reply) finds its own lease and answers with its token. The token is the counter + 1, but
+# never below the server's clock in microseconds (exact in Lua's doubles until the year 2255),
+# so it never repeats.
 _ACQUIRE = (
     _PRELUDE
     + _PURGE_READERS
     + """
-local ttl, owner = tonumber(ARGV[2]), ARGV[3]
+local ttl, owner, waiting = tonumber(ARGV[2]), ARGV[3], ARGV[6] == '1'
 local function next_token(now_us)
   local token = redis.call('INCR', KEYS[3])
   if token < now_us then
@@ -117,11 +127,19 @@ local function next_token(now_us)
   end
   return token
 end
+local function mark_intent(now)
+  if waiting then
+    local intent = tonumber(ARGV[7])
+    redis.call('ZADD', KEYS[4], now + intent, owner)
+    redis.call('PEXPIRE', KEYS[4], intent)
+  end
+end
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl ~= -2 then
   if ARGV[1] ~= '1' then
     local value = redis.pcall('GET', KEYS[1])
     if owned_by(value, owner) then return {tonumber(string.match(value, '^[^|]*|(%d+)')), 0} end
+    mark_intent(server_time())
   end
   return {0, pttl}
 end
@@ -129,6 +147,9 @@ local now, now_us = server_time()
 if ARGV[1] == '1' then
   local mine = redis.call('HGET', KEYS[2], owner)
   if mine then return {tonumber(string.match(mine, '^%d+|(%d+)')), 0} end
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  if first[2] then return {0, tonumber(first[2]) - now} end
   live_readers(KEYS[2], now)
   local token = next_token(now_us)
   redis.call('HSET', KEYS[2], owner, d(now + ttl) .. '|' .. d(token) .. '|' .. ARGV[4] .. '|' .. d(now) .. '|' .. ARGV[5])
@@ -136,12 +157,24 @@ if ARGV[1] == '1' then
   return {token, 0}
 end
 local live, soonest = live_readers(KEYS[2], now)
-if live > 0 then return {0, soonest} end
+if live > 0 then
+  mark_intent(now)
+  return {0, soonest}
+end
 local token = next_token(now_us)
 redis.call('SET', KEYS[1], owner .. '|' .. d(token) .. '|' .. ARGV[4] .. '|' .. d(now) .. '|' .. ARGV[5], 'PX', ttl)
+if waiting then redis.call('ZREM', KEYS[4], owner) end
 return {token, 0}
 """
 )
+
+# KEYS: writers, channel. ARGV: owner. A waiting writer gives up: its mark goes, and readers kept
+# out by the last mark are woken. Returns 1 when there was a mark.
+_WITHDRAW = """
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+if removed == 1 and redis.call('ZCARD', KEYS[1]) == 0 then redis.call('PUBLISH', KEYS[2], '1') end
+return removed
+"""
 
 # KEYS: lock, readers, channel. ARGV: owner, shared ("1"/"0").
 # Returns 1 when released, 0 when the owner no longer held (a reader past its lease is removed, 0).
@@ -257,9 +290,11 @@ class _Script:
         self.sha = hashlib.sha1(text.encode()).hexdigest()
 
 
-ACQUIRE, RELEASE, RENEW, CHECK, FORCE, INSPECT = map(
-    _Script, (_ACQUIRE, _RELEASE, _RENEW, _CHECK, _FORCE, _INSPECT)
+ACQUIRE, RELEASE, RENEW, CHECK, FORCE, INSPECT, WITHDRAW = map(
+    _Script, (_ACQUIRE, _RELEASE, _RENEW, _CHECK, _FORCE, _INSPECT, _WITHDRAW)
 )
+# A waiting writer's mark lasts this long unless refreshed (it is, at every try: at least every WAIT_CAP).
+INTENT_MS = int(INTENT_TTL * 1000)
 
 
 def _text(value: bytes | str) -> str:
@@ -432,6 +467,7 @@ class RedisBackend(Backend):
         self._lock_prefix = f"{namespace}:lock:"
         self._readers_prefix = f"{namespace}:readers:"
         self._counter_prefix = f"{namespace}:token:"
+        self._writers_prefix = f"{namespace}:writers:"
         self._channel_prefix = f"{namespace}:released:"
         self._errors = _driver_errors(client)
         self._pubsub = callable(getattr(client, "pubsub", None))
@@ -514,8 +550,14 @@ class RedisBackend(Backend):
         if transaction is not None and transaction is not False:
             raise NotSupportedError("the redis backend has no transactions; drop transaction=")
         lease = self._default_ttl if ttl is None else ttl
-        keys = [self._lock_prefix + name, self._readers_prefix + name, self._counter_prefix + name]
-        args = ["1" if shared else "0", max(1, int(lease * 1000)), os.urandom(8).hex(), os.getpid(), HOST]
+        keys = [
+            self._lock_prefix + name,
+            self._readers_prefix + name,
+            self._counter_prefix + name,
+            self._writers_prefix + name,
+        ]
+        owner = os.urandom(8).hex()
+        args = ["1" if shared else "0", max(1, int(lease * 1000)), owner, os.getpid(), HOST, "0", INTENT_MS]
         deadline = None if timeout is None or timeout == 0 else time.monotonic() + timeout
         grant, _wait_ms = self._try(name, lock_id, shared, keys, args, lease)
         if grant is not None or timeout == 0:
@@ -525,10 +567,26 @@ class RedisBackend(Backend):
         gate = table_acquire(self._table, name, shared, remaining, None)
         if not gate:
             return None
+        grant = None
         try:
-            return self._wait(name, lock_id, shared, keys, args, lease, deadline)
+            if not shared:
+                args[5] = "1"  # a writer that waits: its tries mark its intent
+            grant = self._wait(name, lock_id, shared, keys, args, lease, deadline)
+            return grant
         finally:
-            table_release(self._table, name, gate)
+            try:
+                if grant is None and not shared:
+                    finish(self._withdraw(name, owner))
+            finally:
+                table_release(self._table, name, gate)
+
+    def _withdraw(self, name: str, owner: str) -> bool:
+        """A waiting writer gives up: remove its mark (readers kept out by it are woken); never raises. Removed?"""
+        keys = [self._writers_prefix + name, self._channel_prefix + name]
+        try:
+            return bool(self._eval(WITHDRAW, keys, [owner], name))
+        except Exception:  # the store is down: the mark runs out by itself
+            return False
 
     def _try(
         self, name: str, lock_id: int, shared: bool, keys: list[str], args: list[Any], lease: float

@@ -4,6 +4,10 @@ The embedded default of the command line: no server, only the standard
 library's ``sqlite3``. Every held lock is a row (name, token, holder pid and
 host, shared, acquired_at, expires_at) in ``kannuki_locks``; fencing tokens
 come from a per-key counter row in ``kannuki_tokens`` and strictly increase.
+A writer that waits for a key marks its intent in ``kannuki_intents`` (name,
+owner, expires_at), refreshed at every try; while a live mark exists no new
+shared holder gets in, so overlapping readers cannot starve a writer. A mark
+that is not refreshed (its waiter died) expires after ``INTENT_TTL`` seconds.
 
 - URL: ``sqlite:///relative/path.db`` (relative to the current directory) or
   ``sqlite:////absolute/path.db`` (four slashes), as in SQLAlchemy. The file
@@ -41,7 +45,7 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from kannuki._compat import arun_blocking, asleep, atable_acquire, atable_release
-from kannuki.backends._lease import DEFAULT_TTL, HOST, LocalGate, check_ttl, poll_backoff
+from kannuki.backends._lease import DEFAULT_TTL, HOST, INTENT_TTL, LocalGate, check_ttl, poll_backoff
 from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, reject_unknown_options
 from kannuki.backends.base_async import AsyncBackend
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
@@ -64,6 +68,12 @@ CREATE TABLE IF NOT EXISTS kannuki_tokens (
     name TEXT PRIMARY KEY,
     last_token INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kannuki_intents (
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (name, owner)
+) WITHOUT ROWID;
 """
 
 _BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
@@ -82,6 +92,7 @@ _RENEW = (
 )
 _CHECK = "SELECT 1 FROM kannuki_locks WHERE name = :name AND token = :token AND expires_at > :now LIMIT 1"
 _FORCE = "DELETE FROM kannuki_locks WHERE name = :name AND expires_at > :now"
+_WITHDRAW = "DELETE FROM kannuki_intents WHERE name = :name AND (owner = :owner OR expires_at <= :now)"
 _HOLDERS = (
     "SELECT name, lock_id, shared, token, pid, host, acquired_at, expires_at FROM kannuki_locks"
     " WHERE expires_at > :now {and_name} ORDER BY name, token LIMIT :limit"
@@ -273,12 +284,17 @@ class AsyncSQLiteBackend(AsyncBackend):
         self._connections.give_back(conn)
         return result
 
-    def _try_acquire(self, name: str, lock_id: int, shared: bool, ttl: float, taken: list[int]) -> int:
+    def _try_acquire(
+        self, name: str, lock_id: int, shared: bool, ttl: float, taken: list[int], intent: str | None = None
+    ) -> int:
         """One ``BEGIN IMMEDIATE`` try: the new token, or 0 when held (or SQLite stayed busy).
 
         The token goes into ``taken`` just before COMMIT, and out again if the
         transaction rolls back: so whoever is interrupted after this returns
         (a cancelled task, Ctrl-C) finds in ``taken`` the row to delete.
+        ``intent`` (a waiting writer's mark): written or refreshed when the key
+        is busy, deleted in the transaction that takes the lock. A shared try
+        fails while another writer's mark is live.
         """
 
         def attempt(conn: sqlite3.Connection) -> int:
@@ -289,9 +305,27 @@ class AsyncSQLiteBackend(AsyncBackend):
                     "SELECT shared, expires_at FROM kannuki_locks WHERE name = ?", (name,)
                 ).fetchall()
                 live = [row_shared for row_shared, expires_at in rows if expires_at > now]
-                if live and not (shared and all(live)):
-                    conn.rollback()
+                busy = bool(live) and not (shared and all(live))
+                if shared and not busy:
+                    busy = (
+                        conn.execute(
+                            "SELECT 1 FROM kannuki_intents WHERE name = ? AND expires_at > ? LIMIT 1",
+                            (name, now),
+                        ).fetchone()
+                        is not None
+                    )
+                if busy:
+                    if intent is None:
+                        conn.rollback()
+                        return 0
+                    conn.execute(
+                        "INSERT OR REPLACE INTO kannuki_intents (name, owner, expires_at) VALUES (?, ?, ?)",
+                        (name, intent, now + INTENT_TTL),
+                    )
+                    conn.execute("COMMIT")
                     return 0
+                if intent is not None:  # ours, and any mark whose waiter died
+                    conn.execute(_WITHDRAW, {"name": name, "owner": intent, "now": now})
                 if len(live) < len(rows):  # reap expired leases of this key
                     conn.execute("DELETE FROM kannuki_locks WHERE name = ? AND expires_at <= ?", (name, now))
                 row = conn.execute("SELECT last_token FROM kannuki_tokens WHERE name = ?", (name,)).fetchone()
@@ -354,7 +388,7 @@ class AsyncSQLiteBackend(AsyncBackend):
         lease = self._lease if ttl is None else ttl
         taken: list[int] = []
         try:
-            token = await arun_blocking(self._try_acquire, name, lock_id, shared, lease, taken)
+            token = await arun_blocking(self._try_acquire, name, lock_id, shared, lease, taken, None)
             if not token and timeout != 0:
                 on_wait()
                 token = await self._wait(name, lock_id, shared, lease, timeout, taken)
@@ -367,15 +401,21 @@ class AsyncSQLiteBackend(AsyncBackend):
     async def _wait(
         self, name: str, lock_id: int, shared: bool, ttl: float, timeout: float | None, taken: list[int]
     ) -> int:
-        """Queue behind this process's waiters for ``name``, then poll the file with backoff; token or 0."""
+        """Queue behind this process's waiters for ``name``, then poll the file with backoff; token or 0.
+
+        A writer marks its intent at every try, and withdraws it when it gives
+        up (the try that takes the lock deletes it).
+        """
         start = time.monotonic()
         gate = await atable_acquire(self._gate.table, name, shared, timeout, None)
         if not gate:
             return 0
+        intent = None if shared else os.urandom(8).hex()
+        token = 0
         try:
             backoff = poll_backoff()
             while True:
-                token = await arun_blocking(self._try_acquire, name, lock_id, shared, ttl, taken)
+                token = await arun_blocking(self._try_acquire, name, lock_id, shared, ttl, taken, intent)
                 if token:
                     return token
                 remaining = None if timeout is None else timeout - (time.monotonic() - start)
@@ -383,7 +423,18 @@ class AsyncSQLiteBackend(AsyncBackend):
                     return 0
                 await asleep(backoff.next_delay(remaining))
         finally:
-            await atable_release(self._gate.table, name, gate)
+            try:
+                if intent is not None and not token:
+                    await self._withdraw_quietly(name, intent)
+            finally:
+                await atable_release(self._gate.table, name, gate)
+
+    async def _withdraw_quietly(self, name: str, owner: str) -> None:
+        """Delete a waiting writer's mark (and expired ones of the key); never raises."""
+        try:
+            await arun_blocking(self._write, "withdraw", _WITHDRAW, {"name": name, "owner": owner})
+        except Exception:  # the store is down: the mark runs out by itself
+            pass
 
     async def _drop_quietly(self, name: str, token: int) -> None:
         """Delete this acquisition's row whatever its lease says (the step runs to its end); never raises."""

@@ -1,0 +1,135 @@
+"""The watcher of held database locks: a dead session is noticed without a call and without a query."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+import time
+import uuid
+from typing import Any, Callable
+
+import pytest
+
+import kannuki
+from kannuki.backends._watch import peek
+
+
+def test_peek_sees_nothing_on_a_quiet_socket_and_takes_nothing() -> None:
+    """Nothing waiting: None. Data waiting: its first bytes, left for the driver to read."""
+    ours, theirs = socket.socketpair()
+    try:
+        assert peek(ours.fileno()) is None
+        theirs.sendall(b"E\x00\x00\x00\x10FATAL")
+        assert peek(ours.fileno()) == b"E\x00\x00\x00\x10FATAL"
+        assert peek(ours.fileno()) == b"E\x00\x00\x00\x10FATAL"  # still there: peeking consumed nothing
+        assert ours.recv(64) == b"E\x00\x00\x00\x10FATAL"
+        assert peek(ours.fileno()) is None
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_peek_sees_a_closed_connection() -> None:
+    """The server closed its end: b""; a descriptor that is gone: b"" too."""
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    try:
+        assert peek(ours.fileno()) == b""
+    finally:
+        fd = ours.fileno()
+        ours.close()
+    assert peek(fd) == b""
+
+
+# -- the watcher on real servers ------------------------------------------------------------
+
+# SPEC §5: a dead session is noticed within 2 s by default (watch_interval=1.0, so 2 x 1 s);
+# the tests allow a little more for a loaded machine: a liveness bound, not a benchmark.
+NOTICED_WITHIN = 3.0
+
+
+async def maybe(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def run_both(api: str, body: Callable[[type], Any]) -> None:
+    cls = kannuki.Locker if api == "sync" else kannuki.AsyncLocker
+    asyncio.run(body(cls))
+
+
+async def held_then_killed(cls: type, url: str, kill: Callable[[int], None]) -> None:
+    """Hold a lock, end its session from outside, and see the loss arrive with no call by the holder."""
+    reasons: list[str] = []
+    own: list[str] = []
+    locker = cls(
+        url, key_prefix=f"watch-{uuid.uuid4().hex[:8]}", on_lost=lambda lock, why: reasons.append(why)
+    )
+    try:
+        lock = locker.lock("k", on_lost=lambda lock, why: own.append(why))
+        assert await maybe(lock.acquire(timeout=5))
+        assert lock.grant is not None and lock.grant.pid
+        kill(lock.grant.pid)
+        started = time.monotonic()
+        while not lock.lost and time.monotonic() - started < 10:
+            await asyncio.sleep(0.02)  # the holder does nothing but wait
+        noticed = time.monotonic() - started
+        assert lock.lost and not lock.locked(), "the loss was never noticed"
+        assert noticed < NOTICED_WITHIN, f"noticed after {noticed:.2f}s"
+        assert len(reasons) == 1 and len(own) == 1 and locker.stats().lost == 1
+        with pytest.raises(kannuki.LockLostError):
+            await maybe(lock.release())
+        assert len(reasons) == 1 and locker.stats().lost == 1
+    finally:
+        await maybe(locker.aclose() if cls is kannuki.AsyncLocker else locker.close())
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_killed_mysql_session_is_noticed_without_a_call(api: str, mysql_url: str) -> None:
+    """KILL of the holding connection: on_lost (locker and lock) once, lost, within 2 s by default."""
+    from support import mysql_connect
+
+    def kill(conn_id: int) -> None:
+        raw = mysql_connect(mysql_url)
+        try:
+            raw.query(f"KILL {int(conn_id)}")
+        finally:
+            raw.close()
+
+    run_both(api, lambda cls: held_then_killed(cls, mysql_url, kill))
+
+
+def test_a_healthy_mysql_lock_held_ten_seconds_gets_no_alarm(mysql_url: str) -> None:
+    """No false alarm: a lock held 10 s on a healthy session is never reported lost."""
+
+    async def body(cls: type) -> None:
+        locker = cls(mysql_url, key_prefix=f"watch-{uuid.uuid4().hex[:8]}")
+        lock = locker.lock("k")
+        assert await lock.acquire(timeout=5)
+        await asyncio.sleep(10)
+        assert lock.locked() and locker.stats().lost == 0
+        await lock.ensure_held()
+        await lock.release()
+        await locker.aclose()
+
+    run_both("async", body)
+
+
+def test_watch_interval_none_turns_the_watcher_off(mysql_url: str) -> None:
+    """watch_interval=None: no watcher; the loss is found only when the holder asks (ensure_held)."""
+    from support import mysql_connect
+
+    locker = kannuki.Locker(mysql_url, key_prefix=f"watch-{uuid.uuid4().hex[:8]}", watch_interval=None)
+    try:
+        lock = locker.lock("k")
+        assert lock.acquire(timeout=5)
+        raw = mysql_connect(mysql_url)
+        raw.query(f"KILL {int(lock.grant.pid)}")
+        raw.close()
+        time.sleep(2.5)
+        assert not lock.lost and not locker._keeper.renewing
+        with pytest.raises(kannuki.LockLostError):
+            lock.ensure_held()
+        assert lock.lost and locker.stats().lost == 1
+    finally:
+        locker.close()
