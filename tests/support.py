@@ -145,3 +145,33 @@ def killed_holder(url: str, ttl: float) -> Iterator[tuple[kannuki.Locker, int]]:
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def mysql_scalar(conn: Any, sql: str, *args: Any) -> Any:
+    """The first column of the first row of ``sql`` on a raw MySQLdb connection."""
+    cur = conn.cursor()
+    cur.execute(sql, args)
+    row = cur.fetchone()
+    cur.close()
+    return row[0]
+
+
+@contextmanager
+def redis_namespace(url: str) -> Iterator[str]:
+    """A fresh key namespace on the Redis at ``url``; every key under it is deleted afterwards.
+
+    ``name + "*"`` also covers the sibling namespaces some tests derive from it.
+    """
+    import redis
+
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    try:
+        yield name
+    finally:
+        client = redis.Redis.from_url(url)
+        try:
+            keys = list(client.scan_iter(match=name + "*", count=500))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()

@@ -22,7 +22,7 @@ from kannuki import AsyncLocker
 from kannuki.backends.mysql import mysql_lock_name
 from kannuki.backends.mysql_async import AsyncMySQLBackend
 from kannuki.errors import LockLostError, NotSupportedError
-from support import mysql_connect
+from support import mysql_connect, mysql_scalar
 
 MySQLdb = pytest.importorskip("MySQLdb")
 
@@ -46,12 +46,7 @@ def raw(mysql_url: str) -> Iterator[Any]:
     conn.close()
 
 
-def _scalar(conn: Any, sql: str, *args: Any) -> Any:
-    cur = conn.cursor()
-    cur.execute(sql, args)
-    row = cur.fetchone()
-    cur.close()
-    return row[0]
+_scalar = mysql_scalar
 
 
 def server_waits(raw: Any, name: str) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Iterator
 from typing import Any, Callable
 
@@ -17,6 +16,7 @@ import pytest
 import kannuki
 from kannuki import AsyncLocker, LockLostError, LockNotAcquiredError
 from kannuki.backends.redis_async import AsyncRedisBackend
+from support import redis_namespace
 
 redis = pytest.importorskip("redis")
 aioredis = pytest.importorskip("redis.asyncio")
@@ -41,15 +41,8 @@ def url(redis_url: str) -> str:
 @pytest.fixture
 def namespace(url: str) -> Iterator[str]:
     """A fresh key namespace; every key under it is deleted afterwards."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    yield name
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=name + "*", count=500))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    with redis_namespace(url) as name:
+        yield name
 
 
 async def subscribers(url: str, channel: str) -> int:

@@ -20,7 +20,7 @@ import pytest
 import kannuki
 from kannuki.backends.mysql import MySQLBackend, cluster_refusal, mysql_lock_name
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
-from support import join_all, mysql_connect, subprocess_env, wait_until
+from support import join_all, mysql_connect, mysql_scalar, subprocess_env, wait_until
 
 MySQLdb = pytest.importorskip("MySQLdb")
 
@@ -49,12 +49,7 @@ def raw(mysql_url: str) -> Iterator[Any]:
     conn.close()
 
 
-def _scalar(conn: Any, sql: str, *args: Any) -> Any:
-    cur = conn.cursor()
-    cur.execute(sql, args)
-    row = cur.fetchone()
-    cur.close()
-    return row[0]
+_scalar = mysql_scalar
 
 
 # -- names ---------------------------------------------------------------------

@@ -8,7 +8,6 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 
 import kannuki
 from kannuki.backends.redis import RedisBackend
-from support import join_all
+from support import join_all, redis_namespace
 
 redis = pytest.importorskip("redis")
 
@@ -27,16 +26,8 @@ FORK = multiprocessing.get_context("fork")
 @pytest.fixture
 def namespace(redis_url: str) -> Iterator[str]:
     """A fresh key namespace; every key under it is deleted afterwards."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    yield name
-    client = redis.Redis.from_url(redis_url)
-    try:
-        # name + "*" also covers the sibling namespaces some tests derive from it.
-        keys = list(client.scan_iter(match=name + "*", count=500))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    with redis_namespace(redis_url) as name:
+        yield name
 
 
 @pytest.fixture
