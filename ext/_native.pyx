@@ -590,13 +590,16 @@ cdef object _walk(LockTable table, object key, _Waiter waiter, object me):
     cdef set expanded = set()  # (table, key) whose holders are listed already
     cdef list path
     cdef tuple edge
-    cdef bint first
     while stack:
         at, at_key, at_waiter, path = stack.pop()
         slot = (at, at_key)
-        first = slot not in expanded
+        if slot in expanded:  # another waiter of that key: blocked by the same holders, seen already
+            continue
+        blockers = (<LockTable>at)._blockers(at_key, <_Waiter>at_waiter)
+        if blockers is None:  # that wait is over: no edge
+            continue
         expanded.add(slot)
-        for thread in (<LockTable>at)._blockers(at_key, <_Waiter>at_waiter, first):
+        for thread in blockers:
             if thread == me:
                 return path + [(at_key, waiter.ident)]
             if thread in seen:
@@ -962,34 +965,22 @@ cdef class LockTable:
                 _waits[me] = (self, key, waiter)
             return cycle
 
-    cdef list _blockers(self, object key, _Waiter waiter, bint holders):
-        """The threads (serials) that ``waiter`` (queued for ``key``) waits on; [] once it no longer waits.
+    cdef list _blockers(self, object key, _Waiter waiter):
+        """The threads (serials) of the holders that ``waiter`` (queued for ``key``) waits for; None once it no longer waits.
 
-        Every holder's thread (unless ``holders`` is false: listed already),
-        then the waiter's just ahead of it in the queue (no barging: it is
-        served only after it; that one waits for the one ahead of it, and so
-        on, so the walk reaches them all). A shared holder counts for a shared
-        waiter too: such a waiter queues only behind an exclusive request that
-        waits for that holder.
+        Every holder counts, shared ones for a shared waiter too: a waiter that
+        is not granted at once queues behind a holder it conflicts with, or
+        behind a waiter ahead (no barging) that waits for the holders. The
+        waiters ahead add nothing else to the graph: they wait for the same
+        holders, in this key only.
         """
         cdef _Entry entry
-        cdef list threads
-        cdef Py_ssize_t place
         self._lock()
         try:
             entry = self._entry(key)  # expired leases do not block
             if entry is None or waiter.token or waiter.gone:
-                return []
-            threads = entry.owners() if holders else []
-            if entry.waiters is None:
-                return threads
-            try:
-                place = entry.waiters.index(waiter)
-            except ValueError:  # not queued: only while it is being granted, under this mutex
-                return threads
-            if place:
-                threads.append((<_Waiter>entry.waiters[place - 1]).thread)
-            return threads
+                return None
+            return entry.owners()
         finally:
             self._unlock()
 

@@ -129,7 +129,9 @@ def test_item_25_extend_renews_a_lease_now(api: str, tmp_path: Any) -> None:
 def test_ensure_held_of_a_plain_memory_hold_sees_a_forced_release() -> None:
     """memory:// without a lease: ensure_held() asks the table, reports the loss once and raises."""
     calls: list[str] = []
-    locker = kannuki.Locker(f"memory://ensure-{uuid.uuid4().hex[:6]}", on_lost=lambda lock, why: calls.append(why))
+    locker = kannuki.Locker(
+        f"memory://ensure-{uuid.uuid4().hex[:6]}", on_lost=lambda lock, why: calls.append(why)
+    )
     lock = locker.lock("k")
     assert lock.acquire()
     lock.ensure_held()

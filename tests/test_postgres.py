@@ -998,6 +998,35 @@ def test_item_4_a_role_without_the_sequence_gets_one_warning(
         locker.close()
 
 
+def test_item_4_a_read_only_transaction_takes_the_lock_without_a_token(
+    pg_url: str, pg_conn: Any, prefix: str
+) -> None:
+    """In a read-only transaction nextval() would fail with the lock already taken: the statement draws no
+    token instead, the lock works and is released, and one warning says the tokens are now local."""
+    conn = psycopg.connect(pg_url, autocommit=True)
+    locker = kannuki.Locker(conn, key_prefix=prefix)
+    try:
+        with locker.lock("k") as lock:  # read-write: the sequence's token
+            assert locker.backend.tokens_fenced and lock.token
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with conn.transaction():
+                conn.execute("SET TRANSACTION READ ONLY")
+                for key in ("k", "t"):
+                    lock = locker.lock(key, transaction=True) if key == "t" else locker.lock(key)
+                    assert lock.acquire(timeout=5)
+                    assert isinstance(lock.token, int) and lock.token > 0
+                    lock.release()
+        assert [str(w.message) for w in caught if "read-only" in str(w.message)] == [str(caught[0].message)]
+        assert len(caught) == 1 and locker.backend.tokens_fenced is False
+        assert raw_try(pg_conn, f"{prefix}:k") and raw_try(pg_conn, f"{prefix}:t")  # nothing left held
+        raw_unlock(pg_conn, f"{prefix}:k")
+        raw_unlock(pg_conn, f"{prefix}:t")
+    finally:
+        locker.close()
+        conn.close()
+
+
 def test_item_6_a_broken_lock_many_connection_goes_back_to_the_pool_once(
     pg_url: str, pg_conn: Any, prefix: str
 ) -> None:

@@ -133,3 +133,27 @@ def test_watch_interval_none_turns_the_watcher_off(mysql_url: str) -> None:
         assert lock.lost and locker.stats().lost == 1
     finally:
         locker.close()
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_terminated_postgres_session_is_noticed_without_a_call(api: str, pg_url: str, pg_conn: Any) -> None:
+    """pg_terminate_backend of the holding session: on_lost (locker and lock) once, lost, within 2 s."""
+
+    def kill(pid: int) -> None:
+        pg_conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    run_both(api, lambda cls: held_then_killed(cls, pg_url, kill))
+
+
+def test_a_healthy_postgres_lock_held_ten_seconds_gets_no_alarm(pg_url: str) -> None:
+    """No false alarm: a lock held 10 s on a healthy session is never reported lost."""
+    locker = kannuki.Locker(pg_url, key_prefix=f"watch-{uuid.uuid4().hex[:8]}")
+    try:
+        lock = locker.lock("k")
+        assert lock.acquire(timeout=5)
+        time.sleep(10)
+        assert lock.locked() and locker.stats().lost == 0
+        lock.ensure_held()
+        lock.release()
+    finally:
+        locker.close()

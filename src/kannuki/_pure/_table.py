@@ -98,9 +98,13 @@ def _walk(table: LockTable, key: Hashable, waiter: _Waiter, me: int) -> _Cycle |
     while stack:
         at, at_key, at_waiter, path = stack.pop()
         slot = (at, at_key)
-        first = slot not in expanded
+        if slot in expanded:  # another waiter of that key: blocked by the same holders, seen already
+            continue
+        blockers = at._blockers(at_key, at_waiter)
+        if blockers is None:  # that wait is over: no edge
+            continue
         expanded.add(slot)
-        for thread in at._blockers(at_key, at_waiter, first):
+        for thread in blockers:
             if thread == me:
                 return [*path, (at_key, waiter.ident)]
             if thread in seen:
@@ -409,28 +413,20 @@ class LockTable:
                 _waits[me] = (self, key, waiter)
             return cycle
 
-    def _blockers(self, key: Hashable, waiter: _Waiter, holders: bool) -> list[int]:
-        """The threads (serials) that ``waiter`` (queued for ``key``) waits on; [] once it no longer waits.
+    def _blockers(self, key: Hashable, waiter: _Waiter) -> list[int] | None:
+        """The threads (serials) of the holders that ``waiter`` (queued for ``key``) waits for; None once it no longer waits.
 
-        Every holder's thread (unless ``holders`` is false: listed already),
-        then the waiter's just ahead of it in the queue (no barging: it is
-        served only after it; that one waits for the one ahead of it, and so
-        on, so the walk reaches them all). A shared holder counts for a shared
-        waiter too: such a waiter queues only behind an exclusive request that
-        waits for that holder.
+        Every holder counts, shared ones for a shared waiter too: a waiter that
+        is not granted at once queues behind a holder it conflicts with, or
+        behind a waiter ahead (no barging) that waits for the holders. The
+        waiters ahead add nothing else to the graph: they wait for the same
+        holders, in this key only.
         """
         with self._mutex:
             entry = self._entry(key)  # expired leases do not block
             if entry is None or waiter.token or waiter.gone:
-                return []
-            threads = [owner for _shared, _expires, owner in entry.holders.values()] if holders else []
-            try:
-                place = entry.waiters.index(waiter)
-            except ValueError:  # not queued: only while it is being granted, under this mutex
-                return threads
-            if place:
-                threads.append(entry.waiters[place - 1].thread)
-            return threads
+                return None
+            return [owner for _shared, _expires, owner in entry.holders.values()]
 
     def _leave(self, key: Hashable, waiter: _Waiter) -> None:
         """An interrupted wait: give back the key if it was handed over, else leave the queue (idempotent)."""

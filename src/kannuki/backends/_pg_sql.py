@@ -30,6 +30,7 @@ __all__ = [
     "HELD",
     "HOLDERS",
     "INSUFFICIENT_PRIVILEGE",
+    "INVALID_SCHEMA_NAME",
     "IN_RECOVERY",
     "LIST_HELD",
     "LOCK_NOT_AVAILABLE",
@@ -92,10 +93,16 @@ UNIQUE_VIOLATION = "23505"  # two sessions racing CREATE SEQUENCE IF NOT EXISTS
 DUPLICATE_TABLE = "42P07"  # the same race, seen another way
 INSUFFICIENT_PRIVILEGE = "42501"
 READ_ONLY_TRANSACTION = "25006"
+INVALID_SCHEMA_NAME = "3F000"  # no schema in search_path to create the sequence in
 
 # The server sequence fencing tokens come from (see "fencing tokens" below).
 FENCING_SEQUENCE = "kannuki_fencing_seq"
-_NEXT = f"nextval('{FENCING_SEQUENCE}'::regclass)"
+# The token a fenced statement draws once it holds the lock: 0 in a read-only transaction, where
+# nextval() would fail with the lock already taken (and a failed statement cannot undo it).
+_NEXT = (
+    f"CASE WHEN current_setting('transaction_read_only') = 'off' "
+    f"THEN nextval('{FENCING_SEQUENCE}'::regclass) ELSE 0 END"
+)
 
 # -- one connection, once ---------------------------------------------------
 
@@ -281,8 +288,9 @@ TERMINATE_HOLDERS_PRE14 = (
 # trip still does it all. A sequence is never rolled back, so a caller's
 # ROLLBACK cannot hand the next holder a token again. The sequence is resolved
 # when the statement is parsed (``::regclass``): a missing one fails the
-# statement before it takes anything. CACHE 1 (the default) keeps the values
-# in call order across sessions.
+# statement before it takes anything; in a read-only transaction it draws 0
+# (no token) instead of failing. CACHE 1 (the default) keeps the values in
+# call order across sessions.
 
 FENCING_DDL = f"CREATE SEQUENCE IF NOT EXISTS {FENCING_SEQUENCE} AS bigint CACHE 1"
 # Once per backend, read-only: can this session draw from the sequence?

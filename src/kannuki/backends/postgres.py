@@ -87,6 +87,7 @@ from kannuki.backends import _pg_common as pg
 from kannuki.backends import _pg_sql as sql
 from kannuki.backends._tables import object_table, process_table
 from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, LockRequest, reject_unknown_options
+from kannuki.backends._watch import peek
 from kannuki.backends.base import Backend
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
 
@@ -103,6 +104,8 @@ POLL_CAP = 0.05
 
 # What a failed statement on the fencing sequence means: look at it again before the next lock.
 _FENCING_ERRORS = (sql.UNDEFINED_TABLE, sql.INSUFFICIENT_PRIVILEGE, sql.READ_ONLY_TRANSACTION)
+# Why CREATE SEQUENCE fails for good: no privilege, a read-only session, no schema to create in.
+_CANNOT_CREATE = (sql.INSUFFICIENT_PRIVILEGE, sql.READ_ONLY_TRANSACTION, sql.INVALID_SCHEMA_NAME)
 
 # Whether a user's connection reaches the server directly (no pooler in between), once known:
 # kannuki prepares its statements there only then (transaction-level locks; sessions keep their own).
@@ -392,6 +395,7 @@ class PostgresBackend(Backend):
     scheme = "postgresql"
     supports_shared = True
     supports_transaction = True
+    watches = True  # gone(): an idle session's socket shows a terminate or a shutdown with no round trip
 
     def __init__(self, source: Any, *, where: str, allow_replica: bool = False, fencing: bool = True) -> None:
         self._source = source
@@ -526,6 +530,8 @@ class PostgresBackend(Backend):
                 if row is not None:
                     taken, (value, pid) = True, row
             session.learn(pid)
+            # (In here: a warning made an error by the caller's filters must not leave the lock held.)
+            token = self._token(value, local_token) if fenced and taken else local_token
         except BaseException as exc:
             # Failed or interrupted, maybe just after the server granted it: leave nothing held.
             if asked or source.closes:
@@ -539,7 +545,6 @@ class PostgresBackend(Backend):
                 finish(source.put(session))
             return None
         session.holds += 1
-        token = int(value) if fenced else local_token
         return Grant(name, lock_id, shared, token, conn=session, pid=pid, data=local_token)
 
     def _wait(self, session: _Session, statement: str, timed: str, params: Any, timeout: float | None) -> Any:
@@ -602,7 +607,9 @@ class PostgresBackend(Backend):
                 self._create_sequence(session)
                 usable, exists, why_not = session.run(sql.FENCING_CHECK)
         except Exception as exc:
-            if not (pg.is_driver_error(exc) and sql.sqlstate(exc)):
+            # Only what says "this role, here, cannot": anything else (a failed transaction, a lost
+            # connection) fails this acquire and leaves the question open for the next one.
+            if not (pg.is_driver_error(exc) and sql.sqlstate(exc) in _CANNOT_CREATE):
                 raise
             reason = f"it could not be created ({exc})"
             usable = False
@@ -617,7 +624,20 @@ class PostgresBackend(Backend):
         if usable:
             self._fence = True
             return True
-        if self._fence is None:  # the first to find out says it, once
+        self._unfenced(reason)
+        return False
+
+    def _token(self, drawn: Any, local_token: int) -> int:
+        """The token of a fenced acquisition: the sequence's value, or (0: a read-only transaction) the local one."""
+        token = int(drawn)
+        if token:
+            return token
+        self._unfenced("the session is read-only (transaction_read_only is on)")
+        return local_token
+
+    def _unfenced(self, reason: str) -> None:
+        """From now on the tokens are the in-process ones; the first to find out says why, once."""
+        if self._fence is not False:
             self._fence = False
             warnings.warn(
                 f"kannuki: fencing tokens on {self._where} are not strictly increasing across processes: "
@@ -625,10 +645,8 @@ class PostgresBackend(Backend):
                 f"that may (CREATE SEQUENCE {sql.FENCING_SEQUENCE}; GRANT USAGE ON SEQUENCE "
                 f"{sql.FENCING_SEQUENCE} TO <role>), or pass fencing=False to go without.",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        self._fence = False
-        return False
 
     def _create_sequence(self, session: _Session) -> None:
         conn = session.conn
@@ -802,6 +820,31 @@ class PostgresBackend(Backend):
         finally:
             table_release(self._local, grant.lock_id, grant.data)
 
+    def gone(self, grant: Grant) -> str | None:
+        """A terminated session (pg_terminate_backend, an idle timeout, a shutdown), seen on its socket.
+
+        The server's last words on a session it ends are an ErrorResponse ("E", FATAL) and
+        then the close; on a healthy idle session it sends nothing but, at most, a notice or
+        a notification. Transaction-level locks live on the caller's busy connection: not
+        watched (they end with the transaction).
+        """
+        if isinstance(grant.data, _Xact):
+            return None
+        session: _Session | None = grant.conn
+        if session is None or session.inherited():
+            return None
+        conn = session.conn
+        if conn.closed or conn.broken:
+            return f"the connection holding the lock (server pid {grant.pid}) was closed"
+        if conn.lock.locked() or conn.info.transaction_status != pg.IDLE:
+            return None  # a statement is in flight: its own answer will tell
+        data = peek(conn.fileno())
+        if data is None or data[:1] in (b"N", b"A", b"S"):  # nothing, a notice, a notification, a setting
+            return None
+        if not data:
+            return f"the server closed the session (pid {grant.pid}) holding the lock"
+        return f"the server ended the session (pid {grant.pid}) holding the lock: terminated, a timeout or a shutdown"
+
     def check(self, grant: Grant) -> bool:
         """One round trip at most: does the session the lock was taken on (same server PID) still hold it?
 
@@ -922,7 +965,7 @@ class PostgresBackend(Backend):
             raise
         if not taken:
             return None
-        return int(value) if fenced else local_token
+        return self._token(value, local_token) if fenced else local_token
 
     def _transaction_connection(self, transaction: Any) -> Any:
         if transaction is True:
@@ -1028,6 +1071,8 @@ class PostgresBackend(Backend):
                     if fenced:
                         token = row[2]
             session.learn(pid)
+            # One token for the whole call (the sequence's, drawn once every key was taken).
+            drawn = self._token(token, 0) if fenced and taken else 0
         except BaseException as exc:
             finish(source.discard(session))  # closing it frees whatever it took
             if isinstance(exc, Exception) and pg.is_driver_error(exc):
@@ -1043,7 +1088,7 @@ class PostgresBackend(Backend):
                 request.name,
                 request.lock_id,
                 request.shared,
-                int(token) if fenced else local_token,
+                drawn or local_token,
                 conn=session,
                 pid=pid,
                 data=local_token,
