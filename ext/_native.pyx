@@ -579,9 +579,9 @@ if hasattr(_os, "register_at_fork"):
 cdef object _walk(LockTable table, object key, _Waiter waiter, object me):
     """With ``_waits_guard`` held: the path from ``waiter`` back to thread ``me`` in the wait-for graph, or None.
 
-    Depth first over ``key -> the threads blocking it -> the key each of them
+    Depth first over ``key -> the threads holding it -> the key each of them
     waits for (the registry) -> ...``, one table mutex at a time. The path is
-    ``(key, ident)`` steps: ``key`` is blocked by the thread ``ident``
+    ``(key, ident)`` steps: ``key`` is held by the thread ``ident``
     (``threading.get_ident()``), which waits for the next step's key; the
     last step's thread is this one.
     """
@@ -621,10 +621,9 @@ def _deadlock(key, cycle):
             " release it; timeout=0 only tries)"
         )
     else:
-        # "blocked by": the thread holds the key, or waits for it ahead in the queue.
-        steps = [f"{key!r} is blocked by thread {cycle[0][1]}"]
-        steps += [f"which waits for {waited!r}, blocked by thread {thread}" for waited, thread in cycle[1:-1]]
-        steps.append(f"which waits for {cycle[-1][0]!r}, blocked by this thread")
+        steps = [f"{key!r} is held by thread {cycle[0][1]}"]
+        steps += [f"which waits for {waited!r}, held by thread {thread}" for waited, thread in cycle[1:-1]]
+        steps.append(f"which waits for {cycle[-1][0]!r}, held by this thread")
         message = f"waiting for {key!r} would deadlock: " + ", ".join(steps)
     return _DeadlockError(message, key=key if isinstance(key, str) else None)
 
@@ -790,10 +789,10 @@ cdef class LockTable:
         A wait that can never end raises :class:`kannuki.errors.DeadlockError`
         at once, with nothing held or queued: this thread already holds
         ``key`` (exclusive, or shared while an exclusive request is queued or
-        this one is exclusive), or ``key`` is blocked by a thread that waits,
-        directly or through other threads, for a key this thread holds or
-        waits ahead for, in any table of this process. A try (``timeout=0``)
-        never raises it: it answers 0.
+        this one is exclusive), or ``key`` is held by a thread that waits,
+        directly or through other threads, for a key this thread holds, in
+        any table of this process. A try (``timeout=0``) never raises it: it
+        answers 0.
         """
         cdef double wait = _check_wait("timeout", timeout, False)
         cdef double lease = _check_wait("ttl", ttl, True)
@@ -888,7 +887,9 @@ cdef class LockTable:
         cdef object outer = _waits.get(me)  # a wait of this thread that a signal handler interrupted
         try:
             cycle = self._find_cycle(key, waiter)
-            if cycle is not None:
+            # SPEC §3: a thread that waits WITHOUT END for a key it holds itself, or any wait that
+            # closes a cycle among threads. A timed wait on one's own key just times out.
+            if cycle is not None and (len(cycle) > 1 or not isfinite(wait)):
                 self._lock()
                 try:
                     if not waiter.token:  # else granted meanwhile: the cycle is gone, take the key

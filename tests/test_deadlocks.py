@@ -86,13 +86,14 @@ def seen_locker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[kann
 
 
 def test_a_second_lock_on_a_key_this_thread_holds_raises(locker: kannuki.Locker) -> None:
-    """No timeout, or any timeout: DeadlockError at once, the first hold intact, nothing queued."""
+    """No timeout: DeadlockError at once, the first hold intact, nothing queued; a timed wait times out."""
     with locker.lock("job") as first:
+        assert locker.lock("job", timeout=0.05).acquire() is False  # a wait that ends: it just times out
         started = time.monotonic()
         with pytest.raises(kannuki.DeadlockError):
-            locker.lock("job", timeout=WAIT).acquire()
+            locker.lock("job", timeout=None).acquire()
         with pytest.raises(kannuki.DeadlockError):
-            with locker.lock("job", timeout=WAIT):
+            with locker.lock("job", timeout=None):
                 pass  # pragma: no cover - never entered
         assert time.monotonic() - started < WAIT  # at once, not at the timeout
         assert locker.lock("job").acquire(blocking=False) is False  # a try answers False
@@ -158,7 +159,35 @@ def test_shared_holder_asking_for_exclusive_raises() -> None:
     with kannuki.Locker(f"memory://deadlocks-{uuid.uuid4().hex}") as locker:
         with locker.lock("doc", shared=True):
             with pytest.raises(kannuki.DeadlockError):
-                locker.lock("doc", timeout=WAIT).acquire()
+                locker.lock("doc", timeout=None).acquire()
             with locker.lock("doc", shared=True, timeout=WAIT):  # another read is fine
                 pass
         assert not locker.held("doc")
+
+
+def test_async_function_with_a_sync_locker_never_deadlocks_on_itself() -> None:
+    """``@locked`` on an ``async def`` with a sync Locker: concurrent calls queue, none raises.
+
+    Their waits run in one pooled thread, so the table sees that thread "holding" the key for
+    the task before: a timed wait must then time out or be served, never be a DeadlockError.
+    """
+    import asyncio
+    import concurrent.futures
+
+    locker = kannuki.Locker(f"memory://deadlocks-{uuid.uuid4().hex}")
+
+    @kannuki.locked("job", locker=locker, timeout=WAIT)
+    async def job(n: int) -> int:
+        await asyncio.sleep(0.01)
+        return n
+
+    async def main() -> list[object]:
+        # One worker thread: every wait off the loop runs in the same thread, as a busy pool does.
+        asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(1))
+        return await asyncio.gather(*(job(n) for n in range(4)), return_exceptions=True)
+
+    try:
+        outcomes = asyncio.run(asyncio.wait_for(main(), JOIN))
+    finally:
+        locker.close()
+    assert outcomes == [0, 1, 2, 3]

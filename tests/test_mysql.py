@@ -140,17 +140,33 @@ def test_waiters_in_one_process_queue_locally(make_locker: Any, raw: Any) -> Non
 
 
 def test_fractional_and_forever_timeouts(make_locker: Any) -> None:
-    """A fractional timeout is kept to the millisecond; None waits until the lock is free."""
+    """A fractional timeout is kept to the millisecond; None waits until the lock is free.
+
+    The holder is another thread's (a thread that waits forever for a key it holds itself
+    gets DeadlockError, SPEC §3).
+    """
     first, second = make_locker(), make_locker()
     holder = first.lock("frac")
-    holder.acquire()
+    held, go = threading.Event(), threading.Event()
+
+    def hold_then_release() -> None:
+        holder.acquire()
+        held.set()
+        go.wait(30)
+        time.sleep(0.3)
+        holder.release()
+
+    thread = threading.Thread(target=hold_then_release, daemon=True)
+    thread.start()
+    assert held.wait(30)
     start = time.monotonic()
     assert not second.lock("frac").acquire(timeout=0.15)
     assert time.monotonic() - start < 2.0
-    threading.Timer(0.3, holder.release).start()
+    go.set()
     forever = second.lock("frac", timeout=None)
     assert forever.acquire()
     forever.release()
+    thread.join(30)
 
 
 def test_several_locks_on_one_connection_and_lock_many(make_locker: Any) -> None:

@@ -121,9 +121,8 @@ class LockTableProtocol(Protocol):
         reused by a later thread, unlike ``threading.get_ident()``; a hold
         left by a thread that ended is nobody's). Before it waits, a thread
         walks the wait-for graph across every table of the process (the
-        holders of ``key`` and the waiters queued ahead -> the key each of
-        those threads waits for -> its holders and queue ...): a wait that
-        would close a cycle raises :class:`kannuki.errors.DeadlockError` at
+        holders of ``key`` -> the key each of those threads waits for -> its
+        holders ...): a wait that would close a cycle raises :class:`kannuki.errors.DeadlockError` at
         once, with nothing held or queued. That covers a thread that holds
         ``key`` already (exclusive; or shared and asking for exclusive, or
         shared again behind a queued exclusive request it blocks) and

@@ -6,9 +6,9 @@ to the head waiter(s) before waking them (direct hand-off), so nobody barges.
 
 Every holder records the thread that acquired it, and every thread that waits
 in a table of this process is listed in one process-wide registry of waits.
-Before it waits, a thread walks the wait-for graph (the holders of its key and
-the waiters queued ahead of it -> what those threads wait for -> ...) across
-every table; a wait that would close a cycle raises DeadlockError instead.
+Before it waits, a thread walks the wait-for graph (the holders of its key ->
+the key each of those threads waits for -> its holders ...) across every
+table; a wait that would close a cycle raises DeadlockError instead.
 """
 
 from __future__ import annotations
@@ -86,9 +86,9 @@ _Cycle = list[tuple[Hashable, int]]
 def _walk(table: LockTable, key: Hashable, waiter: _Waiter, me: int) -> _Cycle | None:
     """With ``_waits_guard`` held: the path from ``waiter`` back to thread ``me`` in the wait-for graph, or None.
 
-    Depth first over ``key -> the threads blocking it -> the key each of them
+    Depth first over ``key -> the threads holding it -> the key each of them
     waits for (the registry) -> ...``, one table mutex at a time. The path is
-    ``(key, ident)`` steps: ``key`` is blocked by the thread ``ident``
+    ``(key, ident)`` steps: ``key`` is held by the thread ``ident``
     (``threading.get_ident()``), which waits for the next step's key; the
     last step's thread is this one.
     """
@@ -125,10 +125,9 @@ def _deadlock(key: Hashable, cycle: _Cycle) -> DeadlockError:
             " release it; timeout=0 only tries)"
         )
     else:
-        # "blocked by": the thread holds the key, or waits for it ahead in the queue.
-        steps = [f"{key!r} is blocked by thread {cycle[0][1]}"]
-        steps += [f"which waits for {waited!r}, blocked by thread {thread}" for waited, thread in cycle[1:-1]]
-        steps.append(f"which waits for {cycle[-1][0]!r}, blocked by this thread")
+        steps = [f"{key!r} is held by thread {cycle[0][1]}"]
+        steps += [f"which waits for {waited!r}, held by thread {thread}" for waited, thread in cycle[1:-1]]
+        steps.append(f"which waits for {cycle[-1][0]!r}, held by this thread")
         message = f"waiting for {key!r} would deadlock: " + ", ".join(steps)
     return DeadlockError(message, key=key if isinstance(key, str) else None)
 
@@ -299,10 +298,10 @@ class LockTable:
         A wait that can never end raises :class:`kannuki.errors.DeadlockError`
         at once, with nothing held or queued: this thread already holds
         ``key`` (exclusive, or shared while an exclusive request is queued or
-        this one is exclusive), or ``key`` is blocked by a thread that waits,
-        directly or through other threads, for a key this thread holds or
-        waits ahead for, in any table of this process. A try (``timeout=0``)
-        never raises it: it answers 0.
+        this one is exclusive), or ``key`` is held by a thread that waits,
+        directly or through other threads, for a key this thread holds, in
+        any table of this process. A try (``timeout=0``) never raises it: it
+        answers 0.
         """
         wait = _check_timeout(timeout)
         lease = _check_ttl(ttl)
@@ -356,7 +355,9 @@ class LockTable:
         outer = _waits.get(me)  # a wait of this thread that a signal handler interrupted to wait here
         try:
             cycle = self._find_cycle(key, waiter)
-            if cycle is not None:
+            # SPEC §3: a thread that waits WITHOUT END for a key it holds itself, or any wait that
+            # closes a cycle among threads. A timed wait on one's own key just times out.
+            if cycle is not None and (len(cycle) > 1 or math.isinf(wait)):
                 with self._mutex:
                     if not waiter.token:  # else granted meanwhile: the cycle is gone, take the key
                         self._abandon(key, waiter)
