@@ -148,3 +148,31 @@ def test_a_locker_without_a_url_names_the_environment_variable(monkeypatch: pyte
     monkeypatch.delenv("KANNUKI_URL", raising=False)
     with pytest.raises(kannuki.ConfigurationError, match="KANNUKI_URL"):
         kannuki.Locker()
+
+
+def test_item_19_kannuki_list_on_mariadb_says_what_it_cannot_see(mysql_url: str) -> None:
+    """Without METADATA_LOCK_INFO, `kannuki list` says it cannot see instead of "no locks held"."""
+    import subprocess
+    import sys
+
+    from support import subprocess_env
+
+    locker = kannuki.Locker(mysql_url, key_prefix=f"list-{uuid.uuid4().hex[:6]}")
+    try:
+        with locker.lock("visible?"):
+            listed = locker.list_held()
+            result = subprocess.run(
+                [sys.executable, "-m", "kannuki", "list", "--url", mysql_url],
+                env=subprocess_env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        assert result.returncode == 0
+        if listed:  # a server that can list: the lock is shown
+            assert "visible?" in result.stdout or "#" in result.stdout
+        else:
+            assert "no locks held" not in result.stdout
+            assert "cannot list" in result.stdout
+    finally:
+        locker.close()

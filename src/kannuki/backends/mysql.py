@@ -1094,16 +1094,29 @@ class MySQLBackend(Backend):
         conn_id, user, host = rows[0]
         return [Holder(name=name, lock_id=lock_id, pid=int(conn_id), user=_text(user), host=_text(host))]
 
+    _blind = False
+
+    def listing_note(self) -> str | None:
+        """Said by ``kannuki list`` when this server cannot list locks at all."""
+        if not self._blind:
+            return None
+        return (
+            "this server cannot list GET_LOCK locks (MariaDB needs the METADATA_LOCK_INFO plugin, "
+            "MySQL performance_schema); `kannuki held KEY` still answers for one key"
+        )
+
     def list_held(self) -> list[Holder]:
         """kannuki's locks on the server: needs MariaDB's METADATA_LOCK_INFO plugin or MySQL's
         performance_schema (metadata_locks); without either the server cannot list them: []."""
         session = self._checkout()
         rows: tuple[Any, ...] | None = None
+        used = -1
         try:
             with session.guard:
-                for sql in _LIST_SQL:
+                for source, sql in enumerate(_LIST_SQL):
                     try:
                         rows = run_blocking(_rows, session.db, sql)
+                        used = source
                         break
                     except Exception as exc:
                         if not _is_driver_error(exc) or _error_code(exc) in _CONNECTION_GONE:
@@ -1114,6 +1127,9 @@ class MySQLBackend(Backend):
                 raise self._error("listing locks failed", exc) from exc
             raise
         self._checkin(session)
+        # Neither source exists, or MariaDB's performance_schema, which does not show GET_LOCK
+        # locks (off by default, and not instrumented for them): listing_note() says so.
+        self._blind = rows is None or (used == 1 and session.mariadb)
         out: list[Holder] = []
         for raw_name, conn_id, user, host in rows or ():
             server_name = _text(raw_name) or ""
