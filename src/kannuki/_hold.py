@@ -110,10 +110,6 @@ class Hold:
         self.expires = 0.0  # monotonic time the lease runs out, as far as we know
         self.generation = _fork.GENERATION
 
-    @property
-    def token(self) -> int:
-        return self.grant.token
-
     def __repr__(self) -> str:
         state = f"lost: {self.lost}" if self.lost else "held"
         return f"<Hold {self.key!r} token={self.grant.token} {state}>"
@@ -185,10 +181,6 @@ class HoldKeeper:
             tokens = self._plain_sets[id(table)] = PlainTokens(table)
         self.plain = tokens
         return tokens
-
-    def holds(self) -> list[Hold]:
-        """The holds of this locker now (a copy)."""
-        return list(self._held.values())
 
     def names(self) -> dict[int, str]:
         """The full names of the locks held here now, by lock ID."""
