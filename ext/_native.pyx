@@ -576,8 +576,12 @@ if hasattr(_os, "register_at_fork"):
     _os.register_at_fork(after_in_child=_reset_waits_in_child)
 
 
-cdef object _walk(LockTable table, object key, _Waiter waiter, object me):
+cdef object _walk(LockTable table, object key, _Waiter waiter, object me, bint forever):
     """With ``_waits_guard`` held: the path from ``waiter`` back to thread ``me`` in the wait-for graph, or None.
+
+    ``forever`` false (a timed wait): this thread holding ``key`` itself is no
+    cycle (SPEC §3: such a wait just times out), but the walk goes on through
+    the other holders, so a cycle among threads is still found.
 
     Depth first over ``key -> the threads holding it -> the key each of them
     waits for (the registry) -> ...``, one table mutex at a time. The path is
@@ -601,7 +605,9 @@ cdef object _walk(LockTable table, object key, _Waiter waiter, object me):
         expanded.add(slot)
         for thread in blockers:
             if thread == me:
-                return path + [(at_key, waiter.ident)]
+                if path or forever:
+                    return path + [(at_key, waiter.ident)]
+                continue  # a timed wait on a key this thread holds: not a deadlock by itself
             if thread in seen:
                 continue
             seen.add(thread)
@@ -616,9 +622,9 @@ def _deadlock(key, cycle):
     """The error for a wait on ``key`` that would close ``cycle`` (see ``LockTable._find_cycle``)."""
     if len(cycle) == 1:
         message = (
-            f"waiting for {key!r} would never end: this thread holds it already (locks are not"
-            " reentrant, and a hold belongs to the thread that took it, whichever thread is to"
-            " release it; timeout=0 only tries)"
+            f"waiting without a timeout for {key!r} would never end: this thread holds it already"
+            " (locks are not reentrant, and a hold belongs to the thread that took it, whichever"
+            " thread is to release it; pass a timeout to wait for a release by another thread)"
         )
     else:
         steps = [f"{key!r} is held by thread {cycle[0][1]}"]
@@ -787,12 +793,13 @@ cdef class LockTable:
         or queued, even when the key was handed over just before.
 
         A wait that can never end raises :class:`kannuki.errors.DeadlockError`
-        at once, with nothing held or queued: this thread already holds
-        ``key`` (exclusive, or shared while an exclusive request is queued or
-        this one is exclusive), or ``key`` is held by a thread that waits,
-        directly or through other threads, for a key this thread holds, in
-        any table of this process. A try (``timeout=0``) never raises it: it
-        answers 0.
+        at once, with nothing held or queued: a wait without a timeout for a
+        key this thread holds already (exclusive, or shared while an
+        exclusive request is queued or this one is exclusive), or any wait,
+        timed or not, for a key held by a thread that waits, directly or
+        through other threads, for a key this thread holds, in any table of
+        this process. A timed wait on a key only this thread blocks just
+        times out (SPEC §3); a try (``timeout=0``) answers 0.
         """
         cdef double wait = _check_wait("timeout", timeout, False)
         cdef double lease = _check_wait("ttl", ttl, True)
@@ -886,10 +893,10 @@ cdef class LockTable:
         cdef object me = waiter.thread
         cdef object outer = _waits.get(me)  # a wait of this thread that a signal handler interrupted
         try:
-            cycle = self._find_cycle(key, waiter)
             # SPEC §3: a thread that waits WITHOUT END for a key it holds itself, or any wait that
             # closes a cycle among threads. A timed wait on one's own key just times out.
-            if cycle is not None and (len(cycle) > 1 or not isfinite(wait)):
+            cycle = self._find_cycle(key, waiter, wait == INFINITY)
+            if cycle is not None:
                 self._lock()
                 try:
                     if not waiter.token:  # else granted meanwhile: the cycle is gone, take the key
@@ -952,7 +959,7 @@ cdef class LockTable:
                 with _waits_guard:
                     _waits[me] = outer
 
-    cdef object _find_cycle(self, object key, _Waiter waiter):
+    cdef object _find_cycle(self, object key, _Waiter waiter, bint forever):
         """With no table mutex held: the wait-for cycle that ``waiter`` would close, or None.
 
         None also registers the wait in the process-wide registry, in the same
@@ -961,7 +968,7 @@ cdef class LockTable:
         """
         cdef object me = waiter.thread
         with _waits_guard:
-            cycle = _walk(self, key, waiter, me)
+            cycle = _walk(self, key, waiter, me, forever)
             if cycle is None:
                 _waits[me] = (self, key, waiter)
             return cycle

@@ -946,3 +946,62 @@ def test_a_disowned_hold_is_waited_for_like_anyone_elses(core: ModuleType) -> No
     _join(thread)
     assert got[0] > tok and table.release("k", got[0]) and table.release("r", readers[1])
     assert len(table) == 0
+
+
+def test_a_timed_upgrade_still_finds_a_cycle_among_threads(core: ModuleType) -> None:
+    """Main holds K (shared) and B; another reader of K waits for B. Main's timed upgrade of K raises.
+
+    Main holding K itself is no deadlock for a timed wait, but the other reader of K waits for
+    main: a cycle among threads, whatever the timeout.
+    """
+    from kannuki.errors import DeadlockError
+
+    table = core.LockTable()
+    mine = table.acquire("K", shared=True)
+    b = table.acquire("B")
+    got: list[int] = []
+    reading = threading.Event()
+
+    def reader() -> None:
+        theirs = table.acquire("K", shared=True)
+        reading.set()
+        got.append(table.acquire("B", timeout=JOIN))  # waits for main
+        table.release("B", got[0])
+        table.release("K", theirs)
+
+    thread = _start(reader)
+    assert reading.wait(JOIN)
+    _wait_for(lambda: table.waiters("B") == 1)
+    started = time.monotonic()
+    with pytest.raises(DeadlockError, match="would deadlock"):
+        table.acquire("K", timeout=JOIN)
+    assert time.monotonic() - started < JOIN / 2
+    assert table.waiters("K") == 0
+    assert table.release("B", b) and table.release("K", mine)
+    _join(thread)
+    assert got[0] and len(table) == 0
+
+
+def test_a_timed_wait_on_ones_own_key_is_still_part_of_the_graph(core: ModuleType) -> None:
+    """A thread in a timed wait for a key it holds (an upgrade) is waiting: a cycle through it is found."""
+    from kannuki.errors import DeadlockError
+
+    table = core.LockTable()
+    theirs: list[int] = []
+    upgraded: list[int] = []
+
+    def upgrader() -> None:
+        theirs.append(table.acquire("K", shared=True))
+        theirs.append(table.acquire("C"))
+        upgraded.append(table.acquire("K", timeout=JOIN))  # timed: waits (for itself and main)
+        table.release("K", upgraded[0])
+        table.release("C", theirs[1])
+
+    mine = table.acquire("K", shared=True)
+    thread = _start(upgrader)
+    _wait_for(lambda: table.waiters("K") == 1)
+    with pytest.raises(DeadlockError, match="would deadlock"):
+        table.acquire("C", timeout=JOIN)  # C's holder waits for K, which main holds
+    assert table.release("K", mine) and table.release("K", theirs[0])  # the upgrade goes through
+    _join(thread)
+    assert upgraded[0] and len(table) == 0

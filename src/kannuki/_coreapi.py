@@ -122,16 +122,19 @@ class LockTableProtocol(Protocol):
         left by a thread that ended is nobody's). Before it waits, a thread
         walks the wait-for graph across every table of the process (the
         holders of ``key`` -> the key each of those threads waits for -> its
-        holders ...): a wait that would close a cycle raises :class:`kannuki.errors.DeadlockError` at
-        once, with nothing held or queued. That covers a thread that holds
-        ``key`` already (exclusive; or shared and asking for exclusive, or
-        shared again behind a queued exclusive request it blocks) and
-        cycles between threads (1 holds A and waits for B, 2 holds B and
-        asks for A: 2 gets the error). Leases count as held until they
+        holders ...) and raises :class:`kannuki.errors.DeadlockError` at
+        once, with nothing held or queued, for (SPEC §3) a wait WITHOUT a
+        timeout for a key this thread holds already (exclusive; or shared and
+        asking for exclusive, or shared again behind a queued exclusive
+        request it blocks), and for any wait, timed or not, that closes a
+        cycle among threads (1 holds A and waits for B, 2 holds B and asks
+        for A: 2 gets the error). A timed wait on a key only this thread
+        blocks just times out (another thread may be about to release it);
+        it is still part of the graph. Leases count as held until they
         expire. A hold handed to another thread to release still belongs to
-        the thread that took it: if that thread then waits for the same key,
-        it gets the error. A try (``timeout=0``) never raises it: it answers 0.
-        Waits of the async API (polling tries) are not part of the graph.
+        the thread that took it. A try (``timeout=0``) never raises: it
+        answers 0. Waits of the async API (polling tries) are not part of
+        the graph.
         """
 
     def try_acquire(self, key: Hashable, shared: bool) -> int:

@@ -74,9 +74,9 @@ class LockTable:
     ) -> int:
         """Take ``key``; return a fencing token (> 0), or 0 when not acquired in ``timeout``.
 
-        A wait that would close a wait-for cycle between threads of this process (this
-        thread holding ``key`` included) raises ``kannuki.errors.DeadlockError`` at once;
-        a try (``timeout=0``) answers 0. See ``kannuki._coreapi.LockTableProtocol``.
+        A wait without a timeout for a key this thread holds, or any wait that closes a
+        wait-for cycle among threads of this process, raises ``kannuki.errors.DeadlockError``
+        at once; a try (``timeout=0``) answers 0. See ``kannuki._coreapi.LockTableProtocol``.
         """
     def try_acquire(self, key: Hashable, shared: bool) -> int:
         """``acquire(key, shared, 0, None)`` without re-checking arguments: one try, no TTL."""

@@ -83,8 +83,12 @@ def _check_token(token: object) -> int:
 _Cycle = list[tuple[Hashable, int]]
 
 
-def _walk(table: LockTable, key: Hashable, waiter: _Waiter, me: int) -> _Cycle | None:
+def _walk(table: LockTable, key: Hashable, waiter: _Waiter, me: int, forever: bool) -> _Cycle | None:
     """With ``_waits_guard`` held: the path from ``waiter`` back to thread ``me`` in the wait-for graph, or None.
+
+    ``forever`` false (a timed wait): this thread holding ``key`` itself is no
+    cycle (SPEC §3: such a wait just times out), but the walk goes on through
+    the other holders, so a cycle among threads is still found.
 
     Depth first over ``key -> the threads holding it -> the key each of them
     waits for (the registry) -> ...``, one table mutex at a time. The path is
@@ -106,7 +110,9 @@ def _walk(table: LockTable, key: Hashable, waiter: _Waiter, me: int) -> _Cycle |
         expanded.add(slot)
         for thread in blockers:
             if thread == me:
-                return [*path, (at_key, waiter.ident)]
+                if path or forever:
+                    return [*path, (at_key, waiter.ident)]
+                continue  # a timed wait on a key this thread holds: not a deadlock by itself
             if thread in seen:
                 continue
             seen.add(thread)
@@ -120,9 +126,9 @@ def _deadlock(key: Hashable, cycle: _Cycle) -> DeadlockError:
     """The error for a wait on ``key`` that would close ``cycle`` (see ``LockTable._find_cycle``)."""
     if len(cycle) == 1:
         message = (
-            f"waiting for {key!r} would never end: this thread holds it already (locks are not"
-            " reentrant, and a hold belongs to the thread that took it, whichever thread is to"
-            " release it; timeout=0 only tries)"
+            f"waiting without a timeout for {key!r} would never end: this thread holds it already"
+            " (locks are not reentrant, and a hold belongs to the thread that took it, whichever"
+            " thread is to release it; pass a timeout to wait for a release by another thread)"
         )
     else:
         steps = [f"{key!r} is held by thread {cycle[0][1]}"]
@@ -296,12 +302,13 @@ class LockTable:
         or queued, even when the key was handed over just before.
 
         A wait that can never end raises :class:`kannuki.errors.DeadlockError`
-        at once, with nothing held or queued: this thread already holds
-        ``key`` (exclusive, or shared while an exclusive request is queued or
-        this one is exclusive), or ``key`` is held by a thread that waits,
-        directly or through other threads, for a key this thread holds, in
-        any table of this process. A try (``timeout=0``) never raises it: it
-        answers 0.
+        at once, with nothing held or queued: a wait without a timeout for a
+        key this thread holds already (exclusive, or shared while an
+        exclusive request is queued or this one is exclusive), or any wait,
+        timed or not, for a key held by a thread that waits, directly or
+        through other threads, for a key this thread holds, in any table of
+        this process. A timed wait on a key only this thread blocks just
+        times out (SPEC §3); a try (``timeout=0``) answers 0.
         """
         wait = _check_timeout(timeout)
         lease = _check_ttl(ttl)
@@ -354,10 +361,10 @@ class LockTable:
         me = waiter.thread
         outer = _waits.get(me)  # a wait of this thread that a signal handler interrupted to wait here
         try:
-            cycle = self._find_cycle(key, waiter)
             # SPEC §3: a thread that waits WITHOUT END for a key it holds itself, or any wait that
             # closes a cycle among threads. A timed wait on one's own key just times out.
-            if cycle is not None and (len(cycle) > 1 or math.isinf(wait)):
+            cycle = self._find_cycle(key, waiter, wait == _INF)
+            if cycle is not None:
                 with self._mutex:
                     if not waiter.token:  # else granted meanwhile: the cycle is gone, take the key
                         self._abandon(key, waiter)
@@ -400,7 +407,7 @@ class LockTable:
                 with _waits_guard:
                     _waits[me] = outer
 
-    def _find_cycle(self, key: Hashable, waiter: _Waiter) -> _Cycle | None:
+    def _find_cycle(self, key: Hashable, waiter: _Waiter, forever: bool) -> _Cycle | None:
         """With no table mutex held: the wait-for cycle that ``waiter`` would close, or None.
 
         None also registers the wait in the process-wide registry, in the same
@@ -409,7 +416,7 @@ class LockTable:
         """
         me = waiter.thread
         with _waits_guard:
-            cycle = _walk(self, key, waiter, me)
+            cycle = _walk(self, key, waiter, me, forever)
             if cycle is None:
                 _waits[me] = (self, key, waiter)
             return cycle
