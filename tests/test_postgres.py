@@ -562,6 +562,31 @@ def test_interrupted_release_closes_the_connection(
     assert locker.lock("cut").acquire(blocking=False)
 
 
+def test_acquire_interrupted_after_the_grant_frees_the_key_before_it_raises(
+    locker: kannuki.Locker, pg_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C just after the server granted: when acquire() raises, the key is already free (not once the server
+    has noticed a closed connection), for another client at once."""
+    from kannuki.backends.postgres import _Session as session_type
+
+    real_learn = session_type.learn
+    freed_at_raise: list[int] = []
+
+    def interrupted(self: Any, pid: Any) -> None:
+        real_learn(self, pid)
+        raise KeyboardInterrupt
+
+    for attempt in range(30):  # each on a fresh connection (the interrupted one is closed)
+        lock = locker.lock(f"granted-then-cut-{attempt}")
+        monkeypatch.setattr(session_type, "learn", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            lock.acquire(blocking=False)
+        monkeypatch.undo()
+        freed_at_raise.append(advisory_rows(pg_conn, lock.lock_id))
+        assert not lock.locked()
+    assert freed_at_raise == [0] * 30
+
+
 def test_force_release_refuses_naming_the_holder_then_terminates(
     locker: kannuki.Locker, pg_url: str, prefix: str
 ) -> None:

@@ -703,37 +703,37 @@ class AsyncPostgresBackend(AsyncBackend):
     async def _give_back(self, session: _Session, lock_id: int, shared: bool, pid: int | None) -> bool:
         """Make sure ``session`` no longer holds ``lock_id`` for one acquisition (failed, interrupted, aborted).
 
-        The surest means first: a connection that holds nothing else is closed
-        (that frees whatever it held), unless a pooler sits in between (closing
-        the client's connection frees nothing on the server's). Otherwise
-        (other locks on it, the user's own connection, a pooler) just this key
-        is given back: checked against the server PID it was taken on when
-        known (never another client's lock behind a pooler; when the statement
-        lands on another backend, the lock is freed where it was taken), else
-        only if this session holds it. True when the connection was closed.
-        Never raises.
+        The key is unlocked first, so it is free the moment this returns (a
+        closed connection frees its locks only once the server has seen the
+        close, some time later): checked against the server PID it was taken
+        on when known (never another client's lock behind a pooler; when the
+        statement lands on another backend, the lock is freed where it was
+        taken), else only if this session holds it. Then a connection of
+        kannuki's that holds nothing else is closed anyway, the surest end
+        after an interruption (a late cancel request cannot hit its next user);
+        so is one where the unlock failed. The user's own connection is never
+        closed. True when the connection was closed. Never raises.
         """
         source = self._source
         alone = session.holds == 0 and source.closes
-        if not alone or session.direct is False:
-            try:
-                if session.alive() and session.conn.info.transaction_status != pg.INERROR:
-                    if pid is None:
-                        await session.run(sql.UNDO_MANY, sql.many_params([lock_id], [shared]))
-                    else:
-                        unlocked, _ = await session.run(sql.UNLOCK_CHECKED[shared], (pid, lock_id))
-                        if unlocked is None:  # moved by a pooler: free it on the backend it was taken on
-                            await self._free_stranded(session, lock_id, shared, pid)
-                            alone = source.closes  # and don't keep a connection that moves
-                    if not alone:
-                        return False
-            except Exception:  # best effort; the original error is what the caller needs
-                pass
-            if not source.closes:
-                return False  # the user's connection: never closed by kannuki
-        # Nothing else on it, or just this key could not be given back: end the session.
-        await source.discard(session)
-        return True
+        given_back = False
+        try:
+            if session.alive() and session.conn.info.transaction_status != pg.INERROR:
+                if pid is None:
+                    await session.run(sql.UNDO_MANY, sql.many_params([lock_id], [shared]))
+                else:
+                    unlocked, _ = await session.run(sql.UNLOCK_CHECKED[shared], (pid, lock_id))
+                    if unlocked is None:  # moved by a pooler: free it on the backend it was taken on
+                        await self._free_stranded(session, lock_id, shared, pid)
+                        alone = source.closes  # and don't keep a connection that moves
+                given_back = True
+        except Exception:  # best effort; the original error is what the caller needs
+            pass
+        finally:  # a second interruption meanwhile included: the connection is not left holding the key
+            closing = source.closes and (alone or not given_back)
+            if closing:
+                await source.discard(session)
+        return closing
 
     async def _free_stranded(self, session: _Session, lock_id: int, shared: bool, pid: int) -> str:
         """Free a lock left on server PID ``pid`` after a pooler moved ``session`` away; what happened, in words.
