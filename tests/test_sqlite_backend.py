@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import threading
@@ -353,3 +354,47 @@ def test_item_23_a_dead_writers_mark_expires(url: str) -> None:
         _dead_writers_mark_runs_out(locker, url, f"doc-{uuid.uuid4().hex[:8]}")
     finally:
         locker.close()
+
+
+def test_threads_opening_a_new_database_file_at_once_all_get_in(tmp_path: Path) -> None:
+    """The first connections to a new file set it up together (WAL, schema): SQLite refuses some of
+    them at once, without its busy handler; none of that reaches the caller as a BackendError."""
+    errors: list[BaseException] = []
+    for trial in range(25):
+        url = f"sqlite:///{tmp_path}/fresh-{trial}.db"
+        lockers = [kannuki.Locker(url) for _ in range(4)]
+        barrier = threading.Barrier(len(lockers), timeout=30)
+
+        def first_call(locker: kannuki.Locker, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                locker.held("k")  # opens this locker's first connection
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=first_call, args=(locker,)) for locker in lockers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        for locker in lockers:
+            locker.close()
+    assert errors == []
+
+
+def test_tasks_opening_a_new_database_file_at_once_all_get_in(tmp_path: Path) -> None:
+    """The same for AsyncLocker: tasks whose first calls open their connections together."""
+
+    async def trial(url: str) -> list[BaseException]:
+        lockers = [kannuki.AsyncLocker(url) for _ in range(4)]
+        try:
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*(locker.held("k") for locker in lockers), return_exceptions=True), 30
+            )
+        finally:
+            for locker in lockers:
+                await locker.aclose()
+        return [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+
+    errors = [error for n in range(25) for error in asyncio.run(trial(f"sqlite:///{tmp_path}/fresh-{n}.db"))]
+    assert errors == []

@@ -184,16 +184,37 @@ class _Connections:
                 self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
             )
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                # WAL + NORMAL: commits skip fsync; after a power cut every holder is gone anyway.
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.executescript(_SCHEMA)
+                self._prepare(conn)
             except BaseException:
                 conn.close()
                 raise
         except sqlite3.Error as exc:
             raise BackendError(f"cannot open the sqlite lock database {self.path}: {exc}") from exc
         return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """WAL mode, the pragmas and the schema on a new connection, waiting out a busy database.
+
+        Connections that set up a new database file at the same moment can be
+        refused at once, without SQLite's busy handler (one switches the file
+        to WAL while another reads it: SQLite answers SQLITE_BUSY rather than
+        risk a deadlock). Those answers are retried here, up to ``busy_timeout``.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL: commits skip fsync; after a power cut every holder is gone anyway.
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)  # in the caller's thread (async: a worker thread), never on an event loop
+            delay = min(delay * 2, 0.05)
 
     def _lost(self) -> None:
         with self._cond:
