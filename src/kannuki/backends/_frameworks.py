@@ -20,6 +20,7 @@ registry is imported only when a Django connection is given.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from kannuki.errors import ConfigurationError
@@ -79,8 +80,8 @@ def _is_django(obj: Any) -> bool:
 
 def _django_wrapper(obj: Any) -> Any:
     """This thread's database wrapper behind ``obj`` (the ``django.db.connection`` proxy resolves per thread)."""
-    from django.db import connections
-
+    # Imported here, and by name: Django is optional (and ships no type information).
+    connections = importlib.import_module("django.db").connections
     return connections[obj.alias]
 
 
@@ -208,7 +209,8 @@ class EngineLender:
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
-        self._out: dict[int, tuple[Any, bool]] = {}  # id(driver connection) -> (the engine's connection, autocommit before)
+        # id(driver connection) -> (the engine's connection it came in, its autocommit before)
+        self._out: dict[int, tuple[Any, bool]] = {}
 
     def borrow(self) -> Any:
         """A driver connection checked out of the engine's pool."""

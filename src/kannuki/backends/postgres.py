@@ -1085,8 +1085,8 @@ class PostgresBackend(Backend):
             conn = _frameworks.driver_connection(transaction)
         else:
             raise ConfigurationError(
-                "transaction must be True or a psycopg Connection inside a transaction, "
-                f"not {type(transaction).__qualname__}"
+                "transaction must be True, or a psycopg Connection, a SQLAlchemy Session or "
+                f"Connection inside a transaction, not {type(transaction).__qualname__}"
             )
         pg.check_transaction_status(conn, "with conn.transaction():")
         if conn.info.transaction_status == pg.ACTIVE:

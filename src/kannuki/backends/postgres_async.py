@@ -377,7 +377,9 @@ class _EngineConnections:
         try:
             handle = await self.engine.connect()
         except Exception as exc:
-            raise BackendError(f"could not check a connection out of {_frameworks.describe(self.engine)}: {exc}") from exc
+            raise BackendError(
+                f"could not check a connection out of {_frameworks.describe(self.engine)}: {exc}"
+            ) from exc
         try:
             conn = _frameworks.driver_connection(handle)
         except BaseException:
@@ -1094,8 +1096,8 @@ class AsyncPostgresBackend(AsyncBackend):
             conn = _frameworks.driver_connection(transaction)
         else:
             raise ConfigurationError(
-                "transaction must be True or a psycopg AsyncConnection inside a transaction, "
-                f"not {type(transaction).__qualname__}"
+                "transaction must be True, or a psycopg AsyncConnection, a SQLAlchemy AsyncSession or "
+                f"AsyncConnection inside a transaction, not {type(transaction).__qualname__}"
             )
         pg.check_transaction_status(conn, "async with conn.transaction():")
         if conn.info.transaction_status == pg.ACTIVE:
