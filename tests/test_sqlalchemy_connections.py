@@ -9,7 +9,9 @@ Sync and async (psycopg's async dialect) alike.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ import pytest
 import kannuki
 from kannuki import AsyncLocker, Locker
 from kannuki.backends._mysql_names import mysql_lock_name
-from kannuki.errors import ConfigurationError, LockNotAcquiredError, NotSupportedError
+from kannuki.errors import BackendError, ConfigurationError, LockNotAcquiredError, NotSupportedError
 from support import mysql_connect, mysql_scalar
 
 sa = pytest.importorskip("sqlalchemy")
@@ -74,11 +76,16 @@ def pg_holders(conn: Any, lock_id: int) -> list[int]:
 
 
 def pooled_pg_locks(engine: Any) -> list[int]:
-    """Check out every idle connection of the engine's pool at once: how many advisory locks each holds."""
+    """Check out every idle connection of the engine's pool at once: how many advisory locks each holds.
+
+    Each must also be as SQLAlchemy lent it (not in autocommit, idle).
+    """
     held = []
     handles = [engine.connect() for _ in range(engine.pool.checkedin())]
     try:
         for handle in handles:
+            driver = handle.connection.driver_connection
+            assert driver.autocommit is False and driver.info.transaction_status == 0
             held.append(
                 handle.exec_driver_sql(
                     "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory'"
@@ -149,6 +156,61 @@ def test_engine_timed_out_acquire_returns_a_clean_connection(
     locker.close()  # releases what it holds
     assert pooled_pg_locks(pg_engine) == [0] * pg_engine.pool.checkedin()
     other.close()
+
+
+def test_ctrl_c_while_waiting_gives_the_engine_a_clean_connection(
+    pg_url: str, pg_conn: Any, prefix: str
+) -> None:
+    """Ctrl-C during the server wait of an engine locker: the pool gets back nothing holding or waiting."""
+    engine = sa.create_engine(_sa_url(pg_url, "postgresql+psycopg"), pool_size=1, max_overflow=0)
+    other = Locker(pg_url, key_prefix=prefix)
+    locker = Locker(engine, key_prefix=prefix)
+    try:
+        with other.lock("stuck"):
+            lock = locker.lock("stuck")
+            timer = threading.Timer(0.3, _thread.interrupt_main)
+            timer.start()
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    lock.acquire(timeout=None)
+            finally:
+                timer.join(WAIT)
+            assert engine.pool.checkedout() == 0
+            assert pooled_pg_locks(engine) == [0] * engine.pool.checkedin()
+            assert len(pg_holders(pg_conn, lock.lock_id)) == 1  # the other holder only
+        assert lock.acquire(blocking=False)
+        lock.release()
+    finally:
+        locker.close()
+        other.close()
+        engine.dispose()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_child_holds_nothing_and_never_borrows_the_parents_connections(
+    pg_engine: Any, prefix: str
+) -> None:
+    """After fork() the child's copy of an engine locker holds nothing and refuses to check out (BackendError)."""
+    locker = Locker(pg_engine, key_prefix=prefix)
+    lock = locker.lock("forked")
+    lock.acquire()
+    pid = os.fork()
+    if pid == 0:  # child: must not touch the parent's connections; exits at once either way
+        code = 1
+        try:
+            if not lock.locked():
+                try:
+                    locker.lock("other").acquire(blocking=False)
+                except BackendError as exc:
+                    code = 0 if "engine.dispose(close=False)" in str(exc) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert locker.held("forked")
+    lock.release()  # the parent's connection still works
+    assert not locker.held("forked")
+    locker.close()
 
 
 def test_two_engine_lockers_contend(pg_url: str, prefix: str) -> None:
@@ -249,6 +311,43 @@ def test_session_lock_through_a_session_outlives_its_commit(
     assert pooled_pg_locks(pg_engine) == [0] * pg_engine.pool.checkedin()
 
 
+def test_pool_reset_hooks_free_what_a_user_left_on_a_connection(
+    pg_url: str, pg_conn: Any, mysql_url: str, prefix: str
+) -> None:
+    """kannuki's reset hooks on an engine's "reset" event: a lock a Connection was closed holding is freed."""
+    from sqlalchemy import event
+
+    from kannuki.backends.pool_hooks import release_mysql_locks, release_postgres_locks
+
+    engine = sa.create_engine(_sa_url(pg_url, "postgresql+psycopg"), pool_size=1, max_overflow=0)
+    event.listen(
+        engine, "reset", lambda dbapi_connection, record, state: release_postgres_locks(dbapi_connection)
+    )
+    lock_id = Locker(pg_url, key_prefix=prefix).lock_id("left")
+    try:
+        with engine.connect() as handle:
+            handle.exec_driver_sql(f"SELECT pg_advisory_lock({lock_id})")
+            assert len(pg_holders(pg_conn, lock_id)) == 1
+        assert pg_holders(pg_conn, lock_id) == []
+        assert pooled_pg_locks(engine) == [0]
+    finally:
+        engine.dispose()
+    pytest.importorskip("MySQLdb")
+    raw = mysql_connect(mysql_url)
+    engine = sa.create_engine(_sa_url(mysql_url, "mysql+mysqldb"), pool_size=1, max_overflow=0)
+    event.listen(
+        engine, "reset", lambda dbapi_connection, record, state: release_mysql_locks(dbapi_connection)
+    )
+    try:
+        with engine.connect() as handle:
+            handle.exec_driver_sql(f"SELECT GET_LOCK('{prefix}:left', 0)")
+            assert mysql_scalar(raw, "SELECT IS_USED_LOCK(%s)", f"{prefix}:left") is not None
+        assert mysql_scalar(raw, "SELECT IS_USED_LOCK(%s)", f"{prefix}:left") is None
+    finally:
+        engine.dispose()
+        raw.close()
+
+
 def test_unsupported_dialects_and_sides_are_clear_errors(pg_url: str, mysql_url: str) -> None:
     """psycopg2, pymysql and sqlite engines, and an engine of the wrong side: ConfigurationError naming what works."""
     for url in (
@@ -286,6 +385,8 @@ def test_async_engine_lock_contend_and_cancel(pg_url: str, pg_conn: Any, prefix:
     async def clean(engine: Any) -> list[int]:
         handles = [await engine.connect() for _ in range(engine.sync_engine.pool.checkedin())]
         try:
+            for handle in handles:  # as SQLAlchemy lent it: not in autocommit
+                assert (await handle.get_raw_connection()).driver_connection.autocommit is False
             return [
                 (
                     await handle.exec_driver_sql(

@@ -349,10 +349,12 @@ class _PoolConnections:
 class _EngineConnections:
     """A user's SQLAlchemy AsyncEngine (its pool): a connection is checked out per acquisition.
 
-    Given back (``close()``: the engine's pool resets it) only once it holds
-    nothing; a connection that failed or was interrupted is invalidated, which
-    closes it. ``orm_session``: the AsyncSession the locker was made of, whose
-    transaction a transaction-level lock joins.
+    While checked out it is in autocommit, as kannuki's own connections are
+    (a wait is one statement), and put back as it was before it is given back
+    (``close()``: the engine's pool resets it), only once it holds nothing; a
+    connection that failed or was interrupted is invalidated, which closes it.
+    ``orm_session``: the AsyncSession the locker was made of, whose transaction
+    a transaction-level lock joins.
     """
 
     closes = True
@@ -361,7 +363,8 @@ class _EngineConnections:
         self.engine = engine
         self.orm_session = orm_session
         self.sessions: weakref.WeakKeyDictionary[Any, _Session] = weakref.WeakKeyDictionary()
-        self.checked_out: dict[_Session, Any] = {}  # session -> the engine's connection it came in
+        # session -> (the engine's connection it came in, its driver connection's autocommit before)
+        self.checked_out: dict[_Session, tuple[Any, bool]] = {}
         self.inherited = False
 
     def local_table(self) -> LockTable:
@@ -382,29 +385,47 @@ class _EngineConnections:
             ) from exc
         try:
             conn = _frameworks.driver_connection(handle)
-        except BaseException:
-            await afinish(handle.close())
+            before = bool(conn.autocommit)
+            if not before:
+                await conn.set_autocommit(True)  # sync: conn.autocommit = True
+        except BaseException as exc:
+            await afinish(self._invalidate(handle))
+            if isinstance(exc, Exception) and pg.is_driver_error(exc):
+                raise BackendError(
+                    f"could not set up a connection of {_frameworks.describe(self.engine)}: {exc}"
+                ) from exc
             raise
         session = self.sessions.get(conn)
         if session is None:
             session = self.sessions[conn] = _Session(conn, private=True)
-        self.checked_out[session] = handle
+        self.checked_out[session] = (handle, before)
         session.out = True
         return session
 
     async def put(self, session: _Session) -> None:
-        handle = self.checked_out.pop(session, None)
+        entry = self.checked_out.pop(session, None)
         session.out = False
-        if handle is not None:  # once per checkout (every key of a lock_many shares it)
-            await handle.close()
+        if entry is None:  # given back already (every key of a lock_many shares it)
+            return
+        handle, before = entry
+        if not before:
+            try:
+                await session.conn.set_autocommit(False)  # sync: session.conn.autocommit = False
+            except Exception:  # not idle, or broken: not fit to go back as it came
+                await self._invalidate(handle)
+                return
+        await handle.close()
 
     async def discard(self, session: _Session) -> None:
-        handle = self.checked_out.pop(session, None)
+        entry = self.checked_out.pop(session, None)
         session.out = False
-        if handle is None:
-            return
+        if entry is not None:
+            await self._invalidate(entry[0])
+
+    async def _invalidate(self, handle: Any) -> None:
+        """Close the driver connection (the pool replaces it), then give the engine its connection back."""
         try:
-            await handle.invalidate()  # closes the driver connection: the pool replaces it
+            await handle.invalidate()
         except Exception:
             pass
         try:
