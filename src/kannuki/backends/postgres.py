@@ -386,7 +386,7 @@ class _EngineConnections:
             if not before:
                 conn.autocommit = True
         except BaseException as exc:
-            finish(self._invalidate(handle))
+            self._invalidate(handle)
             if isinstance(exc, Exception) and pg.is_driver_error(exc):
                 raise BackendError(
                     f"could not set up a connection of {_frameworks.describe(self.engine)}: {exc}"

@@ -389,7 +389,7 @@ class _EngineConnections:
             if not before:
                 await conn.set_autocommit(True)  # sync: conn.autocommit = True
         except BaseException as exc:
-            await afinish(self._invalidate(handle))
+            await afinish(self._invalidate(handle))  # sync: self._invalidate(handle)
             if isinstance(exc, Exception) and pg.is_driver_error(exc):
                 raise BackendError(
                     f"could not set up a connection of {_frameworks.describe(self.engine)}: {exc}"
