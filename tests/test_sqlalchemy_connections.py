@@ -12,6 +12,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import os
+import signal
 import threading
 import uuid
 from collections.abc import Iterator
@@ -493,6 +494,44 @@ def test_mysql_engine_gives_connections_back_clean(mysql_engine: Any, mysql_url:
     finally:
         locker.close()
         other.close()
+        raw.close()
+
+
+def test_mysql_ctrl_c_while_waiting_gives_the_engine_a_clean_connection(mysql_url: str, prefix: str) -> None:
+    """Ctrl-C during GET_LOCK's wait on an engine's connection: the wait is killed on the server (from a side
+    connection made with the engine's own connect arguments) and the pool gets nothing holding a lock."""
+    mysqldb = pytest.importorskip("MySQLdb")
+    engine = sa.create_engine(_sa_url(mysql_url, "mysql+mysqldb"), pool_size=1, max_overflow=0)
+    other = Locker(mysql_url, key_prefix=prefix)
+    locker = Locker(engine, key_prefix=prefix)
+    raw = mysql_connect(mysql_url)
+    try:
+        # The side connection that KILLs a wait is opened with the engine's connect arguments.
+        mysqldb.connect(**locker.backend._params).close()
+        with other.lock("stuck"):
+            lock = locker.lock("stuck")
+            timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+            timer.start()
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    lock.acquire(timeout=WAIT * 2)
+            finally:
+                timer.join(WAIT)
+            assert engine.pool.checkedout() == 0
+            assert pooled_mysql_locks(engine, [lock.name]) == [(0, False)] * engine.pool.checkedin()
+            # Nobody waits for it on the server any more: only the other holder's session is there.
+            waiting = mysql_scalar(
+                raw,
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE %s AND ID <> CONNECTION_ID()",
+                "%GET_LOCK%" + mysql_lock_name(lock.name) + "%",
+            )
+            assert waiting == 0
+        assert lock.acquire(blocking=False)
+        lock.release()
+    finally:
+        locker.close()
+        other.close()
+        engine.dispose()
         raw.close()
 
 

@@ -194,6 +194,10 @@ def connect_params(engine: Any) -> dict[str, Any]:
     """The keyword arguments an engine's dialect passes to its driver's ``connect()`` (host, user, ...)."""
     _, kwargs = engine.dialect.create_connect_args(engine.url)
     params = dict(kwargs)
+    # mysqlclient's older spellings, as SQLAlchemy passes them, in the ones the mysql backend reads.
+    for old, new in (("db", "database"), ("passwd", "password")):
+        if old in params:
+            params.setdefault(new, params.pop(old))
     if "unix_socket" not in params:  # the driver's defaults, spelled out for the messages
         params.setdefault("host", "localhost")
         params.setdefault("port", 3306)
