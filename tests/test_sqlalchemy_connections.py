@@ -14,6 +14,7 @@ import asyncio
 import os
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -533,6 +534,44 @@ def test_mysql_ctrl_c_while_waiting_gives_the_engine_a_clean_connection(mysql_ur
         other.close()
         engine.dispose()
         raw.close()
+
+
+def test_mysql_async_cancel_during_checkout_gives_the_connection_back(mysql_url: str, prefix: str) -> None:
+    """AsyncLocker(Engine) on mysqlclient: a task cancelled while its worker thread checks a connection out
+    gets its CancelledError once the checkout is done, and the connection goes back to the engine."""
+    pytest.importorskip("MySQLdb")
+    from sqlalchemy import event
+
+    engine = sa.create_engine(_sa_url(mysql_url, "mysql+mysqldb"), pool_size=1, max_overflow=0)
+    entered = threading.Event()
+
+    def slow_checkout(*args: Any) -> None:
+        entered.set()
+        time.sleep(0.3)  # the task is cancelled meanwhile
+
+    event.listen(engine, "checkout", slow_checkout)
+
+    async def main() -> None:
+        locker = AsyncLocker(engine, key_prefix=prefix)
+        task = asyncio.ensure_future(locker.lock("k").acquire())
+        for _ in range(500):
+            if entered.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert entered.is_set()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert engine.pool.checkedout() == 0
+        event.remove(engine, "checkout", slow_checkout)
+        assert await locker.lock("k").acquire(blocking=False)  # the one pooled connection is usable
+        await locker.aclose()
+        assert engine.pool.checkedout() == 0
+
+    try:
+        run(main)
+    finally:
+        engine.dispose()
 
 
 def test_mysql_connection_and_session(mysql_engine: Any, mysql_url: str, prefix: str) -> None:

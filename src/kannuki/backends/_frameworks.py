@@ -216,8 +216,12 @@ class EngineLender:
         # id(driver connection) -> (the engine's connection it came in, its autocommit before)
         self._out: dict[int, tuple[Any, bool]] = {}
 
-    def borrow(self) -> Any:
-        """A driver connection checked out of the engine's pool."""
+    def borrow(self, into: list[Any]) -> None:
+        """Check a driver connection out of the engine's pool, into ``into``.
+
+        There, and not as a return value, so that a caller interrupted as the
+        checkout ends (a cancelled task, whose worker thread ran on) still finds it to give back.
+        """
         handle = self.engine.connect()
         try:
             db = driver_connection(handle)
@@ -228,7 +232,7 @@ class EngineLender:
             handle.close()
             raise
         self._out[id(db)] = (handle, before)
-        return db
+        into.append(db)
 
     def give_back(self, db: Any, broken: bool) -> None:
         """Back to the engine's pool, as it was; ``broken``: invalidated instead (the pool closes it)."""

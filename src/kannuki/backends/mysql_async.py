@@ -587,13 +587,18 @@ class AsyncMySQLBackend(AsyncBackend):
     async def _connect(self) -> _Session:
         driver = _driver()
         lender = self._lender
+        borrowed: list[Any] = []
         try:
             if lender is not None:
-                db = await arun_blocking(lender.borrow)
+                await arun_blocking(lender.borrow, borrowed)
+                db = borrowed[0]
             else:
                 db = await arun_blocking(functools.partial(driver.connect, **self._params))
-        except Exception as exc:
-            if lender is None and not isinstance(exc, driver.Error):
+        except BaseException as exc:
+            # Interrupted once checked out (it holds nothing yet): give it back, or the engine loses it.
+            if borrowed and lender is not None:
+                await afinish(arun_blocking(lender.give_back, borrowed[0], False))
+            if not isinstance(exc, Exception) or (lender is None and not isinstance(exc, driver.Error)):
                 raise
             raise BackendError(f"cannot connect to {self.describe()}: {exc}") from exc
         session = _Session(db, owned=True)
