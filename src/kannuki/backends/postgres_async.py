@@ -349,12 +349,12 @@ class _PoolConnections:
 class _EngineConnections:
     """A user's SQLAlchemy AsyncEngine (its pool): a connection is checked out per acquisition.
 
-    While checked out it is in autocommit, as kannuki's own connections are
-    (a wait is one statement), and put back as it was before it is given back
-    (``close()``: the engine's pool resets it), only once it holds nothing; a
-    connection that failed or was interrupted is invalidated, which closes it.
-    ``orm_session``: the AsyncSession the locker was made of, whose transaction
-    a transaction-level lock joins.
+    While checked out it runs in autocommit, as kannuki's own connections do
+    (a wait is one statement). It is given back (``close()``: the engine's pool
+    resets it) only once it holds nothing, with its autocommit setting as it
+    came; a connection that failed or was interrupted is invalidated instead,
+    which closes it. ``orm_session``: the AsyncSession the locker was made of,
+    whose transaction a transaction-level lock joins.
     """
 
     closes = True
@@ -411,8 +411,10 @@ class _EngineConnections:
         if not before:
             try:
                 await session.conn.set_autocommit(False)  # sync: session.conn.autocommit = False
-            except Exception:  # not idle, or broken: not fit to go back as it came
+            except BaseException as exc:  # not idle, broken or interrupted: not fit to go back as it came
                 await self._invalidate(handle)
+                if not isinstance(exc, Exception):
+                    raise
                 return
         await handle.close()
 
