@@ -91,10 +91,9 @@ def instrument(*, tracer_provider: Any = None, meter_provider: Any = None) -> Ca
     """
     tracer = trace.get_tracer(SCOPE, __version__, tracer_provider=tracer_provider)
     meter = metrics.get_meter(SCOPE, __version__, meter_provider=meter_provider)
-    pair = (
-        id(tracer_provider or trace.get_tracer_provider()),
-        id(meter_provider or metrics.get_meter_provider()),
-    )
+    tracing = trace.get_tracer_provider() if tracer_provider is None else tracer_provider
+    metering = metrics.get_meter_provider() if meter_provider is None else meter_provider
+    pair = (id(tracing), id(metering))
     with _active_guard:
         if pair in _active:
             raise ValueError(
