@@ -26,7 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
-SERVERS = {"postgresql://": "pg_url", "mysql://": "mysql_url", "redis://": "redis_url"}
+# A block that names a local server needs its fixture: a URL of it (a SQLAlchemy one too,
+# postgresql+psycopg://...), or Django settings with a database engine on 127.0.0.1.
+SERVERS = {r"postgresql(\+\w+)?://": "pg_url", r"mysql(\+\w+)?://": "mysql_url", "redis://": "redis_url"}
+DJANGO_ENGINES = {"django.db.backends.postgresql": "pg_url", "django.db.backends.mysql": "mysql_url"}
 
 
 def blocks(pages: list[Path] = PAGES) -> list[object]:
@@ -52,9 +55,12 @@ def test_readme_has_examples() -> None:
 def test_readme_example_runs(source: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """The example runs without error or warning."""
     code_only = "\n".join(line.split("#", 1)[0] for line in source.splitlines())
-    for scheme, fixture in SERVERS.items():
-        if re.search(re.escape(scheme) + r"[^\s\"']*127\.0\.0\.1", code_only):
+    for pattern, fixture in SERVERS.items():
+        if re.search(pattern + r"[^\s\"']*127\.0\.0\.1", code_only):
             request.getfixturevalue(fixture)  # skip, or fail under KANNUKI_REQUIRE_DBS=1
+    for engine, fixture in DJANGO_ENGINES.items():
+        if re.search(re.escape(engine) + r"\b", code_only) and "127.0.0.1" in code_only:
+            request.getfixturevalue(fixture)
     env = subprocess_env(PYTHONWARNINGS="error", XDG_STATE_HOME=str(tmp_path / "state"))
     env.pop("KANNUKI_URL", None)
     tests = len(re.findall(r"^def test_", source, re.MULTILINE))

@@ -76,6 +76,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from kannuki._compat import AMutex, afinish, arun_blocking, asleep, atable_acquire, atable_release
 from kannuki._core import Backoff
 from kannuki._core import lock_id as compute_lock_id
+from kannuki.backends import _frameworks
 from kannuki.backends._mysql_names import NAMESPACE, mysql_lock_name
 from kannuki.backends._tables import object_table, process_table
 from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, LockRequest, reject_unknown_options
@@ -388,6 +389,7 @@ class AsyncMySQLBackend(AsyncBackend):
         fencing_table: str = "kannuki_fencing",
         allow_cluster: bool = False,
         scheme: str = "mysql",
+        engine: Any = None,
     ) -> None:
         if not (isinstance(connect_timeout, (int, float)) and 0 < connect_timeout < math.inf):
             raise ConfigurationError(
@@ -440,6 +442,8 @@ class AsyncMySQLBackend(AsyncBackend):
         self._mutex = AMutex()
         self._wrapped: _Session | None = None
         self._wrapped_obj = connection
+        # A user's SQLAlchemy engine: pooled connections are checked out of it, and back in, instead.
+        self._lender = None if engine is None else _frameworks.EngineLender(engine)
         # In-process queues, one per server (or per wrapped connection), shared by every locker on it,
         # sync and async alike.
         if connection is not None:
@@ -493,6 +497,14 @@ class AsyncMySQLBackend(AsyncBackend):
         """Lock on the caller's MySQLdb connection (every lock of this locker pins it)."""
         known = {k: options.pop(k) for k in ("allow_cluster", "fencing") if k in options}
         reject_unknown_options("mysql", options)
+        framework = _frameworks.kind(obj)
+        if framework == _frameworks.ORM_SESSION:
+            obj = _frameworks.session_bind(obj)  # the session gives its connection back at commit
+            framework = _frameworks.kind(obj)
+        if framework == _frameworks.ENGINE:  # a pool: a connection per hold, given back holding nothing
+            return cls(_frameworks.connect_params(obj), engine=obj, pool_size=0, **known)
+        if framework is not None:  # SQLAlchemy or Django: lock on the MySQLdb connection underneath
+            obj = _frameworks.driver_connection(obj)
         return cls(connection=obj, **known)
 
     def describe(self) -> str:
@@ -574,9 +586,20 @@ class AsyncMySQLBackend(AsyncBackend):
 
     async def _connect(self) -> _Session:
         driver = _driver()
+        lender = self._lender
+        borrowed: list[Any] = []
         try:
-            db = await arun_blocking(functools.partial(driver.connect, **self._params))
-        except driver.Error as exc:
+            if lender is not None:
+                await arun_blocking(lender.borrow, borrowed)
+                db = borrowed[0]
+            else:
+                db = await arun_blocking(functools.partial(driver.connect, **self._params))
+        except BaseException as exc:
+            # Interrupted once checked out (it holds nothing yet): give it back, or the engine loses it.
+            if borrowed and lender is not None:
+                await afinish(arun_blocking(lender.give_back, borrowed[0], False))
+            if not isinstance(exc, Exception) or (lender is None and not isinstance(exc, driver.Error)):
+                raise
             raise BackendError(f"cannot connect to {self.describe()}: {exc}") from exc
         session = _Session(db, owned=True)
         self._sessions.add(session)
@@ -638,6 +661,11 @@ class AsyncMySQLBackend(AsyncBackend):
         """Back to the pool if it pins nothing and is healthy; closed when the pool is full."""
         if not session.owned or session.locks or session.broken:
             return
+        if self._lender is not None:  # back to the user's engine, holding nothing; never used again here
+            session.broken = True
+            self._sessions.discard(session)
+            await arun_blocking(self._lender.give_back, session.db, False)
+            return
         session.last_used = _monotonic()
         if len(self._idle) < self.pool_size:
             self._idle.append(session)
@@ -653,7 +681,10 @@ class AsyncMySQLBackend(AsyncBackend):
             return False
         session.broken = True
         self._sessions.discard(session)
-        await arun_blocking(_close, session.db)
+        if self._lender is not None:  # the engine's connection: invalidated, which closes it
+            await arun_blocking(self._lender.give_back, session.db, True)
+        else:
+            await arun_blocking(_close, session.db)
         return True
 
     def _error(self, what: str, exc: BaseException) -> BackendError:
@@ -1262,6 +1293,8 @@ class AsyncMySQLBackend(AsyncBackend):
             os.close(devnull)
         if self._wrapped is not None:
             self._wrapped.broken = True
+        if self._lender is not None:
+            self._lender.forget()
         self._sessions = set()
         self._idle = []
         self._wrapped = None

@@ -81,6 +81,7 @@ from typing import Any, Callable
 
 from kannuki._compat import afinish, asleep, atable_acquire, atable_release
 from kannuki._core import Backoff, LockTable
+from kannuki.backends import _frameworks
 from kannuki.backends import _pg_common as pg
 from kannuki.backends import _pg_sql as sql
 from kannuki.backends._tables import object_table, process_table
@@ -88,6 +89,9 @@ from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, LockRequest
 from kannuki.backends._watch import peek
 from kannuki.backends.base_async import AsyncBackend
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
+
+# to-sync: AsyncEngine -> Engine
+# to-sync: AsyncSession -> Session
 
 __all__ = ["AsyncPostgresBackend"]
 
@@ -110,6 +114,8 @@ _CANNOT_CREATE = (sql.INSUFFICIENT_PRIVILEGE, sql.READ_ONLY_TRANSACTION, sql.INV
 _DIRECT: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 _monotonic = time.monotonic
+
+ASYNCHRONOUS = True  # sync: ASYNCHRONOUS = False
 
 
 async def _fetch(cursor: Any, every: bool) -> Any:
@@ -340,6 +346,114 @@ class _PoolConnections:
         self.inherited = True
 
 
+class _EngineConnections:
+    """A user's SQLAlchemy AsyncEngine (its pool): a connection is checked out per acquisition.
+
+    While checked out it runs in autocommit, as kannuki's own connections do
+    (a wait is one statement). It is given back (``close()``: the engine's pool
+    resets it) only once it holds nothing, with its autocommit setting as it
+    came; a connection that failed or was interrupted is invalidated instead,
+    which closes it. ``orm_session``: the AsyncSession the locker was made of,
+    whose transaction a transaction-level lock joins.
+    """
+
+    closes = True
+
+    def __init__(self, engine: Any, orm_session: Any = None) -> None:
+        self.engine = engine
+        self.orm_session = orm_session
+        self.sessions: weakref.WeakKeyDictionary[Any, _Session] = weakref.WeakKeyDictionary()
+        # session -> (the engine's connection it came in, its driver connection's autocommit before)
+        self.checked_out: dict[_Session, tuple[Any, bool]] = {}
+        self.inherited = False
+
+    def local_table(self) -> LockTable:
+        """The in-process queue of every locker of this process on this engine."""
+        return object_table("postgresql", self.engine)
+
+    async def get(self) -> _Session:
+        if self.inherited:
+            raise BackendError(
+                "this locker wraps a SQLAlchemy engine of the parent process: after fork() the child must "
+                "dispose of the engine's pool (engine.dispose(close=False)) and make a new locker"
+            )
+        try:
+            handle = await self.engine.connect()
+        except Exception as exc:
+            raise BackendError(
+                f"could not check a connection out of {_frameworks.describe(self.engine)}: {exc}"
+            ) from exc
+        try:
+            conn = _frameworks.driver_connection(handle)
+            before = bool(conn.autocommit)
+            if not before:
+                await conn.set_autocommit(True)  # sync: conn.autocommit = True
+        except BaseException as exc:
+            await afinish(self._invalidate(handle))  # sync: self._invalidate(handle)
+            if isinstance(exc, Exception) and pg.is_driver_error(exc):
+                raise BackendError(
+                    f"could not set up a connection of {_frameworks.describe(self.engine)}: {exc}"
+                ) from exc
+            raise
+        session = self.sessions.get(conn)
+        if session is None:
+            session = self.sessions[conn] = _Session(conn, private=True)
+        self.checked_out[session] = (handle, before)
+        session.out = True
+        return session
+
+    async def put(self, session: _Session) -> None:
+        entry = self.checked_out.pop(session, None)
+        session.out = False
+        if entry is None:  # given back already (every key of a lock_many shares it)
+            return
+        handle, before = entry
+        if not before:
+            try:
+                await session.conn.set_autocommit(False)  # sync: session.conn.autocommit = False
+            except BaseException as exc:  # not idle, broken or interrupted: not fit to go back as it came
+                await self._invalidate(handle)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+        await handle.close()
+
+    async def discard(self, session: _Session) -> None:
+        entry = self.checked_out.pop(session, None)
+        session.out = False
+        if entry is not None:
+            await self._invalidate(entry[0])
+
+    async def _invalidate(self, handle: Any) -> None:
+        """Close the driver connection (the pool replaces it), then give the engine its connection back."""
+        try:
+            await handle.invalidate()
+        except Exception:
+            pass
+        try:
+            await handle.close()
+        except Exception:
+            pass
+
+    async def transaction_connection(self) -> Any:
+        """The psycopg connection of the ORM session's transaction (begun if it was not)."""
+        if self.orm_session is None:
+            raise ConfigurationError(
+                "transaction=True needs a locker made from a connection or an ORM session; with an engine, "
+                "pass the session or connection whose transaction it joins: transaction=session"
+            )
+        return _frameworks.driver_connection(await self.orm_session.connection())
+
+    async def aclose(self) -> None:
+        """The engine is the user's: they dispose of it."""
+
+    def forget(self) -> None:
+        # Its pool's connections are the parent's: this child must not use them.
+        self.sessions = weakref.WeakKeyDictionary()
+        self.checked_out = {}
+        self.inherited = True
+
+
 class _OneConnection:
     """A user's own psycopg AsyncConnection: every lock of the locker lives on it."""
 
@@ -366,6 +480,10 @@ class _OneConnection:
 
     async def discard(self, session: _Session) -> None:
         pass  # the user's connection: never closed by kannuki
+
+    async def transaction_connection(self) -> Any:
+        """Transaction-level locks of this locker join the transaction open on its connection."""
+        return self.session.conn
 
     async def aclose(self) -> None:
         pass
@@ -432,6 +550,15 @@ class AsyncPostgresBackend(AsyncBackend):
     @classmethod
     def from_connection(cls, obj: Any, **options: Any) -> AsyncPostgresBackend:
         common = cls._common_options(options)
+        framework = _frameworks.kind(obj)
+        if framework is not None:  # SQLAlchemy or Django: lock through the psycopg connection underneath
+            where = _frameworks.describe(obj)
+            orm_session = None
+            if framework == _frameworks.ORM_SESSION:
+                orm_session, obj = obj, _frameworks.session_bind(obj)
+            if _frameworks.kind(obj) == _frameworks.ENGINE:
+                return cls(_EngineConnections(obj, orm_session), where=where, **common)
+            obj = _frameworks.driver_connection(obj)
         if pg.has_class(obj, "psycopg_pool", "AsyncConnectionPool"):
             return cls(_PoolConnections(obj), where=f"psycopg_pool {obj.name!r}", **common)
         if pg.has_class(obj, "psycopg", "AsyncConnection"):
@@ -887,7 +1014,7 @@ class AsyncPostgresBackend(AsyncBackend):
         on_wait: Callable[[], None],
         transaction: Any,
     ) -> Grant | None:
-        conn = self._transaction_connection(transaction)
+        conn = await self._transaction_connection(transaction)
         # One server session: its own advisory locks never exclude each other, so its lockers
         # (this one, other lockers given it, a locker wrapping it) queue on its in-process table.
         table = object_table("postgresql", conn)
@@ -975,20 +1102,25 @@ class AsyncPostgresBackend(AsyncBackend):
             return None
         return self._token(value, local_token) if fenced else local_token
 
-    def _transaction_connection(self, transaction: Any) -> Any:
+    async def _transaction_connection(self, transaction: Any) -> Any:
         if transaction is True:
-            if not isinstance(self._source, _OneConnection):
+            if not isinstance(self._source, (_OneConnection, _EngineConnections)):
                 raise ConfigurationError(
                     "transaction=True needs a locker made from your psycopg connection "
                     "(AsyncLocker(conn)); otherwise pass the connection itself: transaction=conn"
                 )
-            conn = self._source.session.conn
+            conn = await self._source.transaction_connection()
         elif pg.has_class(transaction, "psycopg", "AsyncConnection"):
             conn = transaction
+        elif _frameworks.kind(transaction) in (_frameworks.ONE_CONNECTION, _frameworks.ORM_SESSION):
+            _frameworks.store_of(transaction, asynchronous=ASYNCHRONOUS)  # the right dialect and side
+            if _frameworks.kind(transaction) == _frameworks.ORM_SESSION:
+                transaction = await transaction.connection()  # its transaction's connection (begun if not)
+            conn = _frameworks.driver_connection(transaction)
         else:
             raise ConfigurationError(
-                "transaction must be True or a psycopg AsyncConnection inside a transaction, "
-                f"not {type(transaction).__qualname__}"
+                "transaction must be True, or a psycopg AsyncConnection, a SQLAlchemy AsyncSession or "
+                f"AsyncConnection inside a transaction, not {type(transaction).__qualname__}"
             )
         pg.check_transaction_status(conn, "async with conn.transaction():")
         if conn.info.transaction_status == pg.ACTIVE:

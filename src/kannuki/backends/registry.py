@@ -12,6 +12,7 @@ import importlib
 from typing import Any
 from urllib.parse import urlsplit
 
+from kannuki.backends import _frameworks
 from kannuki.errors import ConfigurationError
 
 __all__ = ["CONNECTION_SCHEMES", "SCHEMES", "backend_class", "backend_for"]
@@ -73,6 +74,10 @@ def backend_for(target: Any, *, asynchronous: bool = False, **options: Any) -> A
                 f"options {sorted(options)} cannot be applied to an already built backend"
             )
         return target
+    # A SQLAlchemy engine, connection or session, or a Django connection: its dialect names the store.
+    store = _frameworks.store_of(target, asynchronous=asynchronous)
+    if store is not None:
+        return backend_class(store, asynchronous=asynchronous).from_connection(target, **options)
     for scheme in CONNECTION_SCHEMES:
         try:
             cls = backend_class(scheme, asynchronous=asynchronous)
