@@ -8,11 +8,12 @@ import socket
 import time
 import uuid
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import pytest
 
 import kannuki
-from kannuki.backends._watch import peek
+from kannuki.backends._watch import mysql_farewell, peek, postgres_farewell
 
 
 def test_peek_sees_nothing_on_a_quiet_socket_and_takes_nothing() -> None:
@@ -40,6 +41,23 @@ def test_peek_sees_a_closed_connection() -> None:
         fd = ours.fileno()
         ours.close()
     assert peek(fd) == b""
+
+
+def test_farewells_are_told_from_answers_by_their_bytes() -> None:
+    """Bytes seen on real servers: a FATAL ErrorResponse ends a PostgreSQL session, an ERROR answer does not;
+    MariaDB's connection-killed error packet ends a session, a syntax-error answer does not."""
+    terminated = (
+        b"E\x00\x00\x00tSFATAL\x00VFATAL\x00C57P01\x00Mterminating connection due to administrator command"
+    )
+    answer = b"E\x00\x00\x00ASERROR\x00VERROR\x00C22012\x00Mdivision by zero\x00"
+    assert postgres_farewell(terminated)
+    assert not postgres_farewell(answer)
+    assert not postgres_farewell(b"T\x00\x00\x00\x21\x00\x01?column?\x00")  # a row description
+    killed = b"\x1d\x00\x00\x00\xff\x87\x07#70100Connection was killed"
+    syntax = b"\xa1\x00\x00\x01\xff(\x04#42000You have an error in your SQL syntax"
+    assert mysql_farewell(killed)
+    assert not mysql_farewell(syntax)
+    assert not mysql_farewell(b"\x01\x00\x00\x01\x01")  # a result set's column count
 
 
 # -- the watcher on real servers ------------------------------------------------------------
@@ -157,3 +175,87 @@ def test_a_healthy_postgres_lock_held_ten_seconds_gets_no_alarm(pg_url: str) -> 
         lock.release()
     finally:
         locker.close()
+
+
+# -- the answer to a statement in flight is no farewell ---------------------------------------
+
+
+def _mysql_raw(url: str) -> Any:
+    MySQLdb = pytest.importorskip("MySQLdb")
+    parts = urlsplit(url)
+    return MySQLdb.connect(
+        host=parts.hostname, port=parts.port or 3306, user=parts.username or "root", db=parts.path.lstrip("/")
+    )
+
+
+async def _answer_waiting_is_no_loss(
+    cls: type, conn: Any, send: Callable[[], None], take: Callable[[], None]
+) -> None:
+    """Hold a lock on the user's own connection, have the user send a statement on it, and leave its
+    answer unread while the watcher looks (every 50 ms) twenty times: no loss."""
+    reasons: list[str] = []
+    locker = cls(
+        conn,
+        key_prefix=f"watch-{uuid.uuid4().hex[:8]}",
+        watch_interval=0.05,
+        on_lost=lambda lock, why: reasons.append(why),
+    )
+    try:
+        lock = locker.lock("k")
+        assert await maybe(lock.acquire(timeout=5))
+        send()
+        await asyncio.sleep(1.0)
+        take()
+        assert reasons == [] and not lock.lost and lock.locked()
+        await maybe(lock.release())
+    finally:
+        await maybe(locker.aclose() if cls is kannuki.AsyncLocker else locker.close())
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_users_statement_answered_on_a_wrapped_mysql_connection_is_no_loss(
+    api: str, mysql_url: str
+) -> None:
+    """The user's own query on the connection a lock lives on: its answer is not the server ending the
+    session (before: any readable byte on that socket was taken for a KILL)."""
+    raw = _mysql_raw(mysql_url)
+    try:
+        run_both(
+            api,
+            lambda cls: _answer_waiting_is_no_loss(
+                cls, raw, lambda: raw.send_query(b"SELECT 1"), lambda: _take_mysql(raw)
+            ),
+        )
+    finally:
+        raw.close()
+
+
+def _take_mysql(raw: Any) -> None:
+    raw.read_query_result()
+    raw.store_result()
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_users_statement_answered_on_a_wrapped_postgres_connection_is_no_loss(
+    api: str, pg_url: str
+) -> None:
+    """The same on PostgreSQL: an answer waiting (even an ERROR) is not a FATAL farewell."""
+    psycopg = pytest.importorskip("psycopg")
+
+    async def body(cls: type) -> None:
+        if cls is kannuki.AsyncLocker:
+            conn: Any = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+        else:
+            conn = psycopg.connect(pg_url, autocommit=True)
+        pgconn = conn.pgconn
+
+        def take() -> None:
+            while pgconn.get_result() is not None:
+                pass
+
+        try:
+            await _answer_waiting_is_no_loss(cls, conn, lambda: pgconn.send_query(b"SELECT 1/0"), take)
+        finally:
+            await maybe(conn.close())
+
+    run_both(api, body)

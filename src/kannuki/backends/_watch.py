@@ -13,7 +13,7 @@ import os
 import select
 import socket
 
-__all__ = ["peek"]
+__all__ = ["mysql_farewell", "peek", "postgres_farewell"]
 
 # Enough for the type byte of the first message and a little of its text.
 PEEK_BYTES = 64
@@ -41,3 +41,29 @@ def peek(fd: int) -> bytes | None:
         return b""
     finally:
         sock.close()
+
+
+# What the server sends on a session as it ends it. Anything else waiting on the socket may be
+# the reply to a statement in flight (the user's own, on a connection they share with kannuki,
+# or kannuki's from another thread that just began): never a reason to call the lock lost.
+_FATAL_SEVERITIES = (b"SFATAL\x00", b"SPANIC\x00", b"VFATAL\x00", b"VPANIC\x00")
+# MariaDB ER_CONNECTION_KILLED, ER_SERVER_SHUTDOWN, MySQL ER_CLIENT_INTERACTION_TIMEOUT.
+_MYSQL_ENDING_ERRORS = frozenset({1927, 1053, 4031})
+
+
+def postgres_farewell(data: bytes) -> bool:
+    """Do the first bytes waiting on a PostgreSQL socket say the server ended the session?
+
+    An ErrorResponse (``E``) of severity FATAL or PANIC: a reply to a statement
+    is never FATAL unless the session ends with it.
+    """
+    return data[:1] == b"E" and any(severity in data[5:] for severity in _FATAL_SEVERITIES)
+
+
+def mysql_farewell(data: bytes) -> bool:
+    """Do the first bytes waiting on a MySQL/MariaDB socket say the server ended the session?
+
+    An error packet (header, 0xFF, the code) whose code ends sessions; MariaDB's
+    KILL sends nothing and closes, which ``peek`` reports as ``b""``.
+    """
+    return len(data) >= 7 and data[4] == 0xFF and int.from_bytes(data[5:7], "little") in _MYSQL_ENDING_ERRORS

@@ -80,7 +80,7 @@ from kannuki.backends import _frameworks
 from kannuki.backends._mysql_names import NAMESPACE, mysql_lock_name
 from kannuki.backends._tables import object_table, process_table
 from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, LockRequest, reject_unknown_options
-from kannuki.backends._watch import peek
+from kannuki.backends._watch import mysql_farewell, peek
 from kannuki.backends.base_async import AsyncBackend
 from kannuki.errors import (
     BackendError,
@@ -1001,8 +1001,10 @@ class AsyncMySQLBackend(AsyncBackend):
     def gone(self, grant: Grant) -> str | None:
         """A KILL, a server timeout or a restart, seen on the idle pinned connection's socket.
 
-        MySQL sends nothing unasked on a healthy idle session: anything to read there (the
-        "connection was killed" error, or the close itself) means the session is over.
+        MySQL sends nothing unasked on a healthy idle session; as it ends one it sends a
+        "connection was killed" / shutdown error, or just closes. Any other bytes are the answer
+        to a statement that began after the check above (the user's own on their connection,
+        or another thread's): not a loss.
         """
         session = grant.conn
         if not isinstance(session, _Session) or session.pending or session.broken or session.guard.locked():
@@ -1016,9 +1018,9 @@ class AsyncMySQLBackend(AsyncBackend):
             return None
         if not data:
             return f"the server closed the session (connection {session.conn_id}) holding the lock"
-        return (
-            f"the server ended the session (connection {session.conn_id}) holding the lock: KILL or a restart"
-        )
+        if mysql_farewell(data):
+            return f"the server ended the session (connection {session.conn_id}) holding the lock: KILL or a restart"
+        return None  # the answer to a statement just sent (the user's own, or another thread's): not a loss
 
     async def check(self, grant: Grant) -> bool:
         """One round trip on the pinned connection: does this very session still hold the name?"""

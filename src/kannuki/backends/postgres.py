@@ -88,7 +88,7 @@ from kannuki.backends import _pg_common as pg
 from kannuki.backends import _pg_sql as sql
 from kannuki.backends._tables import object_table, process_table
 from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, LockRequest, reject_unknown_options
-from kannuki.backends._watch import peek
+from kannuki.backends._watch import peek, postgres_farewell
 from kannuki.backends.base import Backend
 from kannuki.errors import BackendError, ConfigurationError, LockLostError, NotSupportedError
 
@@ -963,11 +963,13 @@ class PostgresBackend(Backend):
         if conn.lock.locked() or conn.info.transaction_status != pg.IDLE:
             return None  # a statement is in flight: its own answer will tell
         data = peek(conn.fileno())
-        if data is None or data[:1] in (b"N", b"A", b"S"):  # nothing, a notice, a notification, a setting
+        if data is None:
             return None
         if not data:
             return f"the server closed the session (pid {grant.pid}) holding the lock"
-        return f"the server ended the session (pid {grant.pid}) holding the lock: terminated, a timeout or a shutdown"
+        if postgres_farewell(data):
+            return f"the server ended the session (pid {grant.pid}) holding the lock: terminated, a timeout or a shutdown"
+        return None  # a notice, a notification, or the answer to a statement just sent: its reader will see
 
     def check(self, grant: Grant) -> bool:
         """One round trip at most: does the session the lock was taken on (same server PID) still hold it?
