@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 
@@ -38,7 +38,7 @@ RABBITMQ_URL = os.environ.get("KANNUKI_TEST_AMQP_URL", "amqp://guest:guest@127.0
 BOUND = 30.0  # seconds: the bound on every wait for the worker
 MODULE = "kannuki_celery_tasks"
 
-TASKS = '''
+TASKS = """
 import os, time
 import kannuki
 from celery import Celery
@@ -94,7 +94,7 @@ def rebuild(self, shop_id, mode="ok"):
 @app.task(base=UniqueTask, name="kannuki_test.short_lease", unique_locker=locker, unique_ttl=1.5)
 def short_lease(n):
     return n
-'''
+"""
 
 
 def _reachable(url: str, default_port: int) -> bool:
@@ -157,7 +157,14 @@ def start_worker(tmp: Path, broker: str, backend: str, locks: str, *, pool: str 
     }
     command = [sys.executable, "-m", "celery", "-A", MODULE, "worker", f"--pool={pool}"]
     command += ["--concurrency=4"] if pool == "threads" else []
-    command += ["-Q", queue, "--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel=WARNING"]
+    command += [
+        "-Q",
+        queue,
+        "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel=WARNING",
+    ]
     with open(tmp / "worker.log", "w") as log:  # a file, not a pipe nobody drains while the test runs
         worker = subprocess.Popen(
             command, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True
@@ -215,7 +222,9 @@ def stop_worker(run: Run) -> str:
 
 
 @pytest.fixture(scope="module", params=["redis", "rabbitmq"])
-def run(request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+def run(
+    request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Run]:
     """One threads-pool worker per broker for the module's tests (each uses arguments of its own):
     the Redis broker with Redis locks, or RabbitMQ with a sqlite file of locks."""
     tmp_path = tmp_path_factory.mktemp(f"celery-{request.param}")

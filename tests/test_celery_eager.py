@@ -78,7 +78,9 @@ def test_key_options(app: Any, locker: kannuki.Locker) -> None:
     def by_template(shop_id: int, full: bool = False) -> int:
         return shop_id
 
-    @app.task(base=UniqueTask, unique_locker=locker, unique_key=lambda n, **_: f"n/{n % 2}", name="t.callable")
+    @app.task(
+        base=UniqueTask, unique_locker=locker, unique_key=lambda n, **_: f"n/{n % 2}", name="t.callable"
+    )
     def by_callable(n: int) -> int:
         return n
 

@@ -583,7 +583,9 @@ def test_async_locker_decorator_waits_and_releases_on_the_event_loop(
     No thread is started and the loop's executor is never used; every lock event is emitted
     from the loop's thread (a wait in a worker thread would emit from there).
     """
-    url = f"memory://dec-{uuid.uuid4().hex[:8]}" if store == "memory" else request.getfixturevalue("redis_url")
+    url = (
+        f"memory://dec-{uuid.uuid4().hex[:8]}" if store == "memory" else request.getfixturevalue("redis_url")
+    )
     started: list[str] = []
     real_start = threading.Thread.start
 

@@ -50,14 +50,16 @@ def ticket_for(store: str, key: str, grant: Grant) -> str:
 def parse(ticket: Any) -> Ticket:
     """The store, key and rebuilt grant of ``ticket``; TypeError / ValueError naming ``ticket`` when it is not one."""
     if not isinstance(ticket, str):
-        raise TypeError(f"ticket must be the str that Lock.detach() returned, not {type(ticket).__qualname__}")
+        raise TypeError(
+            f"ticket must be the str that Lock.detach() returned, not {type(ticket).__qualname__}"
+        )
     try:
         fields = json.loads(ticket)
     except ValueError:
         fields = None
     if not isinstance(fields, dict) or fields.get("kannuki") != VERSION:
         raise ValueError(f"ticket is not a kannuki hand-off ticket (from Lock.detach()): {ticket[:80]!r}")
-    expected = {
+    expected: dict[str, Any] = {
         "store": str,
         "key": str,
         "name": str,
@@ -74,5 +76,7 @@ def parse(ticket: Any) -> Ticket:
     if fields["token"] <= 0 or (fields["ttl"] is not None and not fields["ttl"] > 0):
         raise ValueError(f"ticket has a bad token or ttl: {ticket[:80]!r}")
     ttl = None if fields["ttl"] is None else float(fields["ttl"])
-    grant = Grant(fields["name"], fields["lock_id"], fields["shared"], fields["token"], ttl, data=fields["data"])
+    grant = Grant(
+        fields["name"], fields["lock_id"], fields["shared"], fields["token"], ttl, data=fields["data"]
+    )
     return Ticket(fields["store"], fields["key"], grant)

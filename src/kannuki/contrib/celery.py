@@ -290,7 +290,6 @@ def _release(locker: Locker, ticket: str) -> bool:
     return True
 
 
-@signals.task_revoked.connect(weak=False)
 def _release_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     """A task revoked (or expired) before it ran, or terminated: release the hold its message brought."""
     if not isinstance(sender, UniqueTask) or request is None:
@@ -303,3 +302,6 @@ def _release_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
             log.warning("kannuki: no locker to release %s[%s]: %s", sender.name, request.id, exc)
             return
         _release(locker, ticket)
+
+
+signals.task_revoked.connect(_release_revoked, weak=False)
