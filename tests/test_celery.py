@@ -156,7 +156,7 @@ def start_worker(tmp: Path, broker: str, backend: str, locks: str, *, pool: str 
         "KANNUKI_CELERY_DIR": str(markers),
     }
     command = [sys.executable, "-m", "celery", "-A", MODULE, "worker", f"--pool={pool}"]
-    command += ["--concurrency=4"] if pool == "threads" else []
+    command += ["--concurrency=4"] if pool != "solo" else []
     command += [
         "-Q",
         queue,
@@ -221,15 +221,17 @@ def stop_worker(run: Run) -> str:
     return output
 
 
-@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+@pytest.fixture(scope="module", params=["redis", "rabbitmq", "redis-prefork"])
 def run(
     request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Run]:
-    """One threads-pool worker per broker for the module's tests (each uses arguments of its own):
-    the Redis broker with Redis locks, or RabbitMQ with a sqlite file of locks."""
+    """One worker per broker for the module's tests (each uses arguments of its own): the Redis
+    broker with Redis locks, or RabbitMQ with a sqlite file of locks, on a threads pool; and
+    Celery's default prefork pool (forked children run the tasks) on Redis."""
     tmp_path = tmp_path_factory.mktemp(f"celery-{request.param}")
     db1 = redis_url.rsplit("/", 1)[0] + "/1"
-    if request.param == "redis":
+    pool = "prefork" if request.param.endswith("prefork") else "threads"
+    if request.param.startswith("redis"):
         broker, locks = db1, db1
     else:
         if not _reachable(RABBITMQ_URL, 5672):
@@ -238,7 +240,7 @@ def run(
                 pytest.fail(message + " and KANNUKI_REQUIRE_DBS=1", pytrace=False)
             pytest.skip(message)
         broker, locks = RABBITMQ_URL, f"sqlite:///{tmp_path}/locks.db"
-    run = start_worker(tmp_path, broker, db1, locks)
+    run = start_worker(tmp_path, broker, db1, locks, pool=pool)
     try:
         yield run
     finally:
