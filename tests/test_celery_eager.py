@@ -6,6 +6,9 @@ errors and the paths a worker never shows (a send that fails, a store that canno
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,13 +105,24 @@ def test_key_options(app: Any, locker: kannuki.Locker) -> None:
     def bad_mode(n: int) -> int:
         return n
 
+    @app.task(base=UniqueTask, unique_locker=locker, unique_ttl=-1, name="t.bad_ttl")
+    def bad_ttl(n: int) -> int:
+        return n
+
+    @app.task(base=UniqueTask, unique_locker=locker, unique_run_ttl=0, name="t.bad_run_ttl")
+    def bad_run_ttl(n: int) -> int:
+        return n
+
+    with pytest.raises(ValueError, match=r"t\.bad_ttl: unique_ttl"):
+        bad_ttl.delay(1)
+    with pytest.raises(ValueError, match=r"t\.bad_run_ttl: unique_run_ttl must be > 0"):
+        bad_run_ttl.delay(1)
     with pytest.raises(TypeError, match=r"t\.bad_key: unique_key"):
         bad_key.delay(1)
     with pytest.raises(ValueError, match="nope"):
         bad_field.delay(1)
-    with locker.lock(bad_mode.unique_key_for((1,), {})):
-        with pytest.raises(ValueError, match=r"t\.bad_mode: unique_on_duplicate"):
-            bad_mode.delay(1)
+    with pytest.raises(ValueError, match=r"t\.bad_mode: unique_on_duplicate"):
+        bad_mode.delay(1)
 
 
 def test_an_eager_retry_runs_under_the_same_rules(app: Any, locker: kannuki.Locker) -> None:
@@ -184,3 +198,15 @@ def test_the_default_locker_in_test_mode(app: Any) -> None:
         assert by_default.delay(1).get() == 1
         testing.simulate_lock_held(by_default.unique_key_for((2,), {}))
         assert isinstance(by_default.delay(2), DuplicateTask)
+
+
+def test_clear_import_error_without_celery() -> None:
+    """Without Celery, importing the integration names the extra kannuki[celery]."""
+    code = (
+        "import sys; sys.modules['celery'] = None\n"
+        "try:\n    import kannuki.contrib.celery\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert "kannuki[celery]" in out.stdout, out.stderr

@@ -74,6 +74,7 @@ from kannuki import _decorate, _default
 from kannuki._locker import Locker
 from kannuki.backends._types import Holder
 from kannuki.errors import LockLostError, LockNotAcquiredError
+from kannuki.options import check_seconds
 
 __all__ = ["HEADER", "DuplicateTask", "DuplicateTaskError", "UniqueTask"]
 
@@ -232,9 +233,14 @@ class UniqueTask(Task):  # type: ignore[misc]  # celery ships no type hints
     # -- options ----------------------------------------------------------------------
 
     def _unique_locker(self) -> Locker:
+        """The locker, after checking every option once: errors name the task and the option."""
         locker = self.unique_locker if self.unique_locker is not None else _default.get_locker()
         if _decorate._is_async_locker(locker):
             raise TypeError(f"{self.name}: unique_locker must be a kannuki.Locker, not an AsyncLocker")
+        for option in ("unique_ttl", "unique_run_ttl"):
+            if not check_seconds(getattr(self, option), f"{self.name}: {option}", allow_none=False):
+                raise ValueError(f"{self.name}: {option} must be > 0 seconds")
+        self._on_duplicate()
         return locker
 
     def _on_duplicate(self) -> str:
