@@ -91,6 +91,13 @@ def rebuild(self, shop_id, mode="ok"):
     return f"rebuilt {shop_id}"
 
 
+@app.task(base=UniqueTask, name="kannuki_test.long_run", unique_locker=locker, unique_run_ttl=120)
+def long_run(n):
+    mark(f"long-{n}")
+    wait_for_gate(f"long-{n}")
+    return n
+
+
 @app.task(base=UniqueTask, name="kannuki_test.short_lease", unique_locker=locker, unique_ttl=1.5)
 def short_lease(n):
     return n
@@ -154,6 +161,7 @@ def start_worker(tmp: Path, broker: str, backend: str, locks: str, *, pool: str 
         "KANNUKI_CELERY_LOCKS": locks,
         "KANNUKI_CELERY_PREFIX": prefix,
         "KANNUKI_CELERY_DIR": str(markers),
+        "KANNUKI_CELERY_POOL": pool,
     }
     command = [sys.executable, "-m", "celery", "-A", MODULE, "worker", f"--pool={pool}"]
     command += ["--concurrency=4"] if pool != "solo" else []
@@ -356,6 +364,21 @@ def test_unique_task_revoked_before_it_ran_releases(run: Run) -> None:
     run.until(lambda: not run.locker.held(key), "the revoked task's key was never released")
     assert run.markers("rebuild-5") == []  # it never ran
     assert t.rebuild.delay(5).get(timeout=BOUND) == "rebuilt 5"
+
+
+def test_unique_task_terminated_while_running_releases(run: Run) -> None:
+    """prefork: revoke(terminate=True) kills the child running it; the worker releases the key at once
+    (its lease of 120 s is not what frees it)."""
+    if run.env.get("KANNUKI_CELERY_POOL") != "prefork":
+        pytest.skip("only the prefork pool can terminate a running task")
+    t = run.tasks
+    result = t.long_run.delay(1)
+    key = t.long_run.unique_key_for((1,), {})
+    run.until(lambda: run.markers("long-1") == ["long-1"], "the task never started")
+    t.app.control.revoke(result.id, terminate=True, signal="SIGKILL")
+    run.until(lambda: not run.locker.held(key), "the terminated task's key was not released")
+    run.open_gate("long-1")
+    assert t.long_run.delay(1).get(timeout=BOUND) == 1
 
 
 # -- leases: nobody left to release ------------------------------------------------------
