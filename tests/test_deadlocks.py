@@ -197,14 +197,12 @@ def test_async_function_with_a_sync_locker_never_deadlocks_on_itself() -> None:
     assert outcomes == [0, 1, 2, 3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kannuki._decorate._acquire_off_loop waits in a pooled executor thread, so the table "
-    "records the awaiting task's hold as that thread's; an untimed wait of the next call in the "
-    "same thread then 'waits for itself' (see the item 22 report: wait in a fresh thread instead)",
-)
 def test_async_function_with_a_sync_locker_and_no_timeout_never_deadlocks_on_itself() -> None:
-    """The same with no timeout at all (the decorator's default): the calls are served in turn."""
+    """The same with no timeout at all (the decorator's default): the calls are served in turn.
+
+    Each wait runs in a thread of its own, so no thread ever waits for a hold it took for an
+    earlier call (in one pooled thread, the second untimed wait was a false DeadlockError).
+    """
     import asyncio
     import concurrent.futures
 

@@ -562,3 +562,71 @@ def test_unique_on_a_bound_celery_task_leaves_the_task_out_of_the_key(locker: ka
         assert report.delay(7, month="2024-07").get(timeout=10) == "report 7 2024-07"
     assert locker.backend.list_held() == []
     app.close()
+
+
+# -- AsyncLocker: on the event loop only ----------------------------------------------------
+
+
+class NoThreadExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A default executor that refuses work: any ``run_in_executor(None, ...)`` fails the test."""
+
+    def submit(self, fn: object, /, *args: object, **kwargs: object) -> concurrent.futures.Future[object]:
+        raise AssertionError(f"a worker thread was asked to run {fn!r}")
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_async_locker_decorator_waits_and_releases_on_the_event_loop(
+    store: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """@alocker.locked on an async def: the wait, the acquire and the release all run on the loop's thread.
+
+    No thread is started and the loop's executor is never used; every lock event is emitted
+    from the loop's thread (a wait in a worker thread would emit from there).
+    """
+    url = (
+        f"memory://dec-{uuid.uuid4().hex[:8]}" if store == "memory" else request.getfixturevalue("redis_url")
+    )
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def recording_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    threads_started: list[str] = []
+    events: list[tuple[str, str]] = []
+    unsubscribe = kannuki.subscribe(lambda e: events.append((e.name, threading.current_thread().name)))
+
+    async def main() -> list[int]:
+        asyncio.get_running_loop().set_default_executor(NoThreadExecutor())
+        alocker = kannuki.AsyncLocker(url, key_prefix=f"dec-{uuid.uuid4().hex[:8]}")
+        try:
+
+            @alocker.locked("job/{n}")
+            async def job(n: int) -> int:
+                await asyncio.sleep(0)
+                return n
+
+            async with alocker.lock("job/1"):  # held, so the first job(1) has to wait
+                first = asyncio.ensure_future(job(1))
+                for _ in range(2000):  # a liveness bound: until the job waits for the key
+                    if ("waiting", threading.current_thread().name) in events:
+                        break
+                    await asyncio.sleep(0.005)
+                assert not first.done()
+            results = [await first, *await asyncio.gather(job(1), job(2))]
+        finally:
+            await alocker.aclose()
+        threads_started.extend(started)  # before asyncio.run's own shutdown thread
+        return results
+
+    monkeypatch.setattr(threading.Thread, "start", recording_start)
+    try:
+        assert asyncio.run(asyncio.wait_for(main(), 30)) == [1, 1, 2]
+    finally:
+        unsubscribe()
+    loop_thread = threading.current_thread().name
+    names = [name for name, _ in events]
+    assert names.count("waiting") >= 1 and names.count("acquired") == names.count("released") == 4
+    assert {thread for _, thread in events} == {loop_thread}
+    assert threads_started == []

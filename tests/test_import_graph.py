@@ -24,6 +24,7 @@ API = {
     "_override",
     "_decorate",
     "_identity",
+    "_handoff",
     "locker",
     "aio",
 }

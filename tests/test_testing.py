@@ -92,6 +92,38 @@ def test_simulated_shared_hold_and_prefix() -> None:
         testing.simulate_lock_held("a")  # exclusive over a shared hold
 
 
+def test_simulated_hold_is_not_the_calling_threads_own() -> None:
+    """An untimed wait of the thread that simulated the hold is an ordinary wait, ended by clear().
+
+    The simulated holder is someone else: before, the table filed it under the calling thread,
+    so this wait was reported at once as the thread waiting for itself (DeadlockError).
+    """
+    import threading
+    import time
+
+    testing.enable()
+    locker = kannuki.Locker("memory://")
+    testing.simulate_lock_held("nightly")
+    table = locker.backend.table
+    cleared = threading.Event()
+
+    def clear_once_waited_for() -> None:
+        deadline = time.monotonic() + 10.0
+        while not table.waiters("nightly") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        testing.clear()
+        cleared.set()
+
+    helper = threading.Thread(target=clear_once_waited_for, daemon=True)
+    helper.start()
+    try:
+        with locker.lock("nightly", timeout=None):  # waits until the helper clears the table
+            assert cleared.is_set()
+    finally:
+        helper.join(10.0)
+    assert not helper.is_alive() and not locker.held("nightly")
+
+
 def test_simulate_lock_held_refuses_bad_use() -> None:
     """Outside test mode, and with a bad key or shared flag, simulate_lock_held raises naming the problem."""
     with pytest.raises(RuntimeError, match="enable"):

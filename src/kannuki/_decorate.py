@@ -31,6 +31,7 @@ import inspect
 import json
 import string
 import sys
+import threading
 import uuid
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, overload
@@ -460,10 +461,15 @@ def _wrap(
 
 
 async def _acquire_off_loop(lock: Lock) -> None:
-    """Acquire a sync Lock without blocking the event loop: one try here, then the wait in a worker thread.
+    """Acquire a sync Lock without blocking the event loop: one try here, then the wait in a thread of its own.
 
-    If the awaiting task is cancelled while the thread waits, the thread's
-    acquisition, whenever it comes, is released at once.
+    Each wait gets a fresh thread, never a pooled one: the in-process table
+    files a hold under the thread that took it, and a pooled thread that took
+    the key for an earlier call would then "wait for itself" (a false
+    DeadlockError) when it waited, untimed, for the same key for a later call.
+    A fresh thread ends once it has the lock, and a hold left by a thread that
+    ended is nobody's. If the awaiting task is cancelled while the thread
+    waits, the thread's acquisition, whenever it comes, is released at once.
     """
     # held() asks without counting: a refused try would show up as a "failed" event.
     if not lock.held() and lock.acquire(blocking=False):
@@ -478,8 +484,7 @@ async def _acquire_off_loop(lock: Lock) -> None:
         except BaseException as exc:
             waiting.set_exception(exc)
 
-    loop = asyncio.get_running_loop()
-    loop.run_in_executor(None, wait_in_thread)
+    threading.Thread(target=wait_in_thread, name=f"kannuki-wait {lock.key!r}", daemon=True).start()
     try:
         acquired = await asyncio.wrap_future(waiting)
     except asyncio.CancelledError:

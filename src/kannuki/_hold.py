@@ -358,6 +358,22 @@ class HoldKeeper:
             log.debug("released %r after %.6fs (token %s)", hold.key, held_for, hold.grant.token)
         return held_for
 
+    def detach(self, hold: Hold) -> None:
+        """Stop owning ``hold`` without releasing it (``Lock.detach``): no renewal, watch or release here.
+
+        Raises LockLostError when it is no longer held (lost, released, or a parent's).
+        """
+        with self._mutex:
+            if not self.is_held(hold):
+                raise LockLostError(
+                    f"the lock {hold.key!r} is no longer held: {hold.lost or 'released'}", key=hold.key
+                )
+            self._held.pop(id(hold), None)
+            self._leases.pop(id(hold), None)
+            self._watched.pop(id(hold), None)
+        if debugging():
+            log.debug("handed off %r (token %s)", hold.key, hold.grant.token)
+
     def abandon(self, hold: Hold) -> None:
         """A held Lock was garbage-collected: warn naming its key, then release it."""
         if self._held.get(id(hold)) is not hold or hold.generation != _fork.GENERATION:

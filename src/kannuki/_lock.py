@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from kannuki import _fork
+from kannuki import _fork, _handoff
 from kannuki import events as _events
 from kannuki._compat import finish, sleep
 from kannuki._core import Backoff
@@ -373,6 +373,78 @@ class Lock:
             self._hold = None
             raise
         self._hold = None
+
+    def detach(self) -> str:
+        """Stop owning the held lock WITHOUT releasing it, and return a ticket for whoever takes it over.
+
+        The hold stays in the store (its lease runs on, unrenewed) and this object no longer
+        holds it: another locker on the same store, in another process or on another host,
+        takes it over with ``locker.adopt(ticket)`` and releases it there. Only stores whose
+        holds live in the store alone can do this: redis, sqlite, and memory (within one
+        process); others raise NotSupportedError, still holding. A ticket names the hold's
+        fencing token (and Redis's owner value), so releasing through a stale ticket never
+        frees a newer holder: LockLostError instead.
+
+        Example::
+
+            ticket = lock.detach()             # e.g. in a task message's headers
+            ...                                # elsewhere:
+            other_locker.adopt(ticket).release()
+
+        Raises NotHeldError when this object does not hold the lock, LockLostError when it
+        was lost.
+        """
+        hold = self._current("detach")
+        keeper = self.locker._keeper
+        if hold is None:  # a plain hold of the store's in-process table: nothing pins it here
+            token, tokens = self._plain, self._plain_set
+            try:
+                tokens.remove(token)
+            except KeyError:  # released meanwhile by close()
+                raise NotHeldError(
+                    f"detach() of the lock {self.key!r}, which Locker.close() released", key=self.key
+                ) from None
+            if not tokens.table.disown(self.name, token):  # the table was cleared: lost
+                self._spent = True
+                raise keeper.plain_not_released(self, token, self._since, True)
+            self._plain = 0
+            grant = Grant(self.name, self.lock_id, self.shared, token)
+            store = keeper.backend.scheme
+        else:
+            grant = hold.grant
+            if not keeper.is_held(hold):
+                raise LockLostError(
+                    f"the lock {self.key!r} is no longer held: {hold.lost or 'released'}", key=self.key
+                )
+            portable = grant.conn is None and isinstance(grant.data, (str, type(None)))
+            if not (portable and hold.backend.hand_off(grant)):
+                raise NotSupportedError(
+                    f"the lock {self.key!r} lives in a connection or descriptor of this process on the "
+                    f"{self.locker.scheme} store and cannot be handed off (redis, sqlite and memory can)",
+                    key=self.key,
+                )
+            keeper.detach(hold)
+            self._hold = None
+            store = hold.backend.scheme
+        return _handoff.ticket_for(store, self.key, grant)
+
+    def _take_over(self, grant: Grant, ttl: float | None) -> None:
+        """``Locker.adopt``: make this (fresh) object the holder of ``grant``, renewing its lease to ``ttl``."""
+        backend = self.locker._keeper.backend
+        lease = ttl if ttl is not None else grant.ttl
+        if lease is not None:
+            still = backend.renew(grant, lease)
+            grant.ttl = lease
+        else:
+            still = backend.check(grant)
+        if not still:
+            raise LockLostError(
+                f"the handed-off lock {self.key!r} (token {grant.token}) is no longer held: "
+                "its lease expired, or it was released or force-released",
+                key=self.key,
+            )
+        self._spent = False
+        self._hold = self.locker._keeper.adopt(self.key, grant, self, self.on_lost)
 
     def __enter__(self) -> Lock:
         if not self.acquire():

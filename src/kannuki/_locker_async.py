@@ -11,7 +11,7 @@ import os
 from collections.abc import Awaitable, Iterable
 from typing import Any, Callable, Literal, TypeVar, overload
 
-from kannuki import _core, _decorate, _override
+from kannuki import _core, _decorate, _handoff, _override
 from kannuki._compat import acall
 from kannuki._hold_async import AsyncHoldKeeper, LostCallback
 from kannuki._lock_async import AsyncLock, AsyncMultiLock
@@ -321,6 +321,48 @@ class AsyncLocker:
         """
         name, lock_id = _core.name_and_id(key, self.options.key_prefix)
         return int(await self.backend.force_release(name, lock_id, terminate=terminate))
+
+    async def adopt(
+        self, ticket: str, *, ttl: float | None = None, on_lost: LostCallback | None = None
+    ) -> AsyncLock:
+        """Take over a lock that ``Lock.detach()`` handed off (often in another process): a Lock that holds it.
+
+        The store is asked first: the lease is renewed now (to ``ttl`` when given, else
+        to its own length) and from then on renewed every ttl/3 by this locker, like any
+        lease. The new Lock releases it with the store's compare-and-delete, so a stale
+        ticket never frees a newer holder's lock.
+
+        Example::
+
+            lock = locker.adopt(ticket, ttl=60)
+            try:
+                ...
+            finally:
+                lock.release()
+
+        Raises LockLostError when the hold is gone (lease expired, released,
+        force-released), TypeError / ValueError naming ``ticket`` when it is not a
+        ticket, or is one of another store or key prefix.
+        """
+        parsed = _handoff.parse(ticket)
+        if parsed.store != self.backend.scheme:
+            raise ValueError(
+                f"ticket names a lock on the {parsed.store} store; this locker uses {self.backend.scheme}"
+            )
+        grant = parsed.grant
+        name, lock_id = _core.name_and_id(parsed.key, self.options.key_prefix)
+        if (name, lock_id) != (grant.name, grant.lock_id):
+            raise ValueError(
+                f"ticket names the lock {grant.name!r}, which is {parsed.key!r} under another key_prefix "
+                f"than this locker's ({self.options.key_prefix!r})"
+            )
+        if ttl is not None:
+            ttl = check_seconds(ttl, "ttl")
+            if not ttl:
+                raise ValueError("ttl must be > 0 seconds, or None")
+        lock = self.lock(parsed.key, shared=grant.shared, ttl=ttl or grant.ttl, on_lost=on_lost)
+        await lock._take_over(grant, ttl)
+        return lock
 
     def lock_id(self, key: str) -> int:
         """The 64-bit ID of ``key`` under this locker's prefix."""

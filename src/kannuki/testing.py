@@ -92,8 +92,12 @@ def simulate_lock_held(key: str, shared: bool = False, *, prefix: str | None = N
     table: Any = _override.TABLE
     if table is None:
         raise RuntimeError("simulate_lock_held() needs test mode: call kannuki.testing.enable() first")
-    if not table.acquire(name, shared, 0.0, None):
+    token = table.acquire(name, shared, 0.0, None)
+    if not token:
         raise RuntimeError(f"cannot simulate a hold of {name!r}: it is already held in a conflicting mode")
+    # Someone else's hold, not the calling thread's: a later untimed wait of this thread for it is an
+    # ordinary wait (ended by clear()), never a DeadlockError.
+    table.disown(name, token)
 
 
 def default_locker() -> Locker:

@@ -144,6 +144,18 @@ class StoreTraits:
         """True when ``obj`` is a connection or pool this backend can drive (checked without importing drivers)."""
         return False
 
+    def hand_off(self, grant: Grant) -> bool:
+        """Ready ``grant`` to be kept and released by someone else; False when this store cannot.
+
+        ``Lock.detach()`` asks it. True means the hold lives in the store alone (a lease row, a
+        Redis key, an entry of the in-process table), so another process (or thread) can renew,
+        check and compare-and-delete it with a Grant rebuilt from ``name``, ``lock_id``,
+        ``shared``, ``token``, ``ttl`` and ``data`` (None or a str). False (the default) means it
+        lives in something of this process: a pinned connection, a file descriptor, a lease
+        client.
+        """
+        return False
+
     def after_fork_in_child(self) -> None:
         """In a forked child: forget (never close) the parent's connections."""
 

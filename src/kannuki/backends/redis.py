@@ -754,6 +754,10 @@ class RedisBackend(Backend):
         if self._connect is not None:  # a client the caller passed in stays open: it is theirs
             self._close_quietly(self.client)
 
+    def hand_off(self, grant: Grant) -> bool:
+        # A lease is a key holding the owner value (grant.data): any client can renew or delete it.
+        return True
+
     def after_fork_in_child(self) -> None:
         # The parent's leases are not ours and its sockets must not be shared: forget them, never close.
         self._table.reset_after_fork()

@@ -509,6 +509,10 @@ class SQLiteBackend(Backend):
     def close(self) -> None:
         run_blocking(self._connections.close)
 
+    def hand_off(self, grant: Grant) -> bool:
+        # A lease is a row named by its token: any process with the file can renew or delete it.
+        return True
+
     def after_fork_in_child(self) -> None:
         # SQLite connections must not cross fork(): abandon the parent's, unclosed.
         self._connections.forget()
