@@ -7,6 +7,7 @@ The twin of ``kannuki._pure`` (same names, same results bit for bit); see
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.set cimport PySet_Add, PySet_Discard
 from cpython.pythread cimport (
     NOWAIT_LOCK,
     WAIT_LOCK,
@@ -25,13 +26,17 @@ import threading as _threading
 import time as _time
 from collections import deque as _deque
 
+from kannuki import events as _events
 from kannuki.errors import DeadlockError as _DeadlockError
 
 __all__ = [
     "Backoff",
     "Counters",
+    "LockBase",
     "LockTable",
     "MAX_NAME_BYTES",
+    "PlainPath",
+    "SyncLockBase",
     "full_name",
     "hash_text_extended",
     "lock_id",
@@ -837,6 +842,10 @@ cdef class LockTable:
         The uncontended hot path: a token (> 0), or 0 when ``key`` is held or
         has waiters (then call ``acquire`` to wait).
         """
+        return self._try(key, shared)
+
+    cdef uint64_t _try(self, object key, bint shared) except? 0:
+        """``try_acquire`` for C callers (the plain Lock's fast path)."""
         cdef uint64_t token = 0
         self._lock()
         try:
@@ -1026,12 +1035,15 @@ cdef class LockTable:
 
     def release(self, key, token):
         """Compare-and-delete: free the holder ``token`` of ``key``; False when it is not a holder."""
-        cdef uint64_t tok = _as_token(token)
+        return self._free(key, _as_token(token))
+
+    cdef bint _free(self, object key, uint64_t token) except -1:
+        """``release`` for C callers (the plain Lock's fast path)."""
         cdef _Entry entry
         self._lock()
         try:
             entry = self._entry(key)
-            if entry is None or not entry.drop(tok):
+            if entry is None or not entry.drop(token):
                 return False
             if entry.has_waiters():
                 self._grant(entry)
@@ -1216,11 +1228,17 @@ cdef class Counters:
 
     def acquired(self):
         """Count one acquisition; return ``time.monotonic()`` (the start of the hold)."""
-        self._acquired += 1
-        return _now()
+        return self._count_acquire()
 
     def released(self, double since):
         """Count one release of a hold that began at ``since``; return the seconds held."""
+        return self._count_release(since)
+
+    cdef inline double _count_acquire(self) except? -1.0:
+        self._acquired += 1
+        return _now()
+
+    cdef inline double _count_release(self, double since) except? -1.0:
         cdef double held = _now() - since
         self._released += 1
         self._hold_time += held
@@ -1250,3 +1268,257 @@ cdef class Counters:
 
 
 _COUNTER_NAMES = ("failed", "timeouts", "lost", "renewed", "renew_failed")
+
+
+# ---------------------------------------------------------------------------------
+# The plain Lock: a lock on an in-process table with nothing else to keep (no lease, no
+# transaction). Its uncontended acquire and release are one C call each: the table's try,
+# the keeper's token set, the stats; the API layer's Lock subclasses do everything else.
+# ---------------------------------------------------------------------------------
+
+cdef extern from "Python.h":
+    ctypedef struct PyObject
+    # Borrowed, NULL when absent; the keys here (an interned str, a small int) never raise on hashing
+    # or comparing, so NULL is never an error. Unlike PyDict_GetItem it saves no exception state.
+    PyObject* PyDict_GetItemWithError(object mapping, object key)
+    PyObject* Py_False
+    int PyObject_IsTrue(PyObject* o) except -1
+
+cdef dict _events_ns = _events.__dict__  # SUBSCRIBERS is rebound there, never mutated: read it each time
+cdef str _SUBSCRIBERS = "SUBSCRIBERS"
+cdef object _DEBUG_LEVEL = 10  # logging.DEBUG
+
+
+@cython.binding(False)
+@cython.final
+cdef class PlainPath:
+    """One locker's way to its plain holds: the table they go to, the token set that records them.
+
+    ``keeper`` (the hold owner) is told of each plain acquisition and release
+    only when someone listens: ``instrumented`` and an event subscriber, or
+    ``log_levels`` (the ``kannuki`` logger's per-level cache) not saying that
+    DEBUG is off. ``generation`` is the fork generation the holds belong to;
+    the keeper moves it on in a forked child.
+    """
+
+    cdef public object keeper
+    cdef public Counters stats
+    cdef public bint instrumented
+    cdef public long long generation
+    cdef LockTable _table
+    cdef object _tokens
+    cdef dict _log_levels
+
+    def __init__(
+        self, keeper=None, Counters stats=None, bint instrumented=True, long long generation=0, dict log_levels=None
+    ):
+        self.keeper = keeper
+        self.stats = Counters() if stats is None else stats
+        self.instrumented = instrumented
+        self.generation = generation
+        self._log_levels = {} if log_levels is None else log_levels
+
+    @property
+    def table(self):
+        """The table plain holds go to now, or None (no plain path)."""
+        return self._table
+
+    @property
+    def tokens(self):
+        """The set recording the tokens held in ``table``, or None."""
+        return self._tokens
+
+    def use(self, LockTable table, tokens):
+        """Send plain holds to ``table``, recorded in the set ``tokens`` (None, None: no plain path)."""
+        if (table is None) != (tokens is None) or not (tokens is None or isinstance(tokens, set)):
+            raise TypeError("use() takes a LockTable and its token set, or None and None")
+        self._table = table
+        self._tokens = tokens
+
+    cdef inline bint _listening(self) except -1:
+        cdef PyObject* found
+        if self.instrumented:
+            found = PyDict_GetItemWithError(_events_ns, _SUBSCRIBERS)
+            if found != NULL and PyObject_IsTrue(found):
+                return True
+        return PyDict_GetItemWithError(self._log_levels, _DEBUG_LEVEL) != Py_False  # only a cached False is quiet
+
+
+# Plain method descriptors, as LockTable: CPython's specialised calls reach the C functions directly.
+@cython.binding(False)
+cdef class LockBase:
+    """The state of a Lock, and its plain fast path (the base of ``AsyncLock``; ``Lock`` has ``SyncLockBase``).
+
+    The subclass provides ``_abandon()`` (called when a Lock that holds is
+    garbage-collected); everything but the plain path is its business.
+    """
+
+    cdef public object locker
+    cdef public object key
+    cdef public object name
+    cdef public object lock_id
+    cdef public object timeout
+    cdef public bint shared
+    cdef public object strategy
+    cdef public object ttl
+    cdef public object transaction
+    cdef public object on_lost
+    cdef public bint cancel_on_lost
+    cdef public object _hold
+    cdef uint64_t _token        # the plain hold's token, 0 when none
+    cdef object _number         # the same token as an int: the object recorded in the keeper's set
+    cdef public bint _busy
+    cdef public object _plain_set
+    cdef public double _since
+    cdef public long long _generation
+    cdef public bint _spent
+    cdef public object _task
+    cdef public bint _cancelled_for_loss
+    cdef PlainPath _path
+    cdef LockTable _table
+    cdef object __weakref__
+
+    def __init__(
+        self, PlainPath path=None, locker=None, key=None, name=None, lock_id=None, timeout=None,
+        bint shared=False, strategy=None, ttl=None, transaction=None, on_lost=None, bint cancel_on_lost=False,
+    ):
+        # ``path`` None: a path to no table, so every acquire takes the subclass's general way.
+        self._path = PlainPath() if path is None else path
+        self.locker = locker
+        self.key = key
+        self.name = name  # the full name: prefix and key
+        self.lock_id = lock_id
+        self.timeout = timeout
+        self.shared = shared
+        self.strategy = strategy
+        self.ttl = ttl
+        self.transaction = transaction
+        self.on_lost = on_lost
+        self.cancel_on_lost = cancel_on_lost
+
+    @property
+    def _plain(self):
+        """The token of the current plain hold, 0 when none (only 0 may be set: forget it)."""
+        return self._number if self._token else 0
+
+    @_plain.setter
+    def _plain(self, value):
+        if value != 0:
+            raise ValueError("_plain can only be reset to 0")
+        self._token = 0
+        self._number = None
+
+    def __del__(self):
+        if self._token or self._hold is not None:
+            try:
+                self._abandon()
+            except Exception:  # at interpreter exit the modules may be half gone
+                pass
+
+    def _try_plain(self):
+        """Take the lock as a plain hold if it is one and its key is free now; True when taken.
+
+        False (nothing changed) when this Lock holds or held something, is busy
+        acquiring, is not plain (a lease, a transaction), its locker has no
+        plain path, or the key is held or queued for.
+        """
+        return self._take()
+
+    def _release_plain(self):
+        """Release the current plain hold; True when released, False (nothing changed) when there is none.
+
+        A plain hold that is gone (``Locker.close()``, a cleared table) raises
+        the keeper's LockLostError, and reports the loss once.
+        """
+        return self._give()
+
+    cdef bint _take(self) except -1:
+        cdef PlainPath path = self._path
+        cdef LockTable table = path._table
+        cdef uint64_t token
+        if (
+            table is None or self._token or self._hold is not None or self._busy
+            or self.ttl is not None or self.transaction is not None
+        ):
+            return False
+        token = table._try(self.name, self.shared)
+        if token == 0:
+            return False
+        number = token
+        tokens = path._tokens
+        try:
+            PySet_Add(tokens, number)  # from here on the keeper owns it
+        except BaseException:
+            table._free(self.name, token)
+            raise
+        self._plain_set = tokens
+        self._table = table
+        self._since = path.stats._count_acquire()
+        self._generation = path.generation
+        self._spent = False
+        self._number = number
+        self._token = token
+        if path._listening():
+            path.keeper.plain_acquired(self, number)
+        return True
+
+    cdef bint _give(self) except -1:
+        cdef PlainPath path = self._path
+        cdef double held_for
+        cdef bint recorded
+        cdef uint64_t token = self._token
+        if not token or self._generation != path.generation or self._spent:
+            return False
+        number = self._number
+        recorded = PySet_Discard(self._plain_set, number) == 1
+        if recorded and self._table._free(self.name, token):
+            self._token = 0
+            self._number = None
+            held_for = path.stats._count_release(self._since)
+            if path._listening():
+                path.keeper.plain_released(self, number, held_for)
+            return True
+        self._spent = True  # keep the token: ``lock.lost`` stays True until the next acquire
+        raise path.keeper.plain_not_released(self, number, self._since, recorded)
+
+
+@cython.binding(False)
+cdef class SyncLockBase(LockBase):
+    """``LockBase`` with the sync Lock's verbs: the plain path in C, the rest in the subclass.
+
+    The subclass provides ``_acquire(blocking, timeout)`` (every acquire the
+    plain path does not take), ``_release_hold()`` (every release that is not
+    of a plain hold) and ``_enter()`` (``with``, when the plain path did not take it).
+    """
+
+    def acquire(self, blocking=True, timeout=None):
+        """Acquire the lock; True when acquired.
+
+        ``blocking=False`` tries once. Otherwise the lock's strategy applies,
+        waiting up to ``timeout`` seconds (None: the timeout this lock was
+        made with, which may itself be None for "forever").
+
+        Raises AlreadyHeldError if this object already holds the lock,
+        ValueError for a bad timeout, BackendError when the store fails.
+        """
+        if timeout is None and self._take():
+            return True
+        return self._acquire(blocking, timeout)
+
+    def release(self):
+        """Release the lock.
+
+        Raises NotHeldError when this object does not hold it, LockLostError
+        when the store lost it while it was held (the lock is gone either way).
+        """
+        if not self._give():
+            self._release_hold()
+
+    def __enter__(self):
+        if self._take():
+            return self
+        return self._enter()
+
+    def __exit__(self, exc_type, exc, traceback):
+        if not self._give():
+            self._release_hold()

@@ -20,7 +20,10 @@ __all__ = [
     "NATIVE",
     "Backoff",
     "Counters",
+    "LockBase",
     "LockTable",
+    "PlainPath",
+    "SyncLockBase",
     "full_name",
     "hash_text_extended",
     "lock_id",
@@ -95,7 +98,10 @@ if TYPE_CHECKING:
         MAX_NAME_BYTES,
         Backoff,
         Counters,
+        LockBase,
         LockTable,
+        PlainPath,
+        SyncLockBase,
         full_name,
         hash_text_extended,
         lock_id,
@@ -114,6 +120,9 @@ else:
     Backoff = IMPLEMENTATION.Backoff
     Counters = IMPLEMENTATION.Counters
     LockTable = IMPLEMENTATION.LockTable
+    LockBase = IMPLEMENTATION.LockBase
+    PlainPath = IMPLEMENTATION.PlainPath
+    SyncLockBase = IMPLEMENTATION.SyncLockBase
     MAX_NAME_BYTES: int = IMPLEMENTATION.MAX_NAME_BYTES
     full_name = IMPLEMENTATION.full_name
     hash_text_extended = IMPLEMENTATION.hash_text_extended

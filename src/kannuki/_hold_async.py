@@ -155,9 +155,11 @@ class AsyncHoldKeeper:
         self._next_watch = 0.0
         self._sleep_until = 0.0  # when the sleeping worker wakes by itself (monotonic)
         # Plain holds (a store's in-process table, no lease): their tokens, one set per table; no
-        # Hold or Grant object at all. ``plain`` is the set of the table the locker uses now.
+        # Hold or Grant object at all. ``plain`` is the set of the table the locker uses now, and
+        # ``path`` the compiled core's way there that every Lock of the locker takes (one C call).
         self._plain_sets: dict[int, PlainTokens] = {}
         self.plain: PlainTokens | None = None
+        self.path = _core.PlainPath(self, stats, instrumented, _fork.GENERATION, _log_levels)
         self._mutex = AMutex()
         self._worker = AWorker("kannuki-renewer")
         self._closed = False
@@ -173,11 +175,13 @@ class AsyncHoldKeeper:
         """The in-process table plain holds go to from now on (None: no such table); its token set."""
         if table is None:
             self.plain = None
+            self.path.use(None, None)
             return None
         tokens = self._plain_sets.get(id(table))
         if tokens is None:
             tokens = self._plain_sets[id(table)] = PlainTokens(table)
         self.plain = tokens
+        self.path.use(table, tokens)
         return tokens
 
     def names(self) -> dict[int, str]:
@@ -242,8 +246,8 @@ class AsyncHoldKeeper:
             log.debug("acquired %r after %.6fs (token %s)", key, waited, grant.token)
         return hold
 
-    # Plain holds: the Lock's hot path calls these two C-level entry points itself (a dict's own
-    # methods, no Python frame), and the methods below for everything that is not the common case.
+    # Plain holds: the Lock's hot path is the core's (``_core.LockBase`` through ``path``); it calls
+    # the methods below only when someone listens, or for what is not the common case.
 
     def plain_acquired(self, lock: Any, token: int) -> None:
         """Emit and log a plain acquisition (called only when someone listens)."""
@@ -590,6 +594,7 @@ class AsyncHoldKeeper:
         self._watched = {}
         for tokens in self._plain_sets.values():
             tokens.clear()  # in place: held Lock objects point at these sets
+        self.path.generation = _fork.GENERATION  # a Lock copied from the parent holds nothing here
         self._worker.forget()
         self._loop = None
         self.backend.after_fork_in_child()

@@ -177,7 +177,18 @@ class AsyncLocker:
                 f"on_lost must be a callable(lock, reason) or None, not {type(on_lost).__qualname__}"
             )
         return AsyncLock(
-            self, key, name, lock_id, timeout, shared, strategy, ttl, transaction, on_lost, cancel_on_lost
+            self._keeper.path,
+            self,
+            key,
+            name,
+            lock_id,
+            timeout,
+            shared,
+            strategy,
+            ttl,
+            transaction,
+            on_lost,
+            cancel_on_lost,
         )
 
     def lock_many(

@@ -6,13 +6,18 @@ Same interface as ``kannuki._pure``; the contract is ``kannuki._coreapi``. The c
 """
 
 from collections.abc import Callable, Hashable
-from typing import Final, final
+from typing import Any, Final, final
+
+from typing_extensions import Self, disjoint_base
 
 __all__ = [
     "MAX_NAME_BYTES",
     "Backoff",
     "Counters",
+    "LockBase",
     "LockTable",
+    "PlainPath",
+    "SyncLockBase",
     "full_name",
     "hash_text_extended",
     "lock_id",
@@ -107,3 +112,86 @@ class Counters:
         """Count one of: failed, timeouts, lost, renewed, renew_failed."""
     def snapshot(self) -> tuple[int, int, int, int, int, int, int, float]:
         """``(acquired, failed, timeouts, released, lost, renewed, renew_failed, hold_time)``."""
+
+@final
+class PlainPath:
+    """One locker's way to its plain holds: the table they go to, the token set that records them."""
+
+    keeper: Any
+    stats: Counters
+    instrumented: bool
+    generation: int
+    def __init__(
+        self,
+        keeper: Any = None,
+        stats: Counters | None = None,
+        instrumented: bool = True,
+        generation: int = 0,
+        log_levels: dict[int, bool] | None = None,
+    ) -> None: ...
+    @property
+    def table(self) -> LockTable | None:
+        """The table plain holds go to now, or None (no plain path)."""
+    @property
+    def tokens(self) -> set[int] | None:
+        """The set recording the tokens held in ``table``, or None."""
+    def use(self, table: LockTable | None, tokens: set[int] | None) -> None:
+        """Send plain holds to ``table``, recorded in the set ``tokens`` (None, None: no plain path)."""
+
+@disjoint_base
+class LockBase:
+    """The state of a Lock, and its plain fast path (the base of ``AsyncLock``; ``Lock`` has ``SyncLockBase``)."""
+
+    locker: Any
+    key: str
+    name: str
+    lock_id: int
+    timeout: float | None
+    shared: bool
+    strategy: str
+    ttl: float | None
+    transaction: Any
+    on_lost: Any
+    cancel_on_lost: bool
+    _hold: Any
+    _busy: bool
+    _plain_set: Any
+    _since: float
+    _generation: int
+    _spent: bool
+    _task: Any
+    _cancelled_for_loss: bool
+    def __init__(
+        self,
+        path: PlainPath | None = None,
+        locker: Any = None,
+        key: Any = None,
+        name: Any = None,
+        lock_id: Any = None,
+        timeout: float | None = None,
+        shared: bool = False,
+        strategy: Any = None,
+        ttl: float | None = None,
+        transaction: Any = None,
+        on_lost: Any = None,
+        cancel_on_lost: bool = False,
+    ) -> None: ...
+    @property
+    def _plain(self) -> int:
+        """The token of the current plain hold, 0 when none (only 0 may be set: forget it)."""
+    @_plain.setter
+    def _plain(self, value: int) -> None: ...
+    def _try_plain(self) -> bool:
+        """Take the lock as a plain hold if it is one and its key is free now; True when taken."""
+    def _release_plain(self) -> bool:
+        """Release the current plain hold; True when released, False (nothing changed) when there is none."""
+
+class SyncLockBase(LockBase):
+    """``LockBase`` with the sync Lock's verbs: the plain path in C, the rest in the subclass."""
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Acquire the lock; True when acquired."""
+    def release(self) -> None:
+        """Release the lock."""
+    def __enter__(self) -> Self: ...
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None: ...
