@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import random
 from types import ModuleType
 from typing import Any
 
@@ -59,8 +60,7 @@ def _setup(core: ModuleType, *, log_levels: dict[int, bool] | None = None) -> tu
     table = core.LockTable()
     stats = core.Counters()
     path = core.PlainPath(keeper, stats, True, 7, QUIET if log_levels is None else log_levels)
-    tokens: set[int] = set()
-    path.use(table, tokens)
+    path.use(table, core.TokenSet(table))
     return path, Lock, table, keeper
 
 
@@ -187,3 +187,105 @@ def test_path_use_refuses_a_half(core: ModuleType) -> None:
         path.use(core.LockTable(), None)
     with pytest.raises(TypeError):
         path.use(None, set())
+
+
+def _token_workout(core: ModuleType, seed: int) -> list[object]:
+    """Random adds and removes on a TokenSet beside a set: what each step saw, for the twins to agree on."""
+    rng = random.Random(seed)
+    tokens, mirror = core.TokenSet("table"), set()
+    out: list[object] = []
+    base = rng.getrandbits(40) + 1
+    for _ in range(3000):
+        token = base + rng.randrange(200)  # a narrow range: clusters, collisions and shifts in the slots
+        if rng.random() < 0.55:
+            tokens.add(token)
+            mirror.add(token)
+        else:
+            try:
+                tokens.remove(token)
+                out.append(True)
+            except KeyError:
+                out.append(False)
+            assert out[-1] == (token in mirror)
+            mirror.discard(token)
+        assert len(tokens) == len(mirror)
+        probe = base + rng.randrange(200)
+        assert (probe in tokens) == (probe in mirror)
+    assert list(tokens) == sorted(mirror) and tokens.table == "table"
+    out.append(list(tokens))
+    tokens.clear()
+    assert len(tokens) == 0 and list(tokens) == [] and base not in tokens
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_token_set_is_a_set_of_tokens(core: ModuleType, seed: int) -> None:
+    """TokenSet answers add / remove / in / len / iteration as a set of ints does."""
+    _token_workout(core, seed)
+
+
+@pytest.mark.skipif(_native is None, reason="kannuki._native is not built")
+def test_token_set_twins_agree() -> None:
+    """The compiled TokenSet (its own hash table) and the pure one (a set) agree step by step."""
+    assert _token_workout(_native, 9) == _token_workout(_pure, 9)
+
+
+def test_token_set_refuses_what_is_no_token(core: ModuleType) -> None:
+    """Only ints in 1..2**64-1 are tokens; anything else is never in the set."""
+    tokens = core.TokenSet()
+    for bad in (0, -1, 1 << 64):
+        with pytest.raises((ValueError, OverflowError)):
+            tokens.add(bad)
+    with pytest.raises(TypeError):
+        tokens.add("1")
+    assert "1" not in tokens and True not in tokens and 0 not in tokens
+    with pytest.raises(KeyError):
+        tokens.remove(5)
+
+
+def test_make_builds_a_defaulted_lock(core: ModuleType) -> None:
+    """make() gives a lock with the locker's defaults, None when any option is given, and validates the key."""
+    path, cls, _table, _keeper = _setup(core)
+    unset = object()
+    path.set_defaults("app", 5.0, "retry", unset)
+    lock = path.make(cls, "locker", "job", unset, False, None, None, None, None, False)
+    assert (lock.name, lock.lock_id) == core.name_and_id("job", "app")
+    assert (lock.key, lock.locker, lock.timeout, lock.strategy, lock.shared) == (
+        "job",
+        "locker",
+        5.0,
+        "retry",
+        False,
+    )
+    assert lock.ttl is None and lock.transaction is None and lock.on_lost is None and not lock.cancel_on_lost
+    assert lock._plain == 0 and lock._hold is None and lock.acquire() is True
+    lock.release()
+    again = path.make(cls, "locker", "job", unset, False, None, None, None, None, False)
+    assert again is not lock and again.name == lock.name  # a remembered key: the same name
+    given = [(1.0, False, None, None, None, None, False), (unset, True, None, None, None, None, False)]
+    given += [(unset, False, "retry", None, None, None, False), (unset, False, None, 1.0, None, None, False)]
+    given += [
+        (unset, False, None, None, object(), None, False),
+        (unset, False, None, None, None, print, False),
+    ]
+    given += [(unset, False, None, None, None, None, True)]
+    for options in given:
+        assert path.make(cls, "locker", "job", *options) is None
+    for bad, error in (("", ValueError), (b"job", TypeError), ("\ud800", ValueError)):
+        with pytest.raises(error):
+            path.make(cls, "locker", bad, unset, False, None, None, None, None, False)
+    with pytest.raises(TypeError):
+        path.make(object, "locker", "job", unset, False, None, None, None, None, False)
+
+
+def test_make_names_a_str_subclass_key_by_its_value(core: ModuleType) -> None:
+    """A key of a str subclass gets the exact-str full name, and is not remembered under its own type."""
+
+    class Job(str):
+        pass
+
+    path, cls, _table, _keeper = _setup(core)
+    unset = object()
+    path.set_defaults(None, None, "blocking", unset)
+    lock = path.make(cls, "locker", Job("job"), unset, False, None, None, None, None, False)
+    assert type(lock.name) is str and lock.name == "job" and type(lock.key) is Job

@@ -24,6 +24,7 @@ __all__ = [
     "LockTable",
     "PlainPath",
     "SyncLockBase",
+    "TokenSet",
     "full_name",
     "hash_text_extended",
     "lock_id",
@@ -102,6 +103,7 @@ if TYPE_CHECKING:
         LockTable,
         PlainPath,
         SyncLockBase,
+        TokenSet,
         full_name,
         hash_text_extended,
         lock_id,
@@ -123,6 +125,7 @@ else:
     LockBase = IMPLEMENTATION.LockBase
     PlainPath = IMPLEMENTATION.PlainPath
     SyncLockBase = IMPLEMENTATION.SyncLockBase
+    TokenSet = IMPLEMENTATION.TokenSet
     MAX_NAME_BYTES: int = IMPLEMENTATION.MAX_NAME_BYTES
     full_name = IMPLEMENTATION.full_name
     hash_text_extended = IMPLEMENTATION.hash_text_extended

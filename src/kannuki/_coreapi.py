@@ -24,6 +24,7 @@ CORE_NAMES = (
     "MAX_NAME_BYTES",
     "PlainPath",
     "SyncLockBase",
+    "TokenSet",
     "full_name",
     "hash_text_extended",
     "lock_id",

@@ -5,8 +5,8 @@ Same interface as ``kannuki._pure``; the contract is ``kannuki._coreapi``. The c
 ``scripts/gates`` runs stubtest to keep this file true to the built module.
 """
 
-from collections.abc import Callable, Hashable
-from typing import Any, Final, final
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, Final, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
 
@@ -18,6 +18,7 @@ __all__ = [
     "LockTable",
     "PlainPath",
     "SyncLockBase",
+    "TokenSet",
     "full_name",
     "hash_text_extended",
     "lock_id",
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 MAX_NAME_BYTES: Final[int]
+_L = TypeVar("_L", bound=LockBase)
 
 def hash_text_extended(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
     """PostgreSQL's ``hashtextextended`` over ``data`` with ``seed``, as a signed 64-bit int."""
@@ -114,6 +116,24 @@ class Counters:
         """``(acquired, failed, timeouts, released, lost, renewed, renew_failed, hold_time)``."""
 
 @final
+class TokenSet:
+    """A set of fencing tokens (ints > 0 that fit in 64 bits): one locker's plain holds in ``table``."""
+
+    table: Any
+    def __init__(self, table: Any = None) -> None: ...
+    def add(self, token: int) -> None:
+        """Record ``token`` (an int > 0)."""
+    def remove(self, token: int) -> None:
+        """Forget ``token``; KeyError when it is not recorded."""
+    def discard(self, token: int) -> None:
+        """Forget ``token`` if it is recorded."""
+    def clear(self) -> None:
+        """Forget every token."""
+    def __contains__(self, key: object, /) -> bool: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[int]: ...
+
+@final
 class PlainPath:
     """One locker's way to its plain holds: the table they go to, the token set that records them."""
 
@@ -133,10 +153,26 @@ class PlainPath:
     def table(self) -> LockTable | None:
         """The table plain holds go to now, or None (no plain path)."""
     @property
-    def tokens(self) -> set[int] | None:
+    def tokens(self) -> TokenSet | None:
         """The set recording the tokens held in ``table``, or None."""
-    def use(self, table: LockTable | None, tokens: set[int] | None) -> None:
-        """Send plain holds to ``table``, recorded in the set ``tokens`` (None, None: no plain path)."""
+    def use(self, table: LockTable | None, tokens: TokenSet | None) -> None:
+        """Send plain holds to ``table``, recorded in ``tokens`` (None, None: no plain path)."""
+    def set_defaults(self, prefix: str | None, default_timeout: Any, strategy: Any, unset: Any) -> None:
+        """The locker's key prefix, default timeout and strategy for make(); ``unset`` stands for "no timeout given"."""
+    def make(
+        self,
+        cls: type[_L],
+        locker: Any,
+        key: Any,
+        timeout: Any,
+        shared: Any,
+        strategy: Any,
+        ttl: Any,
+        transaction: Any,
+        on_lost: Any,
+        cancel_on_lost: Any,
+    ) -> _L | None:
+        """A new ``cls`` (a LockBase subclass) on ``key`` with the locker's defaults; None when an option was given."""
 
 @disjoint_base
 class LockBase:
@@ -155,7 +191,9 @@ class LockBase:
     cancel_on_lost: bool
     _hold: Any
     _busy: bool
-    _plain_set: Any
+    @property
+    def _plain_set(self) -> TokenSet:
+        """The keeper's record of the plain hold (None until the first one: read it only while ``_plain``)."""
     _since: float
     _generation: int
     _spent: bool

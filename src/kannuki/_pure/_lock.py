@@ -8,15 +8,47 @@ everything else.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 from kannuki import events as _events
 from kannuki._pure._counters import Counters
+from kannuki._pure._hashing import name_and_id
 from kannuki._pure._table import LockTable
 
-__all__ = ["LockBase", "PlainPath", "SyncLockBase"]
+__all__ = ["LockBase", "PlainPath", "SyncLockBase", "TokenSet"]
 
 _DEBUG_LEVEL = 10  # logging.DEBUG
+_NAMES_KEPT = 1024  # keys whose name and ID one locker remembers (then it starts over)
+_L = TypeVar("_L", bound="LockBase")
+
+
+class TokenSet(set):  # type: ignore[type-arg]  # a set of ints; generic subclassing needs 3.9+ runtime
+    """A set of fencing tokens (ints > 0 that fit in 64 bits): one locker's plain holds in ``table``.
+
+    The keeper's record of what it holds there, for ``close()``, the GC and
+    ``lock.lost``. A set of ints, with the table riding along.
+    """
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: Any = None) -> None:
+        super().__init__()
+        self.table = table
+
+    def add(self, token: int) -> None:
+        """Record ``token`` (an int > 0)."""
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise TypeError(f"token must be an int, not {type(token).__name__}")
+        if not 0 < token < 1 << 64:
+            raise ValueError(f"token must be an int in 1..2**64-1, got {token!r}")
+        super().add(token)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(set.__iter__(self)))
+
+    def __repr__(self) -> str:
+        return f"TokenSet({sorted(self)!r})"
 
 
 class PlainPath:
@@ -29,7 +61,20 @@ class PlainPath:
     the keeper moves it on in a forked child.
     """
 
-    __slots__ = ("_log_levels", "_table", "_tokens", "generation", "instrumented", "keeper", "stats")
+    __slots__ = (
+        "_default_timeout",
+        "_log_levels",
+        "_names",
+        "_prefix",
+        "_strategy",
+        "_table",
+        "_tokens",
+        "_unset",
+        "generation",
+        "instrumented",
+        "keeper",
+        "stats",
+    )
 
     def __init__(
         self,
@@ -45,7 +90,65 @@ class PlainPath:
         self.generation = generation
         self._log_levels = {} if log_levels is None else log_levels
         self._table: LockTable | None = None
-        self._tokens: set[int] | None = None
+        self._tokens: TokenSet | None = None
+        # What make() needs: the locker's defaults, and the full name and lock ID of recent keys.
+        self._prefix: str | None = None
+        self._default_timeout: Any = None
+        self._strategy: Any = "blocking"
+        self._unset: Any = self  # nothing the caller passes: every timeout counts as given
+        self._names: dict[str, tuple[str, int]] = {}
+
+    def set_defaults(self, prefix: str | None, default_timeout: Any, strategy: Any, unset: Any) -> None:
+        """The locker's key prefix, default timeout and strategy for make(); ``unset`` stands for "no timeout given"."""
+        if prefix is not None and not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str or None, not {type(prefix).__name__}")
+        self._prefix = prefix
+        self._default_timeout = default_timeout
+        self._strategy = strategy
+        self._unset = unset
+        self._names = {}
+
+    def make(
+        self,
+        cls: type[_L],
+        locker: Any,
+        key: Any,
+        timeout: Any,
+        shared: Any,
+        strategy: Any,
+        ttl: Any,
+        transaction: Any,
+        on_lost: Any,
+        cancel_on_lost: Any,
+    ) -> _L | None:
+        """A new ``cls`` (a LockBase subclass) on ``key`` with the locker's defaults; None when an option was given.
+
+        The fast way of ``locker.lock(key)``: the key is validated and hashed
+        once per distinct key (recent ones are remembered), and no argument
+        parsing is done. ``cls`` must be a subclass of LockBase.
+        """
+        if not (
+            timeout is self._unset
+            and shared is False
+            and strategy is None
+            and ttl is None
+            and transaction is None
+            and on_lost is None
+            and cancel_on_lost is False
+        ):
+            return None
+        if not (isinstance(cls, type) and issubclass(cls, LockBase)):
+            raise TypeError(f"cls must be a subclass of LockBase, not {cls!r}")
+        exact = type(key) is str
+        found = self._names.get(key) if exact else None
+        if found is None:
+            found = name_and_id(key, self._prefix)
+            if exact:
+                if len(self._names) >= _NAMES_KEPT:
+                    self._names.clear()
+                self._names[key] = found
+        name, lock_id = found
+        return cls(self, locker, key, name, lock_id, self._default_timeout, False, self._strategy)
 
     @property
     def table(self) -> LockTable | None:
@@ -53,18 +156,18 @@ class PlainPath:
         return self._table
 
     @property
-    def tokens(self) -> set[int] | None:
+    def tokens(self) -> TokenSet | None:
         """The set recording the tokens held in ``table``, or None."""
         return self._tokens
 
-    def use(self, table: LockTable | None, tokens: set[int] | None) -> None:
-        """Send plain holds to ``table``, recorded in the set ``tokens`` (None, None: no plain path)."""
+    def use(self, table: LockTable | None, tokens: TokenSet | None) -> None:
+        """Send plain holds to ``table``, recorded in ``tokens`` (None, None: no plain path)."""
         if (
             (table is None) != (tokens is None)
             or not (table is None or isinstance(table, LockTable))
-            or not (tokens is None or isinstance(tokens, set))
+            or not (tokens is None or isinstance(tokens, TokenSet))
         ):
-            raise TypeError("use() takes a LockTable and its token set, or None and None")
+            raise TypeError("use() takes a LockTable and its TokenSet, or None and None")
         self._table = table
         self._tokens = tokens
 
