@@ -1458,6 +1458,7 @@ cdef class PlainPath:
     cdef object _strategy
     cdef object _unset            # the sentinel of a timeout the caller did not give
     cdef dict _names              # exact-str key -> (full name, lock ID), at most _NAMES_KEPT
+    cdef type _checked            # the last class make() found to be a LockBase subclass
 
     def __init__(
         self, keeper=None, Counters stats=None, bint instrumented=True, long long generation=0, dict log_levels=None
@@ -1497,8 +1498,10 @@ cdef class PlainPath:
             and transaction is None and on_lost is None and cancel_on_lost is False
         ):
             return None
-        if not issubclass(cls, LockBase):
-            raise TypeError(f"cls must be a subclass of LockBase, not {cls.__name__}")
+        if cls is not self._checked:
+            if not issubclass(cls, LockBase):
+                raise TypeError(f"cls must be a subclass of LockBase, not {cls.__name__}")
+            self._checked = cls
         found = None
         if PyUnicode_CheckExact(key):
             found = <tuple>self._names.get(key)
