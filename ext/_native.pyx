@@ -6,6 +6,7 @@ The twin of ``kannuki._pure`` (same names, same results bit for bit); see
 
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.object cimport PyObject, PyTypeObject
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.pythread cimport (
     NOWAIT_LOCK,
@@ -25,13 +26,18 @@ import threading as _threading
 import time as _time
 from collections import deque as _deque
 
+from kannuki import events as _events
 from kannuki.errors import DeadlockError as _DeadlockError
 
 __all__ = [
     "Backoff",
     "Counters",
+    "LockBase",
     "LockTable",
     "MAX_NAME_BYTES",
+    "PlainPath",
+    "SyncLockBase",
+    "TokenSet",
     "full_name",
     "hash_text_extended",
     "lock_id",
@@ -837,6 +843,10 @@ cdef class LockTable:
         The uncontended hot path: a token (> 0), or 0 when ``key`` is held or
         has waiters (then call ``acquire`` to wait).
         """
+        return self._try(key, shared)
+
+    cdef uint64_t _try(self, object key, bint shared) except? 0:
+        """``try_acquire`` for C callers (the plain Lock's fast path)."""
         cdef uint64_t token = 0
         self._lock()
         try:
@@ -1026,12 +1036,15 @@ cdef class LockTable:
 
     def release(self, key, token):
         """Compare-and-delete: free the holder ``token`` of ``key``; False when it is not a holder."""
-        cdef uint64_t tok = _as_token(token)
+        return self._free(key, _as_token(token))
+
+    cdef bint _free(self, object key, uint64_t token) except -1:
+        """``release`` for C callers (the plain Lock's fast path)."""
         cdef _Entry entry
         self._lock()
         try:
             entry = self._entry(key)
-            if entry is None or not entry.drop(tok):
+            if entry is None or not entry.drop(token):
                 return False
             if entry.has_waiters():
                 self._grant(entry)
@@ -1216,11 +1229,17 @@ cdef class Counters:
 
     def acquired(self):
         """Count one acquisition; return ``time.monotonic()`` (the start of the hold)."""
-        self._acquired += 1
-        return _now()
+        return self._count_acquire()
 
     def released(self, double since):
         """Count one release of a hold that began at ``since``; return the seconds held."""
+        return self._count_release(since)
+
+    cdef inline double _count_acquire(self) except? -1.0:
+        self._acquired += 1
+        return _now()
+
+    cdef inline double _count_release(self, double since) except? -1.0:
         cdef double held = _now() - since
         self._released += 1
         self._hold_time += held
@@ -1250,3 +1269,455 @@ cdef class Counters:
 
 
 _COUNTER_NAMES = ("failed", "timeouts", "lost", "renewed", "renew_failed")
+
+
+# ---------------------------------------------------------------------------------
+# The plain Lock: a lock on an in-process table with nothing else to keep (no lease, no
+# transaction). Its uncontended acquire and release are one C call each: the table's try,
+# the keeper's token set, the stats; the API layer's Lock subclasses do everything else.
+# ---------------------------------------------------------------------------------
+
+cdef tuple _NO_ARGS = ()
+
+cdef extern from "Python.h":
+    # Borrowed, NULL when absent; the keys here (an interned str, a small int) never raise on hashing
+    # or comparing, so NULL is never an error. Unlike PyDict_GetItem it saves no exception state.
+    PyObject* PyDict_GetItemWithError(object mapping, object key)
+    PyObject* Py_False
+    int PyObject_IsTrue(PyObject* o) except -1
+
+cdef Py_ssize_t _NAMES_KEPT = 1024  # keys whose name and ID one locker remembers (then it starts over)
+cdef dict _events_ns = _events.__dict__  # SUBSCRIBERS is rebound there, never mutated: read it each time
+cdef str _SUBSCRIBERS = "SUBSCRIBERS"
+cdef object _DEBUG_LEVEL = 10  # logging.DEBUG
+
+
+cdef inline Py_ssize_t _slot_of(uint64_t token, Py_ssize_t mask) noexcept nogil:
+    # Fibonacci hashing: consecutive tokens (the common case) spread over the table.
+    return <Py_ssize_t>((token * <uint64_t>0x9E3779B97F4A7C15) >> 32) & mask
+
+
+@cython.binding(False)
+@cython.final
+cdef class TokenSet:
+    """A set of fencing tokens (ints > 0 that fit in 64 bits): one locker's plain holds in ``table``.
+
+    The keeper's record of what it holds there, for ``close()``, the GC and
+    ``lock.lost``; the plain Lock adds and removes its token in C, with no int
+    object made. Behaves as a set of ints: ``add``, ``remove`` (KeyError when
+    absent), ``discard``, ``in``, ``len``, iteration, ``clear``.
+    """
+
+    cdef public object table
+    cdef uint64_t* _slots       # open addressing, linear probing; 0 is an empty slot
+    cdef Py_ssize_t _mask       # capacity - 1 (capacity a power of 2), -1 before the first add
+    cdef Py_ssize_t _used
+
+    def __cinit__(self, table=None):
+        self._slots = NULL
+        self._mask = -1
+        self._used = 0
+
+    def __init__(self, table=None):
+        self.table = table
+
+    def __dealloc__(self):
+        PyMem_Free(self._slots)
+
+    cdef int _grow(self) except -1:
+        cdef Py_ssize_t old_cap = self._mask + 1
+        cdef Py_ssize_t cap = 8 if old_cap == 0 else old_cap * 2
+        cdef uint64_t* old = self._slots
+        cdef uint64_t* fresh = <uint64_t*>PyMem_Malloc(cap * sizeof(uint64_t))
+        cdef Py_ssize_t i, j
+        if fresh == NULL:
+            raise MemoryError()
+        for i in range(cap):
+            fresh[i] = 0
+        self._slots = fresh
+        self._mask = cap - 1
+        for i in range(old_cap):
+            if old[i]:
+                j = _slot_of(old[i], self._mask)
+                while fresh[j]:
+                    j = (j + 1) & self._mask
+                fresh[j] = old[i]
+        PyMem_Free(old)
+        return 0
+
+    cdef Py_ssize_t _find(self, uint64_t token) noexcept:
+        """The slot holding ``token``, or -1."""
+        cdef Py_ssize_t i
+        if self._used == 0 or token == 0:
+            return -1
+        i = _slot_of(token, self._mask)
+        while self._slots[i]:
+            if self._slots[i] == token:
+                return i
+            i = (i + 1) & self._mask
+        return -1
+
+    cdef int _add(self, uint64_t token) except -1:
+        cdef Py_ssize_t i
+        if (self._used + 1) * 2 > self._mask + 1:  # at most half full: short probes
+            self._grow()
+        i = _slot_of(token, self._mask)
+        while self._slots[i]:
+            if self._slots[i] == token:
+                return 0
+            i = (i + 1) & self._mask
+        self._slots[i] = token
+        self._used += 1
+        return 0
+
+    cdef bint _discard(self, uint64_t token) noexcept:
+        """Remove ``token``; True when it was there. Backward-shift deletion: no tombstones."""
+        cdef Py_ssize_t hole = self._find(token)
+        cdef Py_ssize_t i, home
+        if hole < 0:
+            return False
+        self._slots[hole] = 0
+        self._used -= 1
+        i = (hole + 1) & self._mask
+        while self._slots[i]:
+            home = _slot_of(self._slots[i], self._mask)
+            # Move the entry back into the hole unless its home lies cyclically in (hole, i].
+            if (i > hole and (home <= hole or home > i)) or (i < hole and home <= hole and home > i):
+                self._slots[hole] = self._slots[i]
+                self._slots[i] = 0
+                hole = i
+            i = (i + 1) & self._mask
+        return True
+
+    def add(self, token):
+        """Record ``token`` (an int > 0)."""
+        cdef uint64_t tok = _as_token(token)
+        if tok == 0:
+            raise ValueError(f"token must be an int in 1..2**64-1, got {token!r}")
+        self._add(tok)
+
+    def remove(self, token):
+        """Forget ``token``; KeyError when it is not recorded."""
+        if not self._discard(_as_token(token)):
+            raise KeyError(token)
+
+    def discard(self, token):
+        """Forget ``token`` if it is recorded."""
+        self._discard(_as_token(token))
+
+    def clear(self):
+        """Forget every token."""
+        cdef Py_ssize_t i
+        for i in range(self._mask + 1):
+            self._slots[i] = 0
+        self._used = 0
+
+    def __contains__(self, token):
+        if PyBool_Check(token) or not PyLong_Check(token):
+            return False
+        return self._find(_as_token(token)) >= 0
+
+    def __len__(self):
+        return self._used
+
+    def __iter__(self):
+        cdef Py_ssize_t i
+        cdef list out = []
+        for i in range(self._mask + 1):
+            if self._slots[i]:
+                out.append(self._slots[i])
+        out.sort()
+        return iter(out)
+
+    def __repr__(self):
+        return f"TokenSet({sorted(self)!r})"
+
+
+@cython.binding(False)
+@cython.final
+cdef class PlainPath:
+    """One locker's way to its plain holds: the table they go to, the token set that records them.
+
+    ``keeper`` (the hold owner) is told of each plain acquisition and release
+    only when someone listens: ``instrumented`` and an event subscriber, or
+    ``log_levels`` (the ``kannuki`` logger's per-level cache) not saying that
+    DEBUG is off. ``generation`` is the fork generation the holds belong to;
+    the keeper moves it on in a forked child.
+    """
+
+    cdef public object keeper
+    cdef public Counters stats
+    cdef public bint instrumented
+    cdef public long long generation
+    cdef LockTable _table
+    cdef TokenSet _tokens
+    cdef dict _log_levels
+    # What make() needs: the locker's defaults, and the full name and lock ID of recent keys.
+    cdef object _prefix
+    cdef object _default_timeout
+    cdef object _strategy
+    cdef object _unset            # the sentinel of a timeout the caller did not give
+    cdef dict _names              # exact-str key -> (full name, lock ID), at most _NAMES_KEPT
+    cdef type _checked            # the last class make() found to be a LockBase subclass
+
+    def __init__(
+        self, keeper=None, Counters stats=None, bint instrumented=True, long long generation=0, dict log_levels=None
+    ):
+        self.keeper = keeper
+        self.stats = Counters() if stats is None else stats
+        self.instrumented = instrumented
+        self.generation = generation
+        self._log_levels = {} if log_levels is None else log_levels
+        self._names = {}
+        self._strategy = "blocking"
+        self._unset = self  # nothing the caller passes: every timeout counts as given
+
+    def set_defaults(self, prefix, default_timeout, strategy, unset):
+        """The locker's key prefix, default timeout and strategy for make(); ``unset`` stands for "no timeout given"."""
+        if prefix is not None and not PyUnicode_Check(prefix):
+            raise TypeError(f"prefix must be a str or None, not {type(prefix).__name__}")
+        self._prefix = prefix
+        self._default_timeout = default_timeout
+        self._strategy = strategy
+        self._unset = unset
+        self._names = {}
+
+    def make(
+        self, type cls, locker, key, timeout, shared, strategy, ttl, transaction, on_lost, cancel_on_lost
+    ):
+        """A new ``cls`` (a LockBase subclass) on ``key`` with the locker's defaults; None when an option was given.
+
+        The fast way of ``locker.lock(key)``: the key is validated and hashed
+        once per distinct key (recent ones are remembered), and no argument
+        parsing is done. ``cls`` must be a subclass of LockBase.
+        """
+        cdef LockBase lock
+        cdef tuple found
+        if not (
+            timeout is self._unset and shared is False and strategy is None and ttl is None
+            and transaction is None and on_lost is None and cancel_on_lost is False
+        ):
+            return None
+        if cls is not self._checked:
+            if not issubclass(cls, LockBase):
+                raise TypeError(f"cls must be a subclass of LockBase, not {cls.__name__}")
+            self._checked = cls
+        found = None
+        if PyUnicode_CheckExact(key):
+            found = <tuple>self._names.get(key)
+        if found is None:
+            name, lock_id = name_and_id(key, self._prefix)
+            found = (name, lock_id)
+            if PyUnicode_CheckExact(key):
+                if len(self._names) >= _NAMES_KEPT:
+                    self._names.clear()
+                self._names[key] = found
+        # The class's own allocator, as ``cls()`` would call it, without the argument tuple or __init__.
+        lock = <LockBase>(<PyTypeObject*>cls).tp_new(cls, <PyObject*>_NO_ARGS, NULL)
+        lock._path = self
+        lock.locker = locker
+        lock.key = key
+        lock.name = found[0]
+        lock.lock_id = found[1]
+        lock.timeout = self._default_timeout
+        lock.strategy = self._strategy
+        return lock
+
+    @property
+    def table(self):
+        """The table plain holds go to now, or None (no plain path)."""
+        return self._table
+
+    @property
+    def tokens(self):
+        """The set recording the tokens held in ``table``, or None."""
+        return self._tokens
+
+    def use(self, LockTable table, TokenSet tokens):
+        """Send plain holds to ``table``, recorded in ``tokens`` (None, None: no plain path)."""
+        if (table is None) != (tokens is None):
+            raise TypeError("use() takes a LockTable and its TokenSet, or None and None")
+        self._table = table
+        self._tokens = tokens
+
+    cdef inline bint _listening(self) except -1:
+        cdef PyObject* found
+        if self.instrumented:
+            found = PyDict_GetItemWithError(_events_ns, _SUBSCRIBERS)
+            if found != NULL and PyObject_IsTrue(found):
+                return True
+        return PyDict_GetItemWithError(self._log_levels, _DEBUG_LEVEL) != Py_False  # only a cached False is quiet
+
+
+# Plain method descriptors, as LockTable: CPython's specialised calls reach the C functions directly.
+@cython.binding(False)
+cdef class LockBase:
+    """The state of a Lock, and its plain fast path (the base of ``AsyncLock``; ``Lock`` has ``SyncLockBase``).
+
+    The subclass provides ``_abandon()`` (called when a Lock that holds is
+    garbage-collected); everything but the plain path is its business.
+    """
+
+    cdef public object locker
+    cdef public object key
+    cdef public object name
+    cdef public object lock_id
+    cdef public object timeout
+    cdef public bint shared
+    cdef public object strategy
+    cdef public object ttl
+    cdef public object transaction
+    cdef public object on_lost
+    cdef public bint cancel_on_lost
+    cdef public object _hold
+    cdef uint64_t _token        # the plain hold's token, 0 when none
+    cdef public bint _busy
+    cdef readonly TokenSet _plain_set  # the keeper's record of the plain hold
+    cdef public double _since
+    cdef public long long _generation
+    cdef public bint _spent
+    cdef public object _task
+    cdef public bint _cancelled_for_loss
+    cdef PlainPath _path
+    cdef LockTable _table
+    cdef object __weakref__
+
+    def __init__(
+        self, PlainPath path=None, locker=None, key=None, name=None, lock_id=None, timeout=None,
+        bint shared=False, strategy=None, ttl=None, transaction=None, on_lost=None, bint cancel_on_lost=False,
+    ):
+        # ``path`` None: a path to no table, so every acquire takes the subclass's general way.
+        self._path = PlainPath() if path is None else path
+        self.locker = locker
+        self.key = key
+        self.name = name  # the full name: prefix and key
+        self.lock_id = lock_id
+        self.timeout = timeout
+        self.shared = shared
+        self.strategy = strategy
+        self.ttl = ttl
+        self.transaction = transaction
+        self.on_lost = on_lost
+        self.cancel_on_lost = cancel_on_lost
+
+    @property
+    def _plain(self):
+        """The token of the current plain hold, 0 when none (only 0 may be set: forget it)."""
+        return self._token
+
+    @_plain.setter
+    def _plain(self, value):
+        if value != 0:
+            raise ValueError("_plain can only be reset to 0")
+        self._token = 0
+
+    def __del__(self):
+        if self._token or self._hold is not None:
+            try:
+                self._abandon()
+            except Exception:  # at interpreter exit the modules may be half gone
+                pass
+
+    def _try_plain(self):
+        """Take the lock as a plain hold if it is one and its key is free now; True when taken.
+
+        False (nothing changed) when this Lock holds or held something, is busy
+        acquiring, is not plain (a lease, a transaction), its locker has no
+        plain path, or the key is held or queued for.
+        """
+        return self._take()
+
+    def _release_plain(self):
+        """Release the current plain hold; True when released, False (nothing changed) when there is none.
+
+        A plain hold that is gone (``Locker.close()``, a cleared table) raises
+        the keeper's LockLostError, and reports the loss once.
+        """
+        return self._give()
+
+    cdef bint _take(self) except -1:
+        cdef PlainPath path = self._path
+        cdef LockTable table = path._table
+        cdef uint64_t token
+        if (
+            table is None or self._token or self._hold is not None or self._busy
+            or self.ttl is not None or self.transaction is not None
+        ):
+            return False
+        token = table._try(self.name, self.shared)
+        if token == 0:
+            return False
+        tokens = path._tokens
+        try:
+            tokens._add(token)  # from here on the keeper owns it
+        except BaseException:  # no memory to record it: give it back
+            table._free(self.name, token)
+            raise
+        self._plain_set = tokens
+        self._table = table
+        self._since = path.stats._count_acquire()
+        self._generation = path.generation
+        self._spent = False
+        self._token = token
+        if path._listening():
+            path.keeper.plain_acquired(self, token)
+        return True
+
+    cdef bint _give(self) except -1:
+        cdef PlainPath path = self._path
+        cdef double held_for
+        cdef bint recorded
+        cdef uint64_t token = self._token
+        if not token or self._generation != path.generation or self._spent:
+            return False
+        recorded = self._plain_set._discard(token)
+        if recorded and self._table._free(self.name, token):
+            self._token = 0
+            held_for = path.stats._count_release(self._since)
+            if path._listening():
+                path.keeper.plain_released(self, token, held_for)
+            return True
+        self._spent = True  # keep the token: ``lock.lost`` stays True until the next acquire
+        raise path.keeper.plain_not_released(self, token, self._since, recorded)
+
+
+@cython.binding(False)
+cdef class SyncLockBase(LockBase):
+    """``LockBase`` with the sync Lock's verbs: the plain path in C, the rest in the subclass.
+
+    The subclass provides ``_acquire(blocking, timeout)`` (every acquire the
+    plain path does not take), ``_release_hold()`` (every release that is not
+    of a plain hold) and ``_enter()`` (``with``, when the plain path did not take it).
+    """
+
+    def acquire(self, blocking=True, timeout=None):
+        """Acquire the lock; True when acquired.
+
+        ``blocking=False`` tries once. Otherwise the lock's strategy applies,
+        waiting up to ``timeout`` seconds (None: the timeout this lock was
+        made with, which may itself be None for "forever").
+
+        Raises AlreadyHeldError if this object already holds the lock,
+        ValueError for a bad timeout, BackendError when the store fails.
+        """
+        if timeout is None and self._take():
+            return True
+        return self._acquire(blocking, timeout)
+
+    def release(self):
+        """Release the lock.
+
+        Raises NotHeldError when this object does not hold it, LockLostError
+        when the store lost it while it was held (the lock is gone either way).
+        """
+        if not self._give():
+            self._release_hold()
+
+    def __enter__(self):
+        if self._take():
+            return self
+        return self._enter()
+
+    def __exit__(self, exc_type, exc, traceback):
+        if not self._give():
+            self._release_hold()

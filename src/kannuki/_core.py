@@ -20,7 +20,11 @@ __all__ = [
     "NATIVE",
     "Backoff",
     "Counters",
+    "LockBase",
     "LockTable",
+    "PlainPath",
+    "SyncLockBase",
+    "TokenSet",
     "full_name",
     "hash_text_extended",
     "lock_id",
@@ -95,7 +99,11 @@ if TYPE_CHECKING:
         MAX_NAME_BYTES,
         Backoff,
         Counters,
+        LockBase,
         LockTable,
+        PlainPath,
+        SyncLockBase,
+        TokenSet,
         full_name,
         hash_text_extended,
         lock_id,
@@ -114,6 +122,10 @@ else:
     Backoff = IMPLEMENTATION.Backoff
     Counters = IMPLEMENTATION.Counters
     LockTable = IMPLEMENTATION.LockTable
+    LockBase = IMPLEMENTATION.LockBase
+    PlainPath = IMPLEMENTATION.PlainPath
+    SyncLockBase = IMPLEMENTATION.SyncLockBase
+    TokenSet = IMPLEMENTATION.TokenSet
     MAX_NAME_BYTES: int = IMPLEMENTATION.MAX_NAME_BYTES
     full_name = IMPLEMENTATION.full_name
     hash_text_extended = IMPLEMENTATION.hash_text_extended

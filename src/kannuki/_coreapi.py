@@ -19,8 +19,12 @@ JITTER_KINDS = ("none", "full", "decorrelated")
 CORE_NAMES = (
     "Backoff",
     "Counters",
+    "LockBase",
     "LockTable",
     "MAX_NAME_BYTES",
+    "PlainPath",
+    "SyncLockBase",
+    "TokenSet",
     "full_name",
     "hash_text_extended",
     "lock_id",

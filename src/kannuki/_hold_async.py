@@ -32,10 +32,11 @@ from typing import Any, Callable
 from kannuki import _core, _fork
 from kannuki import events as _events
 from kannuki._compat import AMutex, AWorker, acancelled, afinish, aspawn, atable_release
+from kannuki._core import TokenSet
 from kannuki.backends._types import Grant
 from kannuki.errors import LockLostError
 
-__all__ = ["IDLE_STOP", "RETRY_CAP", "AsyncHoldKeeper", "Hold", "PlainTokens"]
+__all__ = ["IDLE_STOP", "RETRY_CAP", "AsyncHoldKeeper", "Hold"]
 
 log = logging.getLogger("kannuki")
 _monotonic = time.monotonic
@@ -61,21 +62,6 @@ RETRY_CAP = 1.0
 IDLE_STOP = 5.0
 
 LostCallback = Callable[[Any, str], object]
-
-
-class PlainTokens(set):  # type: ignore[type-arg]  # a set of ints; generic subclassing needs 3.9+ runtime
-    """The tokens one locker holds in one in-process table: its plain holds (``memory://``, no lease).
-
-    The hot path adds and removes with the set's own C methods; the table rides along so a
-    release, ``close()`` and the GC know where to free them (a table's tokens are unique
-    across its keys, so the token alone names the hold).
-    """
-
-    __slots__ = ("table",)
-
-    def __init__(self, table: Any) -> None:
-        super().__init__()
-        self.table = table
 
 
 class Hold:
@@ -155,9 +141,11 @@ class AsyncHoldKeeper:
         self._next_watch = 0.0
         self._sleep_until = 0.0  # when the sleeping worker wakes by itself (monotonic)
         # Plain holds (a store's in-process table, no lease): their tokens, one set per table; no
-        # Hold or Grant object at all. ``plain`` is the set of the table the locker uses now.
-        self._plain_sets: dict[int, PlainTokens] = {}
-        self.plain: PlainTokens | None = None
+        # Hold or Grant object at all. ``plain`` is the set of the table the locker uses now, and
+        # ``path`` the compiled core's way there that every Lock of the locker takes (one C call).
+        self._plain_sets: dict[int, TokenSet] = {}
+        self.plain: TokenSet | None = None
+        self.path = _core.PlainPath(self, stats, instrumented, _fork.GENERATION, _log_levels)
         self._mutex = AMutex()
         self._worker = AWorker("kannuki-renewer")
         self._closed = False
@@ -169,15 +157,17 @@ class AsyncHoldKeeper:
     def __len__(self) -> int:
         return len(self._held) + sum(len(tokens) for tokens in list(self._plain_sets.values()))
 
-    def use_table(self, table: Any) -> PlainTokens | None:
+    def use_table(self, table: Any) -> TokenSet | None:
         """The in-process table plain holds go to from now on (None: no such table); its token set."""
         if table is None:
             self.plain = None
+            self.path.use(None, None)
             return None
         tokens = self._plain_sets.get(id(table))
         if tokens is None:
-            tokens = self._plain_sets[id(table)] = PlainTokens(table)
+            tokens = self._plain_sets[id(table)] = TokenSet(table)
         self.plain = tokens
+        self.path.use(table, tokens)
         return tokens
 
     def names(self) -> dict[int, str]:
@@ -242,8 +232,8 @@ class AsyncHoldKeeper:
             log.debug("acquired %r after %.6fs (token %s)", key, waited, grant.token)
         return hold
 
-    # Plain holds: the Lock's hot path calls these two C-level entry points itself (a dict's own
-    # methods, no Python frame), and the methods below for everything that is not the common case.
+    # Plain holds: the Lock's hot path is the core's (``_core.LockBase`` through ``path``); it calls
+    # the methods below only when someone listens, or for what is not the common case.
 
     def plain_acquired(self, lock: Any, token: int) -> None:
         """Emit and log a plain acquisition (called only when someone listens)."""
@@ -271,7 +261,7 @@ class AsyncHoldKeeper:
 
     def check_plain(self, lock: Any) -> None:
         """``ensure_held`` of a plain hold: its table must still list its token; LockLostError, reported once, if not."""
-        tokens: PlainTokens = lock._plain_set
+        tokens: TokenSet = lock._plain_set
         token = lock._plain
         if token not in tokens:
             raise LockLostError(
@@ -290,7 +280,7 @@ class AsyncHoldKeeper:
 
     def abandon_plain(self, lock: Any) -> None:
         """A Lock holding a plain hold was garbage-collected: warn naming its key, then release it."""
-        tokens: PlainTokens = lock._plain_set
+        tokens: TokenSet = lock._plain_set
         try:
             tokens.remove(lock._plain)
         except KeyError:  # released by close() already
@@ -606,12 +596,13 @@ class AsyncHoldKeeper:
         self._watched = {}
         for tokens in self._plain_sets.values():
             tokens.clear()  # in place: held Lock objects point at these sets
+        self.path.generation = _fork.GENERATION  # a Lock copied from the parent holds nothing here
         self._worker.forget()
         self._loop = None
         self.backend.after_fork_in_child()
 
 
-def _plain_holds(tokens: PlainTokens) -> list[tuple[Any, int]]:
+def _plain_holds(tokens: TokenSet) -> list[tuple[Any, int]]:
     """``(name, token)`` of each plain hold in ``tokens``, read from its table."""
     mine = set(tokens)
     if not mine:

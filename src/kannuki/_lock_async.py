@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from kannuki import _fork, _handoff
 from kannuki import events as _events
 from kannuki._compat import afinish, asleep, atable_release
-from kannuki._core import Backoff
-from kannuki._hold_async import _DEBUG, Hold, LostCallback, PlainTokens, _cached_level, debugging
+from kannuki._core import Backoff, LockBase  # sync: from kannuki._core import Backoff, SyncLockBase
+from kannuki._hold_async import _DEBUG, Hold, _cached_level, debugging
 from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, LockRequest
 from kannuki.errors import (
     AlreadyHeldError,
@@ -71,7 +71,7 @@ def not_acquired_error(lock: Any, holders: Sequence[Holder]) -> LockNotAcquiredE
     )
 
 
-class AsyncLock:
+class AsyncLock(LockBase):  # sync: class Lock(SyncLockBase):
     """An advisory lock on one key, owned by this object while it holds it.
 
     Create it with :meth:`AsyncLocker.lock`. ``async with lock:`` acquires by
@@ -79,97 +79,42 @@ class AsyncLock:
     it cannot; ``await lock.acquire()`` returns a bool like ``threading.Lock.acquire``.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_busy",
-        "_cancelled_for_loss",  # async-only
-        "_generation",
-        "_hold",
-        "_plain",
-        "_plain_set",
-        "_since",
-        "_spent",
-        "_task",  # async-only
-        "cancel_on_lost",
-        "key",
-        "lock_id",
-        "locker",
-        "name",
-        "on_lost",
-        "shared",
-        "strategy",
-        "timeout",
-        "transaction",
-        "ttl",
-    )
-
-    _plain_set: PlainTokens
-    _since: float
-    _generation: int
-    _spent: bool
-
-    def __init__(
-        self,
-        locker: AsyncLocker,
-        key: str,
-        name: str,
-        lock_id: int,
-        timeout: float | None,
-        shared: bool,
-        strategy: str,
-        ttl: float | None = None,
-        transaction: Any = None,
-        on_lost: LostCallback | None = None,
-        cancel_on_lost: bool = False,
-    ) -> None:
-        # Positional parameters: Locker.lock() passes them so (no kwargs dict on the hot path).
-        self.locker = locker
-        self.key = key
-        self.name = name  # the full name: prefix and key
-        self.lock_id = lock_id
-        self.shared = shared
-        self.timeout = timeout
-        self.strategy = strategy
-        self.ttl = ttl
-        self.transaction = transaction
-        self.on_lost = on_lost
-        self.cancel_on_lost = cancel_on_lost
-        self._hold: Hold | None = None
-        self._plain = 0  # the token of a plain hold (see "state" below), 0 when none
-        self._busy = False
-        self._task: Any = None  # async-only
-        self._cancelled_for_loss = False  # async-only
-        # Set by acquire() before they are ever read (fewer stores for ``with locker.lock(key):``):
-        # _plain_set (the keeper's token set that records a plain hold), _since (when it began,
-        # monotonic), _generation (the fork generation it was taken in), _spent (the current
-        # hold was lost and its release already reported it).
+    # The state lives in the core's base class (kannuki._core.LockBase), which also takes and
+    # releases a plain hold in one C call: ``lock.acquire()``, ``release()`` and ``with`` of the
+    # sync Lock are the core's own methods (SyncLockBase), which call the methods below for the rest.
+    #
+    # A hold is either plain (``_plain``: the token of a hold taken on the store's in-process table,
+    # with nothing else to keep; ``_plain_set``, the keeper's token set that records it; ``_since``,
+    # when it began, monotonic; ``_generation``, the fork generation it was taken in) or a ``Hold``
+    # that the locker's keeper owns (``_hold``). ``_spent``: the current hold was lost and its
+    # release already reported it. ``_busy``: an acquire that may wait is under way.
+    __slots__ = ()
+    locker: AsyncLocker  # the core types them loosely: it knows no locker, no Hold
+    _hold: Hold | None
 
     def __repr__(self) -> str:
         state = "held" if self.locked() else "lost" if self.lost else "free"
         mode = " shared" if self.shared else ""
         return f"<kannuki.AsyncLock {self.key!r}{mode} id={self.lock_id} {state} on {self.locker.scheme}>"
 
-    def __del__(self) -> None:
-        try:
-            if self._plain:
-                if self._generation == _fork.GENERATION and not self._spent:
-                    self.locker._keeper.abandon_plain(self)  # released only if still recorded
-                return
-            hold = self._hold
-            if hold is not None and hold.lost is None and hold.generation == _fork.GENERATION:
-                self.locker._keeper.abandon(hold)
-        except Exception:  # at interpreter exit the modules may be half gone
-            pass
+    def _abandon(self) -> None:
+        """Garbage-collected while it may hold: the keeper releases what it still records (the core's ``__del__``)."""
+        if self._plain:
+            if self._generation == _fork.GENERATION and not self._spent:
+                self.locker._keeper.abandon_plain(self)  # released only if still recorded
+            return
+        hold = self._hold
+        if hold is not None and hold.lost is None and hold.generation == _fork.GENERATION:
+            self.locker._keeper.abandon(hold)
 
     # -- state ----------------------------------------------------------------
-    # A hold is either plain (``_plain``: the token of a hold taken on the store's in-process table,
-    # with nothing else to keep) or a ``Hold`` that the locker's keeper owns (``_hold``).
 
     @property
     def token(self) -> int | None:
         """The fencing token of the current acquisition, or None when not held."""
         if self._plain:
-            return self._plain if self._generation == _fork.GENERATION else None
+            token: int = self._plain
+            return token if self._generation == _fork.GENERATION else None
         hold = self._hold
         return hold.grant.token if hold is not None and hold.generation == _fork.GENERATION else None
 
@@ -248,8 +193,9 @@ class AsyncLock:
         await self.locker._keeper.extend(hold, ttl, self)
 
     # -- acquire / release ----------------------------------------------------
+    # The sync Lock's acquire(), release(), __enter__ and __exit__ are the core's (SyncLockBase).
 
-    async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+    async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:  # async-only
         """Acquire the lock; True when acquired.
 
         ``blocking=False`` tries once. Otherwise the lock's strategy applies,
@@ -259,6 +205,12 @@ class AsyncLock:
         Raises AlreadyHeldError if this object already holds the lock,
         ValueError for a bad timeout, BackendError when the store fails.
         """
+        if timeout is None and self._try_plain():
+            return True
+        return await self._acquire(blocking, timeout)
+
+    async def _acquire(self, blocking: bool, timeout: float | None) -> bool:
+        """``acquire()`` beyond an uncontended plain hold: checks, strategies, the circuit, the keeper."""
         if timeout is None:
             timeout = self.timeout
         elif not blocking:
@@ -276,24 +228,12 @@ class AsyncLock:
             raise AlreadyHeldError(
                 f"another caller is acquiring {self.key!r} with this same Lock object", key=self.key
             )
+        # A plain lock's first try of every strategy is the core's; on False the general path does the rest.
+        if self._try_plain():
+            return True
         self._spent = False
         locker = self.locker
         keeper = locker._keeper
-        fast = locker._fast
-        if fast is not None and self.ttl is None and self.transaction is None:
-            # A plain lock: the uncontended case is two C calls (the table's try, the token set's add). Its try is the
-            # first one of every strategy; on 0 the general path below does the rest.
-            token = fast.try_acquire(self.name, self.shared)
-            if token:
-                tokens: PlainTokens = keeper.plain  # type: ignore[assignment]  # set with locker._fast
-                tokens.add(token)  # from here on the keeper owns it
-                self._plain_set = tokens
-                self._since = keeper.stats.acquired()
-                self._generation = _fork.GENERATION
-                self._plain = token
-                if _events.SUBSCRIBERS or _cached_level(_DEBUG) is not False:
-                    keeper.plain_acquired(self, token)
-                return True
         strategy = self.strategy if blocking else "non_blocking"
         circuit = locker._circuit
         probe = circuit is not None and circuit.check(self.key)
@@ -338,36 +278,35 @@ class AsyncLock:
             return False
         return True
 
-    async def release(self) -> None:
+    async def release(self) -> None:  # async-only
         """Release the lock.
 
         Raises NotHeldError when this object does not hold it, LockLostError
         when the store lost it while it was held (the lock is gone either way).
         """
+        # The sync Lock's is the core's; this one also wakes a task of this loop polling for the key.
         token = self._plain
         if token and self._generation == _fork.GENERATION and not self._spent:
-            keeper = self.locker._keeper
             tokens = self._plain_set
             try:
                 tokens.remove(token)
                 recorded = True
             except KeyError:  # close() released it
                 recorded = False
-            if recorded:
-                table = tokens.table
-                released = await atable_release(
-                    table, self.name, token
-                )  # sync: released = table.release(self.name, token)
-                if released:
-                    self._plain = 0
-                    held_for = keeper.stats.released(self._since)
-                    if _events.SUBSCRIBERS or _cached_level(_DEBUG) is not False:
-                        keeper.plain_released(self, token, held_for)
-                    return
+            if recorded and await atable_release(tokens.table, self.name, token):
+                self._plain = 0
+                held_for = self.locker._keeper.stats.released(self._since)
+                if _events.SUBSCRIBERS or _cached_level(_DEBUG) is not False:
+                    self.locker._keeper.plain_released(self, token, held_for)
+                return
             self._spent = True  # keep the token: ``lock.lost`` stays True until the next acquire
-            raise keeper.plain_not_released(self, token, self._since, recorded)
+            raise self.locker._keeper.plain_not_released(self, token, self._since, recorded)
+        await self._release_hold()
+
+    async def _release_hold(self) -> None:
+        """``release()`` of a hold the keeper owns (not a plain one); NotHeldError when there is none."""
         hold = self._current("release")
-        assert hold is not None  # a plain hold returned above
+        assert hold is not None  # a plain hold was released by the core
         try:
             await self.locker._keeper.release(hold, self)
         except LockLostError:
@@ -450,20 +389,26 @@ class AsyncLock:
         self._spent = False
         self._hold = await self.locker._keeper.adopt(self.key, grant, self, self.on_lost)
 
-    async def __aenter__(self) -> AsyncLock:
-        if not await self.acquire():
+    async def __aenter__(self) -> AsyncLock:  # async-only
+        if self._try_plain():
+            return self
+        return await self._enter()
+
+    async def _enter(self) -> AsyncLock:
+        """``with`` / ``async with`` when the core's plain path did not take the lock."""
+        if not await self._acquire(True, None):
             raise await self._not_acquired()
         if self.cancel_on_lost:  # async-only
             self._watch_for_loss()  # async-only
         return self
 
-    async def __aexit__(self, exc_type: object, exc: object, traceback: object) -> None:
+    async def __aexit__(self, exc_type: object, exc: object, traceback: object) -> None:  # async-only
         # Three named parameters, not *exc_info: a call CPython specialises, no tuple built.
-        cancelled_for_loss = self._cancelled_for_loss  # async-only
-        self._cancelled_for_loss = False  # async-only
-        if cancelled_for_loss:  # async-only
-            self._task.uncancel()  # async-only
-        self._task = None  # async-only
+        cancelled_for_loss = self._cancelled_for_loss
+        self._cancelled_for_loss = False
+        if cancelled_for_loss:
+            self._task.uncancel()
+        self._task = None
         await self.release()
 
     # -- internals ------------------------------------------------------------

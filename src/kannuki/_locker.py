@@ -112,6 +112,12 @@ class Locker:
             auto_renew=self.options.auto_renew,
             watch_interval=self.options.watch_interval,
         )
+        # ``lock(key)`` with every option defaulted is made by the core, which remembers recent keys' names.
+        path = self._keeper.path
+        path.set_defaults(
+            self.options.key_prefix, self.options.default_timeout, self.options.strategy, DEFAULT
+        )
+        self._make_lock = path.make
         # The store's uncontended entry for plain locks; an open circuit must be able to refuse, so none then.
         self._fast = backend.fast_path() if self._circuit is None else None
         self._keeper.use_table(self._fast)
@@ -164,22 +170,32 @@ class Locker:
         LockLostError out of the block.
         Raises TypeError / ValueError naming the bad parameter.
         """
-        options = self.options
-        if timeout is DEFAULT and shared is False and strategy is None and ttl is None:
-            # Every lock option defaulted (the common ``with locker.lock(key):``): the locker's
-            # defaults were validated when it was made, so only the key needs checking.
-            name, lock_id = _core.name_and_id(key, options.key_prefix)
-            timeout, strategy = options.default_timeout, options.strategy
-        else:
-            name, lock_id, timeout, strategy, ttl = lock_arguments(
-                options, self.backend, key, timeout, shared, strategy, ttl
-            )
+        # Every option defaulted (the common ``with locker.lock(key):``): the core makes it in one call.
+        made = self._make_lock(
+            Lock, self, key, timeout, shared, strategy, ttl, transaction, on_lost, cancel_on_lost
+        )
+        if made is not None:
+            return made
+        name, lock_id, timeout, strategy, ttl = lock_arguments(
+            self.options, self.backend, key, timeout, shared, strategy, ttl
+        )
         if on_lost is not None and not callable(on_lost):
             raise TypeError(
                 f"on_lost must be a callable(lock, reason) or None, not {type(on_lost).__qualname__}"
             )
         return Lock(
-            self, key, name, lock_id, timeout, shared, strategy, ttl, transaction, on_lost, cancel_on_lost
+            self._keeper.path,
+            self,
+            key,
+            name,
+            lock_id,
+            timeout,
+            shared,
+            strategy,
+            ttl,
+            transaction,
+            on_lost,
+            cancel_on_lost,
         )
 
     def lock_many(

@@ -5,14 +5,20 @@ Same interface as ``kannuki._pure``; the contract is ``kannuki._coreapi``. The c
 ``scripts/gates`` runs stubtest to keep this file true to the built module.
 """
 
-from collections.abc import Callable, Hashable
-from typing import Final, final
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, Final, TypeVar, final
+
+from typing_extensions import Self, disjoint_base
 
 __all__ = [
     "MAX_NAME_BYTES",
     "Backoff",
     "Counters",
+    "LockBase",
     "LockTable",
+    "PlainPath",
+    "SyncLockBase",
+    "TokenSet",
     "full_name",
     "hash_text_extended",
     "lock_id",
@@ -20,6 +26,7 @@ __all__ = [
 ]
 
 MAX_NAME_BYTES: Final[int]
+_L = TypeVar("_L", bound=LockBase)
 
 def hash_text_extended(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
     """PostgreSQL's ``hashtextextended`` over ``data`` with ``seed``, as a signed 64-bit int."""
@@ -107,3 +114,122 @@ class Counters:
         """Count one of: failed, timeouts, lost, renewed, renew_failed."""
     def snapshot(self) -> tuple[int, int, int, int, int, int, int, float]:
         """``(acquired, failed, timeouts, released, lost, renewed, renew_failed, hold_time)``."""
+
+@final
+class TokenSet:
+    """A set of fencing tokens (ints > 0 that fit in 64 bits): one locker's plain holds in ``table``."""
+
+    table: Any
+    def __init__(self, table: Any = None) -> None: ...
+    def add(self, token: int) -> None:
+        """Record ``token`` (an int > 0)."""
+    def remove(self, token: int) -> None:
+        """Forget ``token``; KeyError when it is not recorded."""
+    def discard(self, token: int) -> None:
+        """Forget ``token`` if it is recorded."""
+    def clear(self) -> None:
+        """Forget every token."""
+    def __contains__(self, key: object, /) -> bool: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[int]: ...
+
+@final
+class PlainPath:
+    """One locker's way to its plain holds: the table they go to, the token set that records them."""
+
+    keeper: Any
+    stats: Counters
+    instrumented: bool
+    generation: int
+    def __init__(
+        self,
+        keeper: Any = None,
+        stats: Counters | None = None,
+        instrumented: bool = True,
+        generation: int = 0,
+        log_levels: dict[int, bool] | None = None,
+    ) -> None: ...
+    @property
+    def table(self) -> LockTable | None:
+        """The table plain holds go to now, or None (no plain path)."""
+    @property
+    def tokens(self) -> TokenSet | None:
+        """The set recording the tokens held in ``table``, or None."""
+    def use(self, table: LockTable | None, tokens: TokenSet | None) -> None:
+        """Send plain holds to ``table``, recorded in ``tokens`` (None, None: no plain path)."""
+    def set_defaults(self, prefix: str | None, default_timeout: Any, strategy: Any, unset: Any) -> None:
+        """The locker's key prefix, default timeout and strategy for make(); ``unset`` stands for "no timeout given"."""
+    def make(
+        self,
+        cls: type[_L],
+        locker: Any,
+        key: Any,
+        timeout: Any,
+        shared: Any,
+        strategy: Any,
+        ttl: Any,
+        transaction: Any,
+        on_lost: Any,
+        cancel_on_lost: Any,
+    ) -> _L | None:
+        """A new ``cls`` (a LockBase subclass) on ``key`` with the locker's defaults; None when an option was given."""
+
+@disjoint_base
+class LockBase:
+    """The state of a Lock, and its plain fast path (the base of ``AsyncLock``; ``Lock`` has ``SyncLockBase``)."""
+
+    locker: Any
+    key: str
+    name: str
+    lock_id: int
+    timeout: float | None
+    shared: bool
+    strategy: str
+    ttl: float | None
+    transaction: Any
+    on_lost: Any
+    cancel_on_lost: bool
+    _hold: Any
+    _busy: bool
+    @property
+    def _plain_set(self) -> TokenSet:
+        """The keeper's record of the plain hold (None until the first one: read it only while ``_plain``)."""
+    _since: float
+    _generation: int
+    _spent: bool
+    _task: Any
+    _cancelled_for_loss: bool
+    def __init__(
+        self,
+        path: PlainPath | None = None,
+        locker: Any = None,
+        key: Any = None,
+        name: Any = None,
+        lock_id: Any = None,
+        timeout: float | None = None,
+        shared: bool = False,
+        strategy: Any = None,
+        ttl: float | None = None,
+        transaction: Any = None,
+        on_lost: Any = None,
+        cancel_on_lost: bool = False,
+    ) -> None: ...
+    @property
+    def _plain(self) -> int:
+        """The token of the current plain hold, 0 when none (only 0 may be set: forget it)."""
+    @_plain.setter
+    def _plain(self, value: int) -> None: ...
+    def _try_plain(self) -> bool:
+        """Take the lock as a plain hold if it is one and its key is free now; True when taken."""
+    def _release_plain(self) -> bool:
+        """Release the current plain hold; True when released, False (nothing changed) when there is none."""
+
+class SyncLockBase(LockBase):
+    """``LockBase`` with the sync Lock's verbs: the plain path in C, the rest in the subclass."""
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Acquire the lock; True when acquired."""
+    def release(self) -> None:
+        """Release the lock."""
+    def __enter__(self) -> Self: ...
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None: ...
