@@ -684,12 +684,12 @@ def test_item_4_no_usable_sequence_warns_once_and_says_so(mysql_url: str, prefix
     try:
         with pytest.warns(RuntimeWarning, match="kannuki_fencing_seq"):
             with locker.lock("unfenced", timeout=0) as lock:
-                assert lock.token
+                assert lock.locked() and lock.token is None  # no fencing token rather than a local one
         assert not locker.backend.tokens_fenced
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             with locker.lock("unfenced", timeout=0) as lock:
-                assert lock.token
+                assert lock.locked() and lock.token is None
     finally:
         locker.close()
 

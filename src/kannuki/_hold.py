@@ -73,6 +73,7 @@ class Hold:
         "backend",
         "due",
         "expires",
+        "fenced",
         "generation",
         "grant",
         "key",
@@ -95,6 +96,14 @@ class Hold:
         self.due = 0.0  # monotonic time of the next renewal (leases only)
         self.expires = 0.0  # monotonic time the lease runs out, as far as we know
         self.generation = _fork.GENERATION
+        # Is grant.token a fencing token (strictly increasing per key across processes)? Not when the
+        # store could not draw one from the server (PostgreSQL / MySQL without a usable sequence).
+        self.fenced: bool = getattr(backend, "tokens_fenced", True)
+
+    @property
+    def token(self) -> int | None:
+        """The fencing token of this acquisition; None when the store could not give a real one."""
+        return self.grant.token if self.fenced else None
 
     def __repr__(self) -> str:
         state = f"lost: {self.lost}" if self.lost else "held"

@@ -111,12 +111,14 @@ class AsyncLock(LockBase):  # sync: class Lock(SyncLockBase):
 
     @property
     def token(self) -> int | None:
-        """The fencing token of the current acquisition, or None when not held."""
+        """The fencing token of the current acquisition; None when not held, or when the store could not give
+        one that is strictly increasing across processes (PostgreSQL or MySQL without a usable sequence:
+        ``locker.backend.tokens_fenced`` is then False and one RuntimeWarning said why)."""
         if self._plain:
             token: int = self._plain
             return token if self._generation == _fork.GENERATION else None
         hold = self._hold
-        return hold.grant.token if hold is not None and hold.generation == _fork.GENERATION else None
+        return hold.token if hold is not None and hold.generation == _fork.GENERATION else None
 
     @property
     def grant(self) -> Grant | None:
@@ -517,11 +519,11 @@ class AsyncMultiLock:
         return holds is not None and any(h.lost is not None for h in holds)
 
     @property
-    def tokens(self) -> list[int] | None:
+    def tokens(self) -> list[int | None] | None:
         holds = self._holds
         if holds is None or any(h.generation != _fork.GENERATION for h in holds):
             return None
-        return [hold.grant.token for hold in holds]
+        return [hold.token for hold in holds]  # None where unfenced: see Lock.token
 
     async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Take every key or none; True when all are held."""
