@@ -555,3 +555,18 @@ def _try_after(locker: kannuki.Locker, go: Any, done: Any) -> None:
     got = locker.lock("kept").acquire(timeout=0)
     done.set()
     os._exit(1 if got else 0)
+
+
+def test_lockers_of_many_directories_leave_no_descriptors(tmp_path: Path) -> None:
+    """Each directory in use has one watch, shared by its lockers and closed with the last of them."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd")
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(20):
+        lockers = [kannuki.Locker(f"file://{tmp_path}/dir-{n}") for _ in range(2)]
+        for locker in lockers:
+            with locker.lock("k"):
+                pass
+        for locker in lockers:
+            locker.close()
+    assert len(os.listdir("/proc/self/fd")) <= before

@@ -27,7 +27,7 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["UNKNOWN", "DirWatch", "watch"]
+__all__ = ["UNKNOWN", "DirWatch", "unwatch", "watch"]
 
 # The epoch of a watch that cannot tell: every hold checks its file.
 UNKNOWN = -1
@@ -75,9 +75,11 @@ _LIBC: Any = False  # not loaded yet
 class DirWatch:
     """The removals and renames in one directory, as an epoch that moves when some happened."""
 
-    __slots__ = ("_fd", "_lock", "_poll", "epoch", "pid")
+    __slots__ = ("_fd", "_lock", "_poll", "directory", "epoch", "pid", "users")
 
     def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.users = 0  # backends using it (see watch / unwatch): closed when the last one is done
         self.pid = os.getpid()
         self.epoch = next(_epochs)
         self._lock = threading.Lock()
@@ -152,7 +154,8 @@ class DirWatch:
                 pass
 
     def forget(self) -> None:
-        """In a forked child: close the child's copy (reading it would take the parent's events)."""
+        """Stop watching: close the descriptors (in a forked child, its copies: reading them would take the
+        parent's events)."""
         self._close()
         self.epoch = UNKNOWN
 
@@ -162,15 +165,28 @@ _watches_lock = threading.Lock()
 
 
 def watch(directory: str) -> DirWatch:
-    """This process's watch of ``directory`` (an existing directory), made on first use and shared."""
-    found = _watches.get(directory)
-    if found is not None and found.pid == os.getpid() and found.epoch != UNKNOWN:
-        return found
+    """This process's watch of ``directory`` (an existing directory), shared; give it back with ``unwatch``.
+
+    One inotify instance (and its epoll descriptor) per directory in use, not
+    per backend: instances are a per-user resource (128 by default).
+    """
     with _watches_lock:
         found = _watches.get(directory)
         if found is None or found.pid != os.getpid() or found.epoch == UNKNOWN:
             found = _watches[directory] = DirWatch(directory)
+        found.users += 1
         return found
+
+
+def unwatch(watched: DirWatch) -> None:
+    """A backend is done with ``watched``: the last one to go closes it."""
+    with _watches_lock:
+        watched.users -= 1
+        if watched.users > 0:
+            return
+        if _watches.get(watched.directory) is watched:
+            del _watches[watched.directory]
+    watched.forget()
 
 
 def _forget_after_fork() -> None:

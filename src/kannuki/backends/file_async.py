@@ -447,6 +447,8 @@ class AsyncFileBackend(AsyncBackend):
                     self._made_dir = True
             except OSError as exc:
                 raise BackendError(f"cannot open the lock file {path}: {exc}") from exc
+            if watch is not None:
+                _dirwatch.unwatch(watch)
             watch = self._watch = _dirwatch.watch(self.directory)
         epoch = watch.current()
         return self._open(path), epoch
@@ -929,6 +931,9 @@ class AsyncFileBackend(AsyncBackend):
         for held in list(self._open_files):
             held.close()
         self._close_idle()
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            _dirwatch.unwatch(watch)
 
     def after_fork_in_child(self) -> None:
         # The child inherited the parent's descriptors, and an inherited descriptor shares the
