@@ -54,11 +54,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_server_options(parser)
 
 
+def _core() -> str:
+    return "native (Cython)" if kannuki.NATIVE else f"PURE PYTHON ({kannuki._core.FALLBACK_REASON})"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # scripts/bench sets this (to 1 unless KANNUKI_NO_EXTENSIONS is set): measuring the pure core by
+    # mistake must stop the run, not produce a table.
+    if os.environ.get("KANNUKI_BENCH_REQUIRE_NATIVE") == "1" and not kannuki.NATIVE:
+        raise pytest.UsageError(
+            f"the native core was expected and did not load: {kannuki._core.FALLBACK_REASON}"
+            " (rebuild and install it, or set KANNUKI_BENCH_REQUIRE_NATIVE=0)"
+        )
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     # Numbers without the implementation next to them are meaningless.
-    impl = "native (Cython)" if kannuki.NATIVE else f"PURE PYTHON ({kannuki._core.FALLBACK_REASON})"
     where = os.path.dirname(kannuki.__file__)
-    return [f"kannuki benchmarks: core {impl}, {os.cpu_count()} CPUs, kannuki from {where}"]
+    return [f"kannuki benchmarks: core {_core()}, {os.cpu_count()} CPUs, kannuki from {where}"]
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, object]) -> None:
+    # Saved with the results, so the report built from them says which core ran.
+    machine_info["kannuki"] = {
+        "version": kannuki.__version__,
+        "core": _core(),
+        "from": os.path.dirname(kannuki.__file__),
+    }
 
 
 @pytest.fixture

@@ -103,6 +103,14 @@ def report(documents: list[dict[str, Any]], stat: str = "mean") -> str:
             f"{machine.get('python_version', '')}, {machine.get('system', '')}; "
             f"pytest-benchmark {document.get('version', '?')}. Lower is better; ratios of the {stat} time."
         )
+        build = machine.get("kannuki")
+        if isinstance(build, dict):
+            lines.append("")
+            version, core, where = (build.get(k, "?") for k in ("version", "core", "from"))
+            lines.append(f"kannuki {version}, core: {core}, from {where}.")
+        else:
+            lines.append("")
+            lines.append("kannuki core: not recorded (results older than the benchmarks' machine-info hook).")
     lines.append("")
     groups: dict[str, list[dict[str, Any]]] = {}
     for document in documents:

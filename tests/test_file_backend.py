@@ -394,3 +394,179 @@ def test_item_23_a_dead_writers_mark_expires(url: str) -> None:
         _dead_writers_mark_runs_out(locker, url, f"doc-{uuid.uuid4().hex[:8]}")
     finally:
         locker.close()
+
+
+# -- kept descriptors: a hold reuses its key's open lock file, never trusting a stale one -----
+
+
+def _two_lockers(url: str) -> tuple[kannuki.Locker, kannuki.Locker]:
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    return kannuki.Locker(url, key_prefix=prefix), kannuki.Locker(url, key_prefix=prefix)
+
+
+def test_kept_descriptor_of_a_removed_file_is_not_trusted(url: str, tmp_path: Path) -> None:
+    """The file is removed while this locker keeps it open between holds: its next hold is on the new file,
+    so it excludes (and is excluded by) a locker that opened the new one."""
+    first, second = _two_lockers(url)
+    try:
+        lock = first.lock("k")
+        assert lock.acquire(timeout=0)
+        lock.release()  # the descriptor stays open, unlocked
+        os.unlink(tmp_path / "locks" / file_name(lock.lock_id))
+        other = second.lock("k")
+        assert other.acquire(timeout=0)  # creates and locks a new file
+        assert not first.lock("k").acquire(timeout=0), "a hold on the removed file excluded nobody"
+        other.release()
+        again = first.lock("k")
+        assert again.acquire(timeout=0)
+        assert not second.lock("k").acquire(timeout=0)
+        again.release()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_kept_descriptor_of_a_replaced_file_is_not_trusted(url: str, tmp_path: Path) -> None:
+    """The file is replaced (renamed over) between holds: the next hold locks the new file and counts on
+    from the token the new file records."""
+    first, second = _two_lockers(url)
+    try:
+        lock = first.lock("k")
+        assert lock.acquire(timeout=0)
+        token = lock.token
+        assert token is not None
+        lock.release()
+        path = tmp_path / "locks" / file_name(lock.lock_id)
+        scratch = path.with_suffix(".new")
+        scratch.write_text(f'{{"token":{token + 1000},"name":"{lock.name}"}}\n')
+        os.replace(scratch, path)
+        holder = second.lock("k")
+        assert holder.acquire(timeout=0) and holder.token == token + 1001
+        assert not first.lock("k").acquire(timeout=0), "a hold on the replaced file excluded nobody"
+        holder.release()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_descriptors_kept_between_holds_are_bounded(locker: kannuki.Locker) -> None:
+    """Holds of many keys keep at most IDLE_FILES lock files open; close() closes them all."""
+    from kannuki.backends.file import IDLE_FILES
+
+    def open_descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd")
+    with locker.lock("warm-up"):
+        pass
+    before = open_descriptors()
+    for n in range(3 * IDLE_FILES):
+        with locker.lock(f"key-{n}"):
+            pass
+    assert open_descriptors() - before <= IDLE_FILES
+    locker.close()
+    assert open_descriptors() < before
+
+
+def test_a_late_renewal_never_writes_into_the_next_holds_file(locker: kannuki.Locker, tmp_path: Path) -> None:
+    """A renewal of a released grant says False and leaves the record of the hold that reuses its descriptor."""
+    backend = locker.backend
+    lock = locker.lock("k")
+    assert lock.acquire(timeout=0)
+    released = lock.grant
+    lock.release()
+    assert lock.acquire(timeout=0)  # the same kept descriptor, a new hold
+    assert released is not None and not backend.renew(released) and not backend.check(released)
+    text = (tmp_path / "locks" / file_name(lock.lock_id)).read_text()
+    assert text.startswith(f'{{"token":{lock.token},')
+    lock.release()
+
+
+def test_earlier_record_layout_is_read(locker: kannuki.Locker, tmp_path: Path) -> None:
+    """A lock file in the earlier layout (name first, times in seconds): the token counts on from it, and a
+    live holder's record in that layout reads as before."""
+    lock = locker.lock("k")
+    path = tmp_path / "locks" / file_name(lock.lock_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'{{"name":"{lock.name}","token":77,"held":false}}\n')
+    assert lock.acquire(timeout=0) and lock.token == 78
+    (holder,) = locker.holders("k")
+    assert holder.token == 78 and holder.since is not None and holder.expires_at is not None
+    assert holder.expires_at > holder.since
+    lock.release()
+    backend = locker.backend
+    record = {"name": lock.name, "token": 90, "pid": 1, "host": "h", "since": 5.0, "expires_at": 35.0}
+    with open(path, "w") as handle:
+        handle.write(__import__("json").dumps(record) + "\n")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        (old,) = backend.holders(lock.name, lock.lock_id)
+        assert (old.token, old.since, old.expires_at) == (90, 5.0, 35.0)
+    finally:
+        os.close(fd)
+
+
+def test_record_stays_one_json_line(locker: kannuki.Locker, tmp_path: Path) -> None:
+    """After a longer record (shared holders), an exclusive holder's shorter one leaves no leftovers:
+    the file is one JSON document."""
+    import json
+
+    readers = [locker.lock("k", shared=True) for _ in range(3)]
+    for reader in readers:
+        assert reader.acquire(timeout=0)
+    for reader in readers:
+        reader.release()
+    writer = locker.lock("k")
+    assert writer.acquire(timeout=0)
+    path = tmp_path / "locks" / file_name(writer.lock_id)
+    assert json.loads(path.read_bytes())["token"] == writer.token
+    writer.release()
+
+
+def test_forked_child_does_not_use_the_parents_kept_descriptor(locker: kannuki.Locker) -> None:
+    """A child forked while the parent keeps the key's file open (unlocked) opens its own: the parent's hold
+    excludes the child (a shared open file would let both hold it)."""
+    import multiprocessing
+
+    lock = locker.lock("kept")
+    assert lock.acquire(timeout=0)
+    lock.release()  # kept open, unlocked
+    ctx = multiprocessing.get_context("fork")
+    go, done = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_try_after, args=(locker, go, done))
+    child.start()
+    try:
+        assert lock.acquire(timeout=0)
+        go.set()
+        assert done.wait(30)
+        lock.release()
+    finally:
+        go.set()
+        child.join(30)
+    assert child.exitcode == 0, "the child got the key while the parent held it"
+
+
+def _try_after(locker: kannuki.Locker, go: Any, done: Any) -> None:
+    go.wait(30)
+    got = locker.lock("kept").acquire(timeout=0)
+    done.set()
+    os._exit(1 if got else 0)
+
+
+def test_lockers_of_many_directories_leave_no_descriptors(tmp_path: Path) -> None:
+    """Each directory in use has one watch, shared by its lockers and closed with the last of them."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd")
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(20):
+        lockers = [kannuki.Locker(f"file://{tmp_path}/dir-{n}") for _ in range(2)]
+        for locker in lockers:
+            with locker.lock("k"):
+                pass
+        for locker in lockers:
+            locker.close()
+    assert len(os.listdir("/proc/self/fd")) <= before

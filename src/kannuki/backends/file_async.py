@@ -3,11 +3,26 @@
 Each key has a lock file ``<dir>/<lock id as 16 hex digits>.lock``. Holding the
 lock is holding a ``flock`` on that file: ``LOCK_EX`` for an exclusive lock,
 ``LOCK_SH`` for a shared one. The file also carries a one-line JSON lease
-record, so other processes can see who holds it (name, token, pid, host,
-since, expires_at; for shared holders one entry per reader under
-``readers``), and the key's last fencing token, so tokens strictly increase.
-A key's first token is the wall clock in microseconds, so tokens keep
-increasing even after the lock files are deleted.
+record, so other processes can see who holds it, and the key's last fencing
+token, so tokens strictly increase. A key's first token is the wall clock in
+microseconds, so tokens keep increasing even after the lock files are deleted.
+
+The record of an exclusive holder starts with its token, so the next holder
+reads a few bytes to count on: ``{"token":T,"since_us":S,"expires_us":E,"pid":P,
+"host":H,"name":N}`` (times in microseconds of the wall clock). Shared holders
+keep one entry per reader under ``readers``: ``{"name":N,"token":T,"held":true,
+"shared":true,"readers":{"<token>":{"pid":P,"host":H,"since":S,"expires_at":E}}}``
+(seconds). A release does not rewrite the record: the OS lock says whether the
+key is held, the record only who holds or last held it. Records of the earlier
+layout (the name first, ``since`` and ``expires_at`` in seconds, ``held``) are
+still read, and their token counted on.
+
+A process keeps the lock files of its recent keys open between holds (at most
+``IDLE_FILES`` descriptors per backend, the least recently used closed first),
+unlocked, so a hold costs a flock, a short read, a write and an unlock. A
+descriptor is only ever used by one hold at a time; one whose file was removed
+or replaced meanwhile (its link count is 0) is closed, and the key's file opened
+anew.
 
 Shared holders edit the one record together, so they do it under a short
 exclusive flock on the key's mutex file ``<16 hex digits>.mutex``; an
@@ -25,7 +40,7 @@ holder dies, even by SIGKILL, the OS frees the lock at once: no waiting for
 a lease to run out. A lock is *lost* only when its lock file is removed or
 replaced under the holder (someone cleaned the directory, or ``force_release``
 replaced it): the hold owner's renewal (every ttl/3, the grant's ``ttl``)
-notices that, and ``release()`` raises ``LockLostError``.
+notices that, and so does ``release()``, which then raises ``LockLostError``.
 
 - URL: ``file:///absolute/dir`` (created if missing). Options: ``ttl`` (the
   lease record's period, default 30 s). Lock files are never deleted by
@@ -48,12 +63,16 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from kannuki._compat import arun_blocking, asleep, atable_acquire, atable_release
+from kannuki.backends import _dirwatch
+from kannuki.backends._dirwatch import UNKNOWN, DirWatch
 from kannuki.backends._lease import DEFAULT_TTL, HOST, INTENT_TTL, LocalGate, check_ttl, poll_backoff
 from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, reject_unknown_options
 from kannuki.backends.base_async import AsyncBackend
@@ -64,14 +83,27 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["AsyncFileBackend", "file_name"]
+__all__ = ["IDLE_FILES", "AsyncFileBackend", "file_name"]
 
 _SUFFIX = ".lock"
 _MUTEX_SUFFIX = ".mutex"
 # The longest wait for a key's mutex file (held only for a read and a write of a small record).
 MUTEX_WAIT = 5.0
+# The most lock files one backend keeps open between holds (unlocked), least recently used closed first.
+IDLE_FILES = 64
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BUSY_ERRNOS = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+_TRY_SHARED = 0 if fcntl is None else fcntl.LOCK_SH | fcntl.LOCK_NB
+_TRY_EXCLUSIVE = 0 if fcntl is None else fcntl.LOCK_EX | fcntl.LOCK_NB
+# An exclusive holder's record starts with its token: the next holder reads just the head to count on.
+_TOKEN_HEAD = b'{"token":'
+_HEAD_BYTES = 512
+# The end of an exclusive record (pid, host, name) is made once per name, for this many names at most
+# (and only for names up to _TAIL_NAME_MAX characters: a long one is rare and its tail big).
+_TAILS = 256
+_TAIL_NAME_MAX = 1024
+# A record shorter than the file is padded with spaces up to this many bytes; beyond, the file is cut.
+_PAD_MAX = 256
 
 
 def file_name(lock_id: int) -> str:
@@ -92,9 +124,14 @@ def _read_all(fd: int) -> bytes:
 
 
 def _read_record(fd: int) -> dict[str, Any]:
-    data = _read_all(fd)
+    return _parse_record(_read_all(fd))
+
+
+def _parse_record(data: bytes) -> dict[str, Any]:
+    """The record on the first line of ``data`` ({} when none or damaged)."""
+    line = data.split(b"\n", 1)[0]
     try:
-        record = json.loads(data) if data.strip() else {}
+        record = json.loads(line) if line.strip() else {}
     except ValueError:
         return {}  # being rewritten right now, or damaged: no details
     return record if isinstance(record, dict) else {}
@@ -108,6 +145,65 @@ def _write_record(fd: int, record: dict[str, Any]) -> None:
     data = _encode(record)
     os.pwrite(fd, data, 0)
     os.ftruncate(fd, len(data))
+
+
+def _put_record(fd: int, data: bytes, size: int) -> None:
+    """Write the record line ``data`` over the one in a file of ``size`` bytes, leaving nothing of a longer one.
+
+    A little shorter: padded with spaces before its newline (JSON allows them), so
+    the file keeps its length and needs no truncating; much shorter: the file is cut.
+    """
+    short = size - len(data)
+    if short <= 0:
+        os.pwrite(fd, data, 0)
+    elif short <= _PAD_MAX:
+        os.pwrite(fd, data[:-1] + b" " * short + b"\n", 0)
+    else:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+
+
+def _last_record(fd: int) -> tuple[int, int]:
+    """(The key's last token in the lock file open on ``fd`` (0: none), the length of its record).
+
+    An exclusive holder's record names the token first and usually fits in the
+    first ``_HEAD_BYTES``, read at once; any other record (a long name, a
+    shared one, the earlier layout) is read whole.
+    """
+    head = os.pread(fd, _HEAD_BYTES, 0)
+    if head.startswith(_TOKEN_HEAD):
+        comma = head.find(b",", len(_TOKEN_HEAD))
+        end = head.find(b"\n", comma)
+        if comma > 0 and end > 0:
+            try:
+                token = int(head[len(_TOKEN_HEAD) : comma])
+            except ValueError:
+                token = 0
+            if token > 0:
+                return token, end + 1
+    data = head if len(head) < _HEAD_BYTES else _read_all(fd)
+    return _record_token(_parse_record(data)), len(data)
+
+
+def _record_token(record: dict[str, Any]) -> int:
+    """The token a parsed record names (0: none)."""
+    last = record.get("token")
+    return last if isinstance(last, int) and not isinstance(last, bool) and last > 0 else 0
+
+
+def _next_token(last: int) -> int:
+    """The token after ``last``; a new (or wiped) file (``last`` 0) starts from the microsecond clock,
+    so tokens keep increasing even when someone deletes the lock directory."""
+    return last + 1 if last > 0 else time.time_ns() // 1000
+
+
+def _record_tail(name: str) -> bytes:
+    """The end of an exclusive holder's record line: this process, this host, the key's name."""
+    return b',"pid":%d,"host":%s,"name":%s}\n' % (
+        os.getpid(),
+        json.dumps(HOST).encode(),
+        json.dumps(name).encode(),
+    )
 
 
 def _flock_free(fd: int, operation: int, path: str) -> bool:
@@ -126,6 +222,14 @@ def _entry_expiry(entry: dict[str, Any]) -> float:
     return float(expires) if isinstance(expires, (int, float)) else 0.0
 
 
+def _seconds(record: dict[str, Any], micros: str, seconds: str) -> Any:
+    """A time of a record: from its microseconds field, else (the earlier layout) its seconds field."""
+    value = record.get(micros)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value / 1_000_000
+    return record.get(seconds)
+
+
 def _same_file(fd: int, path: str) -> bool:
     """Is ``path`` still the file open on ``fd`` (not removed, not replaced)?"""
     try:
@@ -133,6 +237,22 @@ def _same_file(fd: int, path: str) -> bool:
     except FileNotFoundError:
         return False
     return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _unlock_and_close(fd: int) -> None:
+    """Unlock first: a copy of the descriptor in a forked child would keep the flock past a close."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError:
+        pass
+    _close_quietly(fd)
 
 
 def _intents(fd: int, now: float) -> dict[str, float]:
@@ -155,47 +275,67 @@ def _readers(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {token: entry for token, entry in readers.items() if isinstance(entry, dict)}
 
 
-def _next_token(record: dict[str, Any]) -> int:
-    """The token after the record's last one; a new (or wiped) file starts from the microsecond clock,
-    so tokens keep increasing even when someone deletes the lock directory."""
-    last = record.get("token")
-    return last + 1 if isinstance(last, int) and last > 0 else time.time_ns() // 1000
+_NO_ENTRY: dict[str, Any] = {}  # an exclusive holder's ``record`` (never changed in place)
 
 
 class _LockFile:
-    """One open lock file of this process; holding its flock is holding the lock.
+    """One hold's descriptor on a lock file; holding its flock is holding the lock.
 
-    Kept in the grant (``grant.conn``). ``close`` drops the flock and is
-    idempotent: the descriptor number is forgotten first, so a second close
-    (an abort after an interrupted release) can never close a descriptor the
-    OS has handed to someone else since. ``record`` is this holder's part of
-    the lease record: the whole record for an exclusive holder, its own entry
-    under ``readers`` for a shared one.
+    Kept in the grant (``grant.conn``). The descriptor number is forgotten
+    first thing when the hold ends (``park``: unlocked and kept for the key's
+    next hold; ``close``: unlocked and closed), so a second end (an abort
+    after an interrupted release) or a late renewal can never touch a
+    descriptor that another hold uses since. ``since`` is an exclusive
+    holder's start (microseconds of the wall clock), ``record`` a shared
+    holder's own entry under ``readers``, ``epoch`` the directory watch's
+    epoch when the file was last known to be the one at its path.
     """
 
-    __slots__ = ("_open", "fd", "path", "record", "shared", "token")
+    __slots__ = ("_backend", "epoch", "fd", "lock_id", "record", "shared", "since", "token")
 
-    def __init__(self, fd: int, path: str, open_files: set[_LockFile], shared: bool = False) -> None:
+    def __init__(self, fd: int, lock_id: int, backend: AsyncFileBackend, shared: bool) -> None:
         self.fd = fd
-        self.path = path
+        self.epoch = UNKNOWN
+        self.lock_id = lock_id
         self.shared = shared
         self.token = 0
-        self.record: dict[str, Any] = {}
-        self._open = open_files
-        open_files.add(self)
+        self.since = 0
+        self.record: dict[str, Any] = _NO_ENTRY
+        self._backend = backend
+        backend._open_files.add(self)
 
     @property
     def closed(self) -> bool:
         return self.fd < 0
 
-    def close(self) -> None:
+    @property
+    def path(self) -> str:
+        return self._backend._path(self.lock_id)
+
+    def detach(self) -> int:
+        """End this hold's claim on the descriptor: its number (-1 if already ended), now the caller's."""
         fd, self.fd = self.fd, -1
-        self._open.discard(self)
+        self._backend._open_files.discard(self)
+        return fd
+
+    def park(self) -> None:
+        """Unlock, and keep the descriptor open for the key's next hold (idempotent)."""
+        epoch = self.epoch
+        fd = self.detach()
         if fd >= 0:
-            try:
-                os.close(fd)  # drops the flock
-            except OSError:
-                pass
+            self._backend._park(self.lock_id, fd, epoch, True)
+
+    def close(self) -> None:
+        """Unlock and close the descriptor (idempotent); for a hold no renewal can see yet (or any more)."""
+        fd = self.detach()
+        if fd >= 0:
+            _unlock_and_close(fd)
+
+    def forget(self) -> None:
+        """Close the descriptor without unlocking: in a forked child, whose copy shares the parent's flock."""
+        fd = self.detach()
+        if fd >= 0:
+            _close_quietly(fd)
 
 
 class AsyncFileBackend(AsyncBackend):
@@ -214,9 +354,20 @@ class AsyncFileBackend(AsyncBackend):
         self.ttl = self._lease = check_ttl(ttl, "file")
         self._now = clock
         self._gate = LocalGate()
-        # The lock files this backend has open, for fork() and close() only (release, renew and
-        # check use the grant's own). set.add / discard are atomic under the GIL.
+        # The lock files this backend's holds have open, for fork() and close() only (release, renew
+        # and check use the grant's own). set.add / discard are atomic under the GIL.
         self._open_files: set[_LockFile] = set()
+        # Unlocked descriptors kept for the next hold of their key: lock_id -> (fd, the watch's epoch
+        # when its file was last known to be the one at its path), the least recently used first. A
+        # hold pops its key's entry, so no two holds ever share a descriptor (a flock is per open
+        # file: two holds of one descriptor would not exclude each other).
+        self._idle: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        self._watch: DirWatch | None = None  # the directory's (see _dirwatch), from the first open
+        # Ends of record lines, by name (see _record_tail): made again after fork (the pid changes).
+        self._tails: dict[str, bytes] = {}
+        # A renewal writes the record through the hold's descriptor: it must never do so once the
+        # release gave that descriptor back (another hold may have it since).
+        self._writing = threading.Lock()
         self._made_dir = False
 
     @classmethod
@@ -236,6 +387,46 @@ class AsyncFileBackend(AsyncBackend):
     def _path(self, lock_id: int) -> str:
         return os.path.join(self.directory, file_name(lock_id))
 
+    def _park(self, lock_id: int, fd: int, epoch: int, locked: bool) -> None:
+        """Keep ``fd`` (unlocked first when ``locked``) for the key's next hold; close the oldest past IDLE_FILES."""
+        if locked:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except OSError:
+                _close_quietly(fd)  # closing drops the flock
+                return
+        idle = self._idle
+        entry = (fd, epoch)
+        if idle.setdefault(lock_id, entry) is not entry:  # another hold of this key parked one first
+            _close_quietly(fd)
+            return
+        if len(idle) > IDLE_FILES:
+            try:
+                _lock_id, (oldest, _epoch) = idle.popitem(last=False)
+            except KeyError:  # another thread emptied it meanwhile
+                return
+            _close_quietly(oldest)
+
+    def _close_idle(self) -> None:
+        """Close every kept descriptor (none of them holds a flock)."""
+        while True:
+            try:
+                _lock_id, (fd, _epoch) = self._idle.popitem()
+            except KeyError:
+                return
+            _close_quietly(fd)
+
+    def _exclusive_record(self, name: str, token: int, since: int, expires: int) -> bytes:
+        """An exclusive holder's record line (``since`` and ``expires`` in microseconds), token first."""
+        tail = self._tails.get(name)
+        if tail is None:
+            tail = _record_tail(name)
+            if len(name) <= _TAIL_NAME_MAX:
+                if len(self._tails) >= _TAILS:
+                    self._tails.clear()
+                self._tails[name] = tail
+        return b'{"token":%d,"since_us":%d,"expires_us":%d%s' % (token, since, expires, tail)
+
     def _open(self, path: str) -> int:
         try:
             if not self._made_dir:
@@ -244,6 +435,35 @@ class AsyncFileBackend(AsyncBackend):
             return os.open(path, os.O_RDWR | os.O_CREAT | _CLOEXEC, 0o666)
         except OSError as exc:
             raise BackendError(f"cannot open the lock file {path}: {exc}") from exc
+
+    def _open_lock_file(self, lock_id: int) -> tuple[int, int]:
+        """Open the key's lock file: (fd, the watch's epoch from before the open)."""
+        path = self._path(lock_id)
+        watch = self._watch
+        if watch is None or watch.epoch == UNKNOWN:
+            try:
+                if not self._made_dir:
+                    os.makedirs(self.directory, exist_ok=True)
+                    self._made_dir = True
+            except OSError as exc:
+                raise BackendError(f"cannot open the lock file {path}: {exc}") from exc
+            if watch is not None:
+                _dirwatch.unwatch(watch)
+            watch = self._watch = _dirwatch.watch(self.directory)
+        epoch = watch.current()
+        return self._open(path), epoch
+
+    def _intact(self, fd: int, lock_id: int, known: int) -> tuple[bool, int]:
+        """Is the file open on ``fd`` still the one at its path? And the watch's epoch now.
+
+        Without a stat when the directory's watch saw no removal or rename since
+        ``known`` (the epoch when it last was); with one otherwise.
+        """
+        watch = self._watch
+        epoch = UNKNOWN if watch is None else watch.current()
+        if epoch == known and epoch != UNKNOWN:
+            return True, epoch
+        return _same_file(fd, self._path(lock_id)), epoch
 
     # -- blocking steps (run directly by the sync backend, in a worker thread by the async one) --
 
@@ -322,55 +542,69 @@ class AsyncFileBackend(AsyncBackend):
     ) -> _LockFile | None:
         """One non-blocking flock try: the locked file with its record written, or None when held.
 
-        The open file goes into ``taken`` before it is locked, so whoever is
-        interrupted after this returns (a cancelled task, Ctrl-C) can close it.
-        ``intent`` (a waiting writer's mark): written when the key is busy,
-        removed once the lock is had.
+        The key's kept descriptor is used when there is one; one whose file was
+        removed or replaced meanwhile is closed and the file opened anew. The
+        hold goes into ``taken`` before it is locked, so whoever is interrupted
+        after this returns (a cancelled task, Ctrl-C) can close it. ``intent``
+        (a waiting writer's mark): written when the key is busy, removed once
+        the lock is had.
         """
-        path = self._path(lock_id)
-        taken.clear()  # earlier tries of this acquire closed theirs
-        held = _LockFile(self._open(path), path, self._open_files, shared)
-        taken.append(held)
-        try:
+        kept = self._idle.pop(lock_id, None)
+        fd, known = (-1, UNKNOWN) if kept is None else kept
+        while True:
+            if fd < 0:
+                fd, known = self._open_lock_file(lock_id)
+            held = _LockFile(fd, lock_id, self, shared)
+            taken[:] = (held,)  # earlier tries of this acquire ended theirs
             try:
-                fcntl.flock(held.fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in _BUSY_ERRNOS:
+                try:
+                    fcntl.flock(fd, _TRY_SHARED if shared else _TRY_EXCLUSIVE)
+                except OSError as exc:
+                    if exc.errno not in _BUSY_ERRNOS:
+                        raise
+                    intact, known = self._intact(fd, lock_id, known)
+                    if not intact and kept is not None:  # busy, but on a file that is gone: try the new one
+                        held.close()
+                        fd, kept = -1, None
+                        continue
+                    self._park(lock_id, held.detach(), known, False)
+                    self._mark_intent(self._path(lock_id), intent)
+                    return None
+                intact, held.epoch = self._intact(fd, lock_id, known)
+                if not intact:  # removed or replaced since this descriptor opened it
                     held.close()
-                    self._mark_intent(path, intent)
+                    if kept is not None:
+                        fd, kept = -1, None
+                        continue
+                    return None  # within this very try: whoever replaced it may hold the new one
+                if shared:
+                    if self._join_under_mutex(held, name, ttl):
+                        return held
+                    held.park()  # a writer is waiting: readers stay out until it had its turn
                     return None
-                raise
-            if not _same_file(held.fd, path):  # removed between our open and our flock: try again
+                last, size = _last_record(fd)
+                held.token = token = _next_token(last)
+                held.since = since = int(self._now() * 1_000_000)
+                record = self._exclusive_record(name, token, since, since + int(ttl * 1_000_000))
+                if len(record) < size:
+                    _put_record(fd, record, size)
+                else:
+                    os.pwrite(fd, record, 0)
+                if intent is not None:
+                    self._withdraw_intent_quietly(lock_id, intent)
+            except OSError as exc:
+                held.close()  # closing drops the flock
+                raise BackendError(f"file lock on {self._path(lock_id)} failed: {exc}") from exc
+            except BaseException:
                 held.close()
-                return None
-            if shared:
-                if not self._with_mutex(path, lambda mutex_fd: self._join_readers(held, name, ttl, mutex_fd)):
-                    held.close()  # a writer is waiting: readers stay out until it had its turn
-                    return None
-                return held
-            now = self._now()
-            token = _next_token(_read_record(held.fd))
-            record = {
-                "name": name,
-                "token": token,
-                "pid": os.getpid(),
-                "host": HOST,
-                "since": now,
-                "expires_at": now + ttl,
-                "held": True,
-            }
-            _write_record(held.fd, record)
-            held.record = record
-            held.token = token
-            if intent is not None:
-                self._withdraw_intent_quietly(lock_id, intent)
-        except OSError as exc:
-            held.close()  # closing drops the flock
-            raise BackendError(f"file lock on {path} failed: {exc}") from exc
-        except BaseException:
-            held.close()
-            raise
-        return held
+                raise
+            return held
+
+    def _join_under_mutex(self, held: _LockFile, name: str, ttl: float) -> bool:
+        joined: bool = self._with_mutex(
+            self._path(held.lock_id), lambda mutex_fd: self._join_readers(held, name, ttl, mutex_fd)
+        )
+        return joined
 
     def _join_readers(self, held: _LockFile, name: str, ttl: float, mutex_fd: int) -> bool:
         """Under the mutex, with ``LOCK_SH`` held: add this reader to the record; False when a writer waits."""
@@ -378,7 +612,7 @@ class AsyncFileBackend(AsyncBackend):
         if _intents(mutex_fd, now):
             return False
         record = _read_record(held.fd)
-        token = _next_token(record)
+        token = _next_token(_record_token(record))
         readers = {t: e for t, e in _readers(record).items() if _entry_expiry(e) > now}
         entry = {"pid": os.getpid(), "host": HOST, "since": now, "expires_at": now + ttl}
         readers[str(token)] = entry
@@ -393,53 +627,75 @@ class AsyncFileBackend(AsyncBackend):
         """Put this reader's ``entry`` in the record (None: take it out); False when the file is no longer ours."""
 
         def edit(_mutex_fd: int) -> bool:
-            if held.closed or not _same_file(held.fd, held.path):
-                return False
-            record = _read_record(held.fd)
-            readers = _readers(record)
-            last = record.get("token")
-            token = last if isinstance(last, int) and last >= held.token else held.token
-            if entry is None:
-                readers.pop(str(held.token), None)
-            else:
-                readers[str(held.token)] = entry
-            fresh: dict[str, Any] = {"name": name, "token": token, "held": bool(readers)}
-            if readers:
-                fresh.update(shared=True, readers=readers)
-            _write_record(held.fd, fresh)
-            return True
+            with self._writing:  # taken after the mutex: never held while waiting for it
+                if held.closed or not _same_file(held.fd, held.path):
+                    return False
+                record = _read_record(held.fd)
+                readers = _readers(record)
+                last = _record_token(record)
+                token = max(last, held.token)
+                if entry is None:
+                    readers.pop(str(held.token), None)
+                else:
+                    readers[str(held.token)] = entry
+                fresh: dict[str, Any] = {"name": name, "token": token, "held": bool(readers)}
+                if readers:
+                    fresh.update(shared=True, readers=readers)
+                _write_record(held.fd, fresh)
+                return True
 
         done: bool = self._with_mutex(held.path, edit)
         return done
 
-    def _release(self, held: _LockFile, name: str, token: int) -> bool:
-        """Write the freed record (keeping the token) and close; False when the file was no longer ours."""
+    def _release(self, held: _LockFile, name: str) -> bool:
+        """Unlock and keep the descriptor for the key's next hold; False (and closed) when the file was no longer ours.
+
+        An exclusive holder's record stays as it is (the token in it is where
+        the next holder counts on from); a reader takes its entry out.
+        """
+        fd = -1
+        intact = False
+        epoch = held.epoch
         try:
-            if held.shared:
-                intact = not held.closed and self._edit_readers(held, name, None)
-            else:
-                intact = not held.closed and _same_file(held.fd, held.path)
-                if intact:  # keep the token in the file: the next holder counts on from it
-                    _write_record(held.fd, {"name": name, "token": token, "held": False})
+            if held.shared and not held.closed:
+                intact = self._edit_readers(held, name, None)
+            with self._writing:
+                if not held.shared and not held.closed:
+                    intact, epoch = self._intact(held.fd, held.lock_id, epoch)
+                fd = held.detach()
         except OSError as exc:
-            raise BackendError(f"writing the lock file {held.path} failed: {exc}") from exc
+            raise BackendError(f"releasing the lock file {held.path} failed: {exc}") from exc
         finally:
-            held.close()  # drops the flock
+            if fd < 0:
+                fd = self._detach_quietly(held)
+            if fd >= 0:
+                if intact:
+                    self._park(held.lock_id, fd, epoch, True)
+                else:
+                    _unlock_and_close(fd)
         return intact
 
+    def _detach_quietly(self, held: _LockFile) -> int:
+        with self._writing:
+            return held.detach()
+
     def _renew(self, held: _LockFile, name: str, ttl: float) -> bool:
-        if held.closed or not _same_file(held.fd, held.path):
-            return False
-        record = dict(held.record, expires_at=self._now() + ttl)
+        now = self._now()
         if held.shared:
+            record = dict(held.record, expires_at=now + ttl)
             if not self._edit_readers(held, name, record):
                 return False
-        else:
+            held.record = record
+            return True
+        with self._writing:  # the release cannot give the descriptor away meanwhile
+            if held.closed or not _same_file(held.fd, held.path):
+                return False
+            expires = int(now * 1_000_000) + int(ttl * 1_000_000)
             try:
-                _write_record(held.fd, record)
+                data = self._exclusive_record(name, held.token, held.since, expires)
+                _put_record(held.fd, data, os.fstat(held.fd).st_size)
             except OSError as exc:
                 raise BackendError(f"writing the lock file {held.path} failed: {exc}") from exc
-        held.record = record
         return True
 
     @staticmethod
@@ -465,8 +721,7 @@ class AsyncFileBackend(AsyncBackend):
             record = _read_record(fd)
         finally:
             os.close(fd)
-        last = record.get("token")
-        last_token = last if isinstance(last, int) and last > 0 else 0
+        last_token = _record_token(record)
         if free:
             return [], last_token
         if lock_id is None:
@@ -483,8 +738,8 @@ class AsyncFileBackend(AsyncBackend):
                     token=token,
                     pid=entry.get("pid"),
                     host=entry.get("host"),
-                    since=entry.get("since"),
-                    expires_at=entry.get("expires_at"),
+                    since=_seconds(entry, "since_us", "since"),
+                    expires_at=_seconds(entry, "expires_us", "expires_at"),
                 )
                 for token, entry in readers
             ]
@@ -496,8 +751,8 @@ class AsyncFileBackend(AsyncBackend):
             token=None if record.get("shared") else record.get("token"),
             pid=record.get("pid"),
             host=record.get("host"),
-            since=record.get("since"),
-            expires_at=record.get("expires_at"),
+            since=_seconds(record, "since_us", "since"),
+            expires_at=_seconds(record, "expires_us", "expires_at"),
         )
         return [holder], last_token
 
@@ -526,9 +781,8 @@ class AsyncFileBackend(AsyncBackend):
         holders, last_token = self._inspect(path, lock_id)
         if not holders:
             return 0
-        fresh: dict[str, Any] = {"name": name, "held": False}
-        if last_token:
-            fresh["token"] = last_token
+        fresh: dict[str, Any] = {"token": last_token} if last_token else {}  # the token first, as ever
+        fresh.update(name=name, held=False)
         scratch = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
             fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o666)
@@ -543,6 +797,9 @@ class AsyncFileBackend(AsyncBackend):
             except OSError:
                 pass
             raise BackendError(f"cannot replace the lock file {path}: {exc}") from exc
+        kept = self._idle.pop(lock_id, None)  # the replaced file's: of no use any more
+        if kept is not None:
+            _close_quietly(kept[0])
         return len(holders)
 
     # -- locking --------------------------------------------------------------
@@ -563,7 +820,9 @@ class AsyncFileBackend(AsyncBackend):
         lease = self._lease if ttl is None else ttl
         taken: list[_LockFile] = []
         try:
-            held = await arun_blocking(self._try_acquire, name, lock_id, shared, lease, taken)
+            held = await arun_blocking(
+                self._try_acquire, name, lock_id, shared, lease, taken
+            )  # sync: held = self._try_acquire(name, lock_id, shared, lease, taken)
             if held is None and timeout != 0:
                 on_wait()
                 held = await self._wait(name, lock_id, shared, lease, timeout, taken)
@@ -625,7 +884,9 @@ class AsyncFileBackend(AsyncBackend):
                 f"the lock {grant.name!r} (token {grant.token}) is not held: it was released or aborted",
                 key=grant.name,
             )
-        if not await arun_blocking(self._release, held, grant.name, grant.token):
+        if not await arun_blocking(
+            self._release, held, grant.name
+        ):  # sync: if not self._release(held, grant.name):
             raise LockLostError(
                 f"the lock {grant.name!r} was lost while held:"
                 f" its lock file {held.path} was removed or replaced",
@@ -634,8 +895,9 @@ class AsyncFileBackend(AsyncBackend):
 
     async def abort(self, grant: Grant) -> None:
         # Closing the descriptor drops the flock at once; the record keeps its token for the next holder.
-        held: _LockFile = grant.conn
-        held.close()
+        fd = self._detach_quietly(grant.conn)
+        if fd >= 0:
+            _unlock_and_close(fd)
 
     async def renew(self, grant: Grant, ttl: float | None = None) -> bool:
         lease = ttl if ttl is not None else grant.ttl if grant.ttl is not None else self._lease
@@ -668,16 +930,25 @@ class AsyncFileBackend(AsyncBackend):
         # The owner released every hold first; whatever is still open is closed (its flock dropped).
         for held in list(self._open_files):
             held.close()
+        self._close_idle()
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            _dirwatch.unwatch(watch)
 
     def after_fork_in_child(self) -> None:
         # The child inherited the parent's descriptors, and an inherited descriptor shares the
         # flock with the parent's (one open file description): close the child's copies, so
         # the lock ends when the parent releases it, not when this child exits. The parent's
         # descriptors stay open.
+        # The kept ones are the parent's as much: closed too. Record ends name the parent's pid.
         open_files = list(self._open_files)
         self._gate.reset_after_fork()
+        self._writing = threading.Lock()  # another thread may have held it at the fork
+        self._tails = {}
+        self._watch = None  # the parent's (_dirwatch forgets it in the child)
         for held in open_files:
-            held.close()
+            held.forget()
+        self._close_idle()
 
     def describe(self) -> str:
         return f"file://{self.directory}"

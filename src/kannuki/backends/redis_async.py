@@ -48,6 +48,7 @@ import inspect
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -293,6 +294,12 @@ ACQUIRE, RELEASE, RENEW, CHECK, FORCE, INSPECT, WITHDRAW = map(
 )
 # A waiting writer's mark lasts this long unless refreshed (it is, at every try: at least every WAIT_CAP).
 INTENT_MS = int(INTENT_TTL * 1000)
+_INTENT = b"%d" % INTENT_MS
+
+
+def _holder_args() -> tuple[bytes, bytes]:
+    """The acquire script's pid and host arguments for this process, encoded once."""
+    return b"%d" % os.getpid(), HOST.encode()
 
 
 def _text(value: bytes | str) -> str:
@@ -467,6 +474,18 @@ class AsyncRedisBackend(AsyncBackend):
         self._counter_prefix = f"{namespace}:token:"
         self._writers_prefix = f"{namespace}:writers:"
         self._channel_prefix = f"{namespace}:released:"
+        # The hot path sends bytes, which the client passes on as they are (no encoding per argument).
+        self._lock_key, self._readers_key, self._counter_key, self._writers_key, self._channel_key = (
+            prefix.encode()
+            for prefix in (
+                self._lock_prefix,
+                self._readers_prefix,
+                self._counter_prefix,
+                self._writers_prefix,
+                self._channel_prefix,
+            )
+        )
+        self._holder = _holder_args()
         self._errors = _driver_errors(client)
         self._pubsub = callable(getattr(client, "pubsub", None))
         # Waiters of this process queue here (by full name); the first of them waits on Redis.
@@ -548,14 +567,16 @@ class AsyncRedisBackend(AsyncBackend):
         if transaction is not None and transaction is not False:
             raise NotSupportedError("the redis backend has no transactions; drop transaction=")
         lease = self._default_ttl if ttl is None else ttl
+        key = name.encode()
         keys = [
-            self._lock_prefix + name,
-            self._readers_prefix + name,
-            self._counter_prefix + name,
-            self._writers_prefix + name,
+            self._lock_key + key,
+            self._readers_key + key,
+            self._counter_key + key,
+            self._writers_key + key,
         ]
-        owner = os.urandom(8).hex()
-        args = ["1" if shared else "0", max(1, int(lease * 1000)), owner, os.getpid(), HOST, "0", INTENT_MS]
+        owner = os.urandom(8).hex().encode()
+        pid, host = self._holder
+        args = [b"1" if shared else b"0", b"%d" % max(1, int(lease * 1000)), owner, pid, host, b"0", _INTENT]
         deadline = None if timeout is None or timeout == 0 else time.monotonic() + timeout
         grant, _wait_ms = await self._try(name, lock_id, shared, keys, args, lease)
         if grant is not None or timeout == 0:
@@ -568,7 +589,7 @@ class AsyncRedisBackend(AsyncBackend):
         grant = None
         try:
             if not shared:
-                args[5] = "1"  # a writer that waits: its tries mark its intent
+                args[5] = b"1"  # a writer that waits: its tries mark its intent
             grant = await self._wait(name, lock_id, shared, keys, args, lease, deadline)
             return grant
         finally:
@@ -578,7 +599,7 @@ class AsyncRedisBackend(AsyncBackend):
             finally:
                 await atable_release(self._table, name, gate)
 
-    async def _withdraw(self, name: str, owner: str) -> bool:
+    async def _withdraw(self, name: str, owner: bytes) -> bool:
         """A waiting writer gives up: remove its mark (readers kept out by it are woken); never raises. Removed?"""
         keys = [self._writers_prefix + name, self._channel_prefix + name]
         try:
@@ -587,7 +608,7 @@ class AsyncRedisBackend(AsyncBackend):
             return False
 
     async def _try(
-        self, name: str, lock_id: int, shared: bool, keys: list[str], args: list[Any], lease: float
+        self, name: str, lock_id: int, shared: bool, keys: list[bytes], args: list[Any], lease: float
     ) -> tuple[Grant | None, int]:
         """One acquire script: (grant, 0), or (None, ms until the blocking lease ends; -1: unknown).
 
@@ -611,7 +632,7 @@ class AsyncRedisBackend(AsyncBackend):
         name: str,
         lock_id: int,
         shared: bool,
-        keys: list[str],
+        keys: list[bytes],
         args: list[Any],
         lease: float,
         deadline: float | None,
@@ -648,12 +669,9 @@ class AsyncRedisBackend(AsyncBackend):
                 await afinish(self._close_quietly(pubsub))
 
     async def release(self, grant: Grant) -> None:
-        keys = [
-            self._lock_prefix + grant.name,
-            self._readers_prefix + grant.name,
-            self._channel_prefix + grant.name,
-        ]
-        args = [grant.data, "1" if grant.shared else "0"]
+        key = grant.name.encode()
+        keys = [self._lock_key + key, self._readers_key + key, self._channel_key + key]
+        args = [grant.data, b"1" if grant.shared else b"0"]
         if not await afinish(self._eval(RELEASE, keys, args, grant.name)):
             raise LockLostError(
                 f"the lock {grant.name!r} (token {grant.token}) was lost before release: its lease expired "
@@ -664,7 +682,7 @@ class AsyncRedisBackend(AsyncBackend):
     async def abort(self, grant: Grant) -> None:
         await afinish(self._delete(grant.name, grant.data, grant.shared))
 
-    async def _delete(self, name: str, owner: str, shared: bool) -> bool:
+    async def _delete(self, name: str, owner: bytes, shared: bool) -> bool:
         """Compare-and-delete by owner value, never raising: the undo of an acquire, or an abort. Deleted?"""
         keys = [self._lock_prefix + name, self._readers_prefix + name, self._channel_prefix + name]
         try:
@@ -689,7 +707,7 @@ class AsyncRedisBackend(AsyncBackend):
         keys = [self._lock_prefix + name, self._readers_prefix + name, self._channel_prefix + name]
         return int(await self._eval(FORCE, keys, [], name))
 
-    async def _eval(self, script: _Script, keys: list[str], args: list[Any], name: str) -> Any:
+    async def _eval(self, script: _Script, keys: Sequence[str | bytes], args: list[Any], name: str) -> Any:
         client = self.client
         try:
             try:
@@ -761,6 +779,7 @@ class AsyncRedisBackend(AsyncBackend):
     def after_fork_in_child(self) -> None:
         # The parent's leases are not ours and its sockets must not be shared: forget them, never close.
         self._table.reset_after_fork()
+        self._holder = _holder_args()  # this process's pid
         if self._connect is not None:
             # Kept, not dropped: collecting the parent's client here would close its sockets.
             self._parents_clients.append(self.client)
