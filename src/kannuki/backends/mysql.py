@@ -51,7 +51,16 @@ name; ``abort`` closes the pinned connection; ``force_release`` refuses to
 free another session's lock unless ``terminate=True``, which KILLs the holding
 connection. A KILLed holder finds out at release: LockLostError.
 
-Options: ``connect_timeout`` (seconds, default 5), ``pool_size`` (idle
+A server that stops answering (a stopped process, a silent network) fails
+every call within the connect timeout past its own wait: the connect, each
+statement's reads and writes (the driver's ``read_timeout`` /
+``write_timeout``) and the wait for GET_LOCK's answer past GET_LOCK's own
+timeout; a release that gets no answer closes the connection and is a loss.
+The watcher does not count silence as a loss: only a session the server
+ended shows on the socket.
+
+Options: ``connect_timeout`` (seconds, default 5; whole seconds on the wire,
+and the longest silence of the server accepted on any call), ``pool_size`` (idle
 connections kept, default 8), ``fencing`` (None: the sequence where the
 server has one; True: server tokens always; False: in-process tokens),
 ``fencing_table``, ``allow_cluster`` (accept a Galera node).
@@ -155,8 +164,6 @@ FOREVER_SLICE = 7 * 24 * 3600.0
 # wait from the side: it waits on the server in slices this short (MySQL: polls, at most this
 # far apart), so the others' statements and Ctrl-C get through between two slices.
 WRAPPED_SLICE = 0.05
-# Extra time to wait for the server's answer beyond GET_LOCK's own timeout.
-ANSWER_GRACE = 30.0
 # An idle pooled connection unused this long is pinged before reuse.
 STALE_AFTER = 30.0
 # Driver error codes: the connection is gone (server gone away, lost during a query).
@@ -333,6 +340,10 @@ def _wait_readable(fd: int, seconds: float) -> bool:
     return bool(poller.poll(seconds * 1000.0))
 
 
+class _NoAnswer(TimeoutError):
+    """The server said nothing for the connect timeout after a GET_LOCK's own timeout ran out."""
+
+
 def _is_driver_error(exc: BaseException) -> bool:
     return type(exc).__module__.startswith(("MySQLdb", "_mysql"))
 
@@ -388,8 +399,17 @@ class MySQLBackend(Backend):
             )
         self._url_scheme = scheme  # mysql or mariadb, for messages; the store's scheme stays "mysql"
         self._params = dict(params or {})
+        # The connect timeout bounds every silence of the server: the connect, each read and write of a
+        # statement (the driver's own timeouts, whole seconds), and the wait for GET_LOCK's answer past
+        # GET_LOCK's own timeout. A server that stops answering fails a call within it; never a hang.
+        silence = max(1, math.ceil(connect_timeout))
+        self._silence = float(silence)
         self._params.update(
-            connect_timeout=max(1, math.ceil(connect_timeout)), autocommit=True, charset="utf8mb4"
+            connect_timeout=silence,
+            read_timeout=silence,
+            write_timeout=silence,
+            autocommit=True,
+            charset="utf8mb4",
         )
         self.pool_size = pool_size
         self.fencing = fencing
@@ -583,6 +603,7 @@ class MySQLBackend(Backend):
                 break
             if _monotonic() - session.last_used < STALE_AFTER:
                 return session
+            pinged = _monotonic()
             try:  # it may have died idle (wait_timeout, a server restart)
                 run_blocking(_scalar, session.db, b"SELECT 1")
                 return session
@@ -590,6 +611,12 @@ class MySQLBackend(Backend):
                 finish(self._discard(session))
                 if not isinstance(exc, Exception):
                     raise
+                if (
+                    _monotonic() - pinged >= self._silence
+                ):  # no answer at all: a new connection would wait too
+                    raise BackendError(
+                        f"{self.describe()} did not answer within {self._silence:g}s: {exc}"
+                    ) from exc
         return self._connect()
 
     def _wrapped_session(self) -> _Session:
@@ -749,9 +776,9 @@ class MySQLBackend(Backend):
             with session.guard:
                 try:
                     run_blocking(_send, session, self._get_lock_sql(literal, seconds))
-                    if not _wait_readable(db.fileno(), wait + ANSWER_GRACE):
-                        raise TimeoutError(
-                            f"no answer from the server {ANSWER_GRACE:g}s after GET_LOCK's timeout"
+                    if not _wait_readable(db.fileno(), wait + self._silence):
+                        raise _NoAnswer(
+                            f"no answer from the server {self._silence:g}s after GET_LOCK's timeout"
                         )
                     got = run_blocking(_read_scalar, session)
                 except BaseException as exc:  # Ctrl-C and cancellation included: end the wait on the server
@@ -777,11 +804,15 @@ class MySQLBackend(Backend):
         """
         if _is_driver_error(exc) or not session.pending:
             return False  # the statement failed, or its answer was read: nothing runs on the server
+        if isinstance(exc, _NoAnswer):
+            # The server is silent: a side connection would not get through either. Its GET_LOCK ends by
+            # its own timeout, and closing our connection ends the session with whatever it was granted.
+            return False
         if session.owned:
             run_blocking(self._kill_query, session.conn_id)
             return True
         if not isinstance(exc, Exception):
-            run_blocking(_drain, session, wait + ANSWER_GRACE)
+            run_blocking(_drain, session, wait + self._silence)
             return True
         return False
 
