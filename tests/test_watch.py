@@ -157,3 +157,30 @@ def test_a_healthy_postgres_lock_held_ten_seconds_gets_no_alarm(pg_url: str) -> 
         lock.release()
     finally:
         locker.close()
+
+
+@pytest.mark.parametrize("store", ["postgres", "mysql"])
+def test_acquisitions_after_a_quiet_spell_do_not_wake_the_watcher(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    """The cost of the watcher: once it went idle, taking locks does not wake it (no thread switch per acquire)."""
+    url = request.getfixturevalue("pg_url" if store == "postgres" else "mysql_url")
+    locker = kannuki.Locker(url, key_prefix=f"watch-{uuid.uuid4().hex[:8]}")
+    try:
+        lock = locker.lock("k")
+        assert lock.acquire(timeout=5)
+        lock.release()
+        time.sleep(1.5)  # the worker has looked and found nothing watched: it sleeps, idle
+        worker = locker._keeper._worker
+        wakes: list[float] = []
+        real_wake = worker.wake
+        worker.wake = lambda: (wakes.append(time.monotonic()), real_wake())[-1]
+        try:
+            for _ in range(20):
+                assert lock.acquire(timeout=5)
+                lock.release()
+        finally:
+            del worker.wake
+        assert wakes == [], f"{len(wakes)} wakes for 20 acquisitions"
+    finally:
+        locker.close()
