@@ -184,3 +184,33 @@ def test_acquisitions_after_a_quiet_spell_do_not_wake_the_watcher(
         assert wakes == [], f"{len(wakes)} wakes for 20 acquisitions"
     finally:
         locker.close()
+
+
+def test_the_watcher_looks_with_the_connection_guard_held(
+    mysql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lock_many pins one connection for several holds: while the watcher peeks at it for one hold,
+    no statement of another may start on it, else its answer would read as the end of the session."""
+    from kannuki.backends import mysql
+
+    locker = kannuki.Locker(mysql_url, key_prefix=f"watch-{uuid.uuid4().hex[:8]}", watch_interval=None)
+    try:
+        many = locker.lock_many(["a", "b"])
+        assert many.acquire(timeout=5)
+        watched, sibling = (hold.grant for hold in many._holds)
+        assert watched.conn is sibling.conn
+        guard_held_while_peeking: list[bool] = []
+        real_peek = mysql.peek
+
+        def peek(fd: int) -> bytes | None:
+            guard_held_while_peeking.append(watched.conn.guard.locked())
+            return real_peek(fd)
+
+        monkeypatch.setattr(mysql, "peek", peek)
+        assert locker.backend.gone(watched) is None
+        assert guard_held_while_peeking == [True]
+        assert not watched.conn.guard.locked()  # given back after the look
+        assert locker.backend.check(sibling)  # the connection serves statements again
+        many.release()
+    finally:
+        locker.close()

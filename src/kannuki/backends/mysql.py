@@ -146,6 +146,20 @@ class _FairLock:
         """True while a thread has the turn (a statement may be in flight)."""
         return self._serving != self._next
 
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the turn now if nobody has it or waits for it; never waits (``blocking=False`` only)."""
+        if blocking:
+            raise ValueError("_FairLock.acquire() only tries (blocking=False); wait with `with lock:`")
+        with self._cond:
+            if self._serving != self._next:
+                return False
+            self._next += 1
+            return True
+
+    def release(self) -> None:
+        """Give back a turn taken with ``acquire(blocking=False)``."""
+        self.__exit__()
+
     def _pass_on(self) -> None:
         while self._serving in self._gave_up:
             self._gave_up.discard(self._serving)
@@ -342,6 +356,19 @@ def _wait_readable(fd: int, seconds: float) -> bool:
 
 class _NoAnswer(TimeoutError):
     """The server said nothing for the connect timeout after a GET_LOCK's own timeout ran out."""
+
+
+def _try_turn(guard: Any) -> bool:
+    """Take a connection's guard if it is free, without waiting; True when taken (give it back with _end_turn).
+
+    On the event loop nothing runs between two lines of a sync function, so "free" is enough there.
+    """
+    return bool(guard.acquire(blocking=False))
+
+
+def _end_turn(guard: Any) -> None:
+    """Give back a guard taken by _try_turn (on the event loop nothing was taken)."""
+    guard.release()
 
 
 def _is_driver_error(exc: BaseException) -> bool:
@@ -976,13 +1003,22 @@ class MySQLBackend(Backend):
         "connection was killed" error, or the close itself) means the session is over.
         """
         session = grant.conn
-        if not isinstance(session, _Session) or session.pending or session.broken or session.guard.locked():
+        if not isinstance(session, _Session) or session.pending or session.broken:
+            return None
+        # The look holds the connection's guard: a statement of another hold on it (lock_many) that
+        # started between a check and the peek would show its own answer, which is no loss.
+        if not _try_turn(session.guard):
             return None  # a statement is in flight: its own answer will tell
         try:
-            fd = session.db.fileno()
-        except Exception:  # the driver already closed it
-            return "the connection holding the lock was closed"
-        data = peek(fd)
+            if session.broken:
+                return None
+            try:
+                fd = session.db.fileno()
+            except Exception:  # the driver already closed it
+                return "the connection holding the lock was closed"
+            data = peek(fd)
+        finally:
+            _end_turn(session.guard)
         if data is None:
             return None
         if not data:
