@@ -638,9 +638,8 @@ class MySQLBackend(Backend):
                 finish(self._discard(session))
                 if not isinstance(exc, Exception):
                     raise
-                if (
-                    _monotonic() - pinged >= self._silence
-                ):  # no answer at all: a new connection would wait too
+                # No answer at all (not a closed connection): a new connection would wait just as long.
+                if _monotonic() - pinged >= self._silence:
                     raise BackendError(
                         f"{self.describe()} did not answer within {self._silence:g}s: {exc}"
                     ) from exc

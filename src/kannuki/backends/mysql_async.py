@@ -665,7 +665,8 @@ class AsyncMySQLBackend(AsyncBackend):
                 await afinish(self._discard(session))
                 if not isinstance(exc, Exception):
                     raise
-                if _monotonic() - pinged >= self._silence:  # no answer at all: a new connection would wait too
+                # No answer at all (not a closed connection): a new connection would wait just as long.
+                if _monotonic() - pinged >= self._silence:
                     raise BackendError(
                         f"{self.describe()} did not answer within {self._silence:g}s: {exc}"
                     ) from exc
@@ -829,7 +830,9 @@ class AsyncMySQLBackend(AsyncBackend):
                 try:
                     await arun_blocking(_send, session, self._get_lock_sql(literal, seconds))
                     if not await _await_readable(db.fileno(), wait + self._silence):
-                        raise _NoAnswer(f"no answer from the server {self._silence:g}s after GET_LOCK's timeout")
+                        raise _NoAnswer(
+                            f"no answer from the server {self._silence:g}s after GET_LOCK's timeout"
+                        )
                     got = await arun_blocking(_read_scalar, session)
                 except BaseException as exc:  # Ctrl-C and cancellation included: end the wait on the server
                     await afinish(self._end_wait(session, exc, wait))
