@@ -142,6 +142,9 @@ def main() -> int:
     )
     parser.add_argument("--ttl", type=float, default=3.0, help="the leases' ttl (renewed every ttl/3)")
     parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument(
+        "--stores", help="only these, comma-separated: postgresql, mysql, memory, sqlite, file, redis, etcd"
+    )
     args = parser.parse_args()
     prefix = f"latency-{uuid.uuid4().hex[:6]}"
     if args.etcd_cluster and not args.etcd_url:
@@ -188,6 +191,9 @@ def main() -> int:
             )
         )
 
+    if args.stores:
+        wanted = {name.strip().lower() for name in args.stores.split(",")}
+        cases = [case for case in cases if case[0].split()[0].split("/")[0].lower() in wanted]
     for store, how, url, options, taker in cases:
         for mode, cls in (("sync", kannuki.Locker), ("async", kannuki.AsyncLocker)):
             try:
