@@ -27,6 +27,7 @@ import atexit
 import inspect
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -155,6 +156,7 @@ def main() -> int:
         atexit.register(etcd_cluster.release_shared)
         args.etcd_url = cluster.url(namespace=prefix)
     folder = tempfile.mkdtemp(prefix="kannuki-latency-")
+    atexit.register(shutil.rmtree, folder, True)
     lease = {"ttl": args.ttl}
     rows: list[tuple[str, str, str, list[float] | str]] = []
 
