@@ -1576,8 +1576,7 @@ cdef class LockBase:
     cdef public double _since
     cdef public long long _generation
     cdef public bint _spent
-    cdef public object _task
-    cdef public bint _cancelled_for_loss
+    cdef public object _scope  # the async cancel_on_lost scope of the running block, or None
     cdef PlainPath _path
     cdef LockTable _table
     cdef object __weakref__

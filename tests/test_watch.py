@@ -259,3 +259,60 @@ def test_a_users_statement_answered_on_a_wrapped_postgres_connection_is_no_loss(
             await maybe(conn.close())
 
     run_both(api, body)
+
+
+@pytest.mark.parametrize("store", ["postgres", "mysql"])
+def test_acquisitions_after_a_quiet_spell_do_not_wake_the_watcher(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    """The cost of the watcher: once it went idle, taking locks does not wake it (no thread switch per acquire)."""
+    url = request.getfixturevalue("pg_url" if store == "postgres" else "mysql_url")
+    locker = kannuki.Locker(url, key_prefix=f"watch-{uuid.uuid4().hex[:8]}")
+    try:
+        lock = locker.lock("k")
+        assert lock.acquire(timeout=5)
+        lock.release()
+        time.sleep(1.5)  # the worker has looked and found nothing watched: it sleeps, idle
+        worker = locker._keeper._worker
+        wakes: list[float] = []
+        real_wake = worker.wake
+        worker.wake = lambda: (wakes.append(time.monotonic()), real_wake())[-1]
+        try:
+            for _ in range(20):
+                assert lock.acquire(timeout=5)
+                lock.release()
+        finally:
+            del worker.wake
+        assert wakes == [], f"{len(wakes)} wakes for 20 acquisitions"
+    finally:
+        locker.close()
+
+
+def test_the_watcher_looks_with_the_connection_guard_held(
+    mysql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lock_many pins one connection for several holds: while the watcher peeks at it for one hold,
+    no statement of another may start on it, else its answer would read as the end of the session."""
+    from kannuki.backends import mysql
+
+    locker = kannuki.Locker(mysql_url, key_prefix=f"watch-{uuid.uuid4().hex[:8]}", watch_interval=None)
+    try:
+        many = locker.lock_many(["a", "b"])
+        assert many.acquire(timeout=5)
+        watched, sibling = (hold.grant for hold in many._holds)
+        assert watched.conn is sibling.conn
+        guard_held_while_peeking: list[bool] = []
+        real_peek = mysql.peek
+
+        def peek(fd: int) -> bytes | None:
+            guard_held_while_peeking.append(watched.conn.guard.locked())
+            return real_peek(fd)
+
+        monkeypatch.setattr(mysql, "peek", peek)
+        assert locker.backend.gone(watched) is None
+        assert guard_held_while_peeking == [True]
+        assert not watched.conn.guard.locked()  # given back after the look
+        assert locker.backend.check(sibling)  # the connection serves statements again
+        many.release()
+    finally:
+        locker.close()

@@ -553,6 +553,11 @@ class AsyncHoldKeeper:
                 if now - idle_since >= self.idle_stop:
                     return
                 wait = self.idle_stop - (now - idle_since)
+                if self.watch_interval is not None and getattr(self.backend, "watches", False):
+                    # Wake by itself within a watch interval: a lock taken meanwhile is then looked at
+                    # in time without waking the worker (waking it on every acquisition costs each one
+                    # a thread switch).
+                    wait = min(wait, self.watch_interval)
             else:
                 idle_since = None
                 wait = RETRY_CAP if next_due is None else max(0.0, next_due - now)

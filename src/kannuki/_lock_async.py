@@ -9,6 +9,7 @@ acquirer at a time; make one per thread or task (``locker.lock(key)`` is cheap).
 
 from __future__ import annotations
 
+import asyncio  # async-only
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -406,11 +407,9 @@ class AsyncLock(LockBase):  # sync: class Lock(SyncLockBase):
 
     async def __aexit__(self, exc_type: object, exc: object, traceback: object) -> None:  # async-only
         # Three named parameters, not *exc_info: a call CPython specialises, no tuple built.
-        cancelled_for_loss = self._cancelled_for_loss
-        self._cancelled_for_loss = False
-        if cancelled_for_loss:
-            self._task.uncancel()
-        self._task = None
+        if self._scope is not None:  # async-only
+            await self._exit_loss_scope(exc_type)  # async-only
+            return  # async-only
         await self.release()
 
     # -- internals ------------------------------------------------------------
@@ -444,26 +443,35 @@ class AsyncLock(LockBase):  # sync: class Lock(SyncLockBase):
         self.locker._keeper.waiting(self.key, self.lock_id, self.shared)
 
     def _watch_for_loss(self) -> None:  # async-only
-        """``cancel_on_lost``: a loss cancels the task in the ``async with`` body."""  # async-only
-        import asyncio  # async-only
+        """``cancel_on_lost``: from here to the end of the ``async with`` block, a loss cancels this task."""
+        hold = self._hold
+        task = asyncio.current_task()
+        if task is None or hold is None:  # a plain hold (no lease): nothing can take it away
+            return
+        scope = self._scope = _LossScope(task, asyncio.get_running_loop(), self.key)
+        user_callback = hold.on_lost
 
-        task = asyncio.current_task()  # async-only
-        loop = asyncio.get_running_loop()  # async-only
-        hold = self._hold  # async-only
-        if task is None or hold is None:  # async-only
-            return  # async-only
-        self._task = task  # async-only
-        user_callback = hold.on_lost  # async-only
+        def cancel_body(lock: Any, reason: str) -> None:
+            scope.lost(reason)
+            if user_callback is not None:
+                user_callback(lock, reason)
 
-        def cancel_body(lock: Any, reason: str) -> None:  # async-only
-            if user_callback is not None:  # async-only
-                user_callback(lock, reason)  # async-only
-            self._cancelled_for_loss = True  # async-only
-            loop.call_soon_threadsafe(
-                task.cancel, f"kannuki lost the lock {self.key!r}: {reason}"
-            )  # async-only
+        hold.on_lost = cancel_body
 
-        hold.on_lost = cancel_body  # async-only
+    async def _exit_loss_scope(self, exc_type: object) -> None:  # async-only
+        """Leave the scope, then release: LockLostError when the loss cancelled the body, CancelledError
+        when the task was (also) cancelled from outside."""
+        scope = self._scope
+        self._scope = None
+        assert scope is not None
+        outer = scope.close()
+        try:
+            await self.release()
+        except LockLostError:
+            cancelled = isinstance(exc_type, type) and issubclass(exc_type, asyncio.CancelledError)
+            if cancelled and (outer or not scope.cancelled):
+                return  # a cancellation from outside: the caller must see it, and the loss is reported
+            raise
 
     async def _not_acquired(self) -> LockNotAcquiredError:
         try:
@@ -471,6 +479,45 @@ class AsyncLock(LockBase):  # sync: class Lock(SyncLockBase):
         except Exception:  # who-holds-it is a courtesy; never mask the real outcome
             holders = []
         return not_acquired_error(self, holders)
+
+
+class _LossScope:  # async-only
+    """The task running one ``async with lock:`` body that ``cancel_on_lost`` cancels when the lock is lost.
+
+    The loss is reported from the hold owner (on the loop, or any thread); the
+    cancellation is made on the loop between two steps of the task, and only while
+    the block has not begun to exit: so it always lands in the body, and never
+    stays pending for the code after the block.
+    """
+
+    __slots__ = ("cancelled", "key", "loop", "open", "task")
+
+    def __init__(self, task: asyncio.Task[Any], loop: asyncio.AbstractEventLoop, key: str) -> None:
+        self.task = task
+        self.loop = loop
+        self.key = key
+        self.open = True
+        self.cancelled = False  # this scope cancelled the task
+
+    def lost(self, reason: str) -> None:
+        """The lock is lost: cancel the body at the loop's next turn (from any thread)."""
+        if self.open and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._cancel, f"kannuki lost the lock {self.key!r}: {reason}")
+
+    def _cancel(self, message: str) -> None:
+        # A loop callback runs while no task step does: the task is suspended in the body (or about to
+        # resume there), unless its block began to exit, which closed the scope.
+        if self.open and not self.cancelled and not self.task.done():
+            self.cancelled = True
+            self.task.cancel(message)
+
+    def close(self) -> bool:
+        """The block exits: no cancellation from now on. True when the task was cancelled from outside too."""
+        self.open = False
+        if not self.cancelled:
+            return False
+        uncancel = getattr(self.task, "uncancel", None)  # Python 3.11+; 3.10 cannot tell the two apart
+        return uncancel is not None and bool(uncancel() > 0)
 
 
 class AsyncMultiLock:

@@ -183,6 +183,8 @@ class Locker:
             raise TypeError(
                 f"on_lost must be a callable(lock, reason) or None, not {type(on_lost).__qualname__}"
             )
+        if cancel_on_lost is not False and cancel_on_lost is not True:
+            raise TypeError(f"cancel_on_lost must be True or False, not {type(cancel_on_lost).__qualname__}")
         return Lock(
             self._keeper.path,
             self,

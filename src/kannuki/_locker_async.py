@@ -181,6 +181,8 @@ class AsyncLocker:
             raise TypeError(
                 f"on_lost must be a callable(lock, reason) or None, not {type(on_lost).__qualname__}"
             )
+        if cancel_on_lost is not False and cancel_on_lost is not True:
+            raise TypeError(f"cancel_on_lost must be True or False, not {type(cancel_on_lost).__qualname__}")
         return AsyncLock(
             self._keeper.path,
             self,

@@ -197,8 +197,7 @@ class LockBase:
     _since: float
     _generation: int
     _spent: bool
-    _task: Any
-    _cancelled_for_loss: bool
+    _scope: Any
     def __init__(
         self,
         path: PlainPath | None = None,

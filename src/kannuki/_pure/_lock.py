@@ -187,16 +187,15 @@ class LockBase:
     __slots__ = (
         "__weakref__",
         "_busy",
-        "_cancelled_for_loss",
         "_generation",
         "_hold",
         "_path",
         "_plain",
         "_plain_set",
+        "_scope",
         "_since",
         "_spent",
         "_table",
-        "_task",
         "cancel_on_lost",
         "key",
         "lock_id",
@@ -247,8 +246,7 @@ class LockBase:
         self._since = 0.0
         self._generation = 0
         self._spent = False
-        self._task: Any = None
-        self._cancelled_for_loss = False
+        self._scope: Any = None  # the async cancel_on_lost scope of the running block
         self._table: LockTable | None = None
 
     def __del__(self) -> None:

@@ -51,7 +51,16 @@ name; ``abort`` closes the pinned connection; ``force_release`` refuses to
 free another session's lock unless ``terminate=True``, which KILLs the holding
 connection. A KILLed holder finds out at release: LockLostError.
 
-Options: ``connect_timeout`` (seconds, default 5), ``pool_size`` (idle
+A server that stops answering (a stopped process, a silent network) fails
+every call within the connect timeout past its own wait: the connect, each
+statement's reads and writes (the driver's ``read_timeout`` /
+``write_timeout``) and the wait for GET_LOCK's answer past GET_LOCK's own
+timeout; a release that gets no answer closes the connection and is a loss.
+The watcher does not count silence as a loss: only a session the server
+ended shows on the socket.
+
+Options: ``connect_timeout`` (seconds, default 5; whole seconds on the wire,
+and the longest silence of the server accepted on any call), ``pool_size`` (idle
 connections kept, default 8), ``fencing`` (None: the sequence where the
 server has one; True: server tokens always; False: in-process tokens),
 ``fencing_table``, ``allow_cluster`` (accept a Galera node).
@@ -138,6 +147,20 @@ class _FairLock:
         """True while a thread has the turn (a statement may be in flight)."""
         return self._serving != self._next
 
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the turn now if nobody has it or waits for it; never waits (``blocking=False`` only)."""
+        if blocking:
+            raise ValueError("_FairLock.acquire() only tries (blocking=False); wait with `with lock:`")
+        with self._cond:
+            if self._serving != self._next:
+                return False
+            self._next += 1
+            return True
+
+    def release(self) -> None:
+        """Give back a turn taken with ``acquire(blocking=False)``."""
+        self.__exit__()
+
     def _pass_on(self) -> None:
         while self._serving in self._gave_up:
             self._gave_up.discard(self._serving)
@@ -156,8 +179,6 @@ FOREVER_SLICE = 7 * 24 * 3600.0
 # wait from the side: it waits on the server in slices this short (MySQL: polls, at most this
 # far apart), so the others' statements and Ctrl-C get through between two slices.
 WRAPPED_SLICE = 0.05
-# Extra time to wait for the server's answer beyond GET_LOCK's own timeout.
-ANSWER_GRACE = 30.0
 # An idle pooled connection unused this long is pinged before reuse.
 STALE_AFTER = 30.0
 # Driver error codes: the connection is gone (server gone away, lost during a query).
@@ -334,6 +355,23 @@ def _wait_readable(fd: int, seconds: float) -> bool:
     return bool(poller.poll(seconds * 1000.0))
 
 
+class _NoAnswer(TimeoutError):
+    """The server said nothing for the connect timeout after a GET_LOCK's own timeout ran out."""
+
+
+def _try_turn(guard: Any) -> bool:
+    """Take a connection's guard if it is free, without waiting; True when taken (give it back with _end_turn).
+
+    On the event loop nothing runs between two lines of a sync function, so "free" is enough there.
+    """
+    return bool(guard.acquire(blocking=False))
+
+
+def _end_turn(guard: Any) -> None:
+    """Give back a guard taken by _try_turn (on the event loop nothing was taken)."""
+    guard.release()
+
+
 def _is_driver_error(exc: BaseException) -> bool:
     return type(exc).__module__.startswith(("MySQLdb", "_mysql"))
 
@@ -390,8 +428,17 @@ class MySQLBackend(Backend):
             )
         self._url_scheme = scheme  # mysql or mariadb, for messages; the store's scheme stays "mysql"
         self._params = dict(params or {})
+        # The connect timeout bounds every silence of the server: the connect, each read and write of a
+        # statement (the driver's own timeouts, whole seconds), and the wait for GET_LOCK's answer past
+        # GET_LOCK's own timeout. A server that stops answering fails a call within it; never a hang.
+        silence = max(1, math.ceil(connect_timeout))
+        self._silence = float(silence)
         self._params.update(
-            connect_timeout=max(1, math.ceil(connect_timeout)), autocommit=True, charset="utf8mb4"
+            connect_timeout=silence,
+            read_timeout=silence,
+            write_timeout=silence,
+            autocommit=True,
+            charset="utf8mb4",
         )
         self.pool_size = pool_size
         self.fencing = fencing
@@ -606,6 +653,7 @@ class MySQLBackend(Backend):
                 break
             if _monotonic() - session.last_used < STALE_AFTER:
                 return session
+            pinged = _monotonic()
             try:  # it may have died idle (wait_timeout, a server restart)
                 run_blocking(_scalar, session.db, b"SELECT 1")
                 return session
@@ -613,6 +661,11 @@ class MySQLBackend(Backend):
                 finish(self._discard(session))
                 if not isinstance(exc, Exception):
                     raise
+                # No answer at all (not a closed connection): a new connection would wait just as long.
+                if _monotonic() - pinged >= self._silence:
+                    raise BackendError(
+                        f"{self.describe()} did not answer within {self._silence:g}s: {exc}"
+                    ) from exc
         return self._connect()
 
     def _wrapped_session(self) -> _Session:
@@ -780,9 +833,9 @@ class MySQLBackend(Backend):
             with session.guard:
                 try:
                     run_blocking(_send, session, self._get_lock_sql(literal, seconds))
-                    if not _wait_readable(db.fileno(), wait + ANSWER_GRACE):
-                        raise TimeoutError(
-                            f"no answer from the server {ANSWER_GRACE:g}s after GET_LOCK's timeout"
+                    if not _wait_readable(db.fileno(), wait + self._silence):
+                        raise _NoAnswer(
+                            f"no answer from the server {self._silence:g}s after GET_LOCK's timeout"
                         )
                     got = run_blocking(_read_scalar, session)
                 except BaseException as exc:  # Ctrl-C and cancellation included: end the wait on the server
@@ -808,11 +861,15 @@ class MySQLBackend(Backend):
         """
         if _is_driver_error(exc) or not session.pending:
             return False  # the statement failed, or its answer was read: nothing runs on the server
+        if isinstance(exc, _NoAnswer):
+            # The server is silent: a side connection would not get through either. Its GET_LOCK ends by
+            # its own timeout, and closing our connection ends the session with whatever it was granted.
+            return False
         if session.owned:
             run_blocking(self._kill_query, session.conn_id)
             return True
         if not isinstance(exc, Exception):
-            run_blocking(_drain, session, wait + ANSWER_GRACE)
+            run_blocking(_drain, session, wait + self._silence)
             return True
         return False
 
@@ -978,13 +1035,22 @@ class MySQLBackend(Backend):
         or another thread's): not a loss.
         """
         session = grant.conn
-        if not isinstance(session, _Session) or session.pending or session.broken or session.guard.locked():
+        if not isinstance(session, _Session) or session.pending or session.broken:
+            return None
+        # The look holds the connection's guard: a statement of another hold on it (lock_many) that
+        # started between a check and the peek would show its own answer, which is no loss.
+        if not _try_turn(session.guard):
             return None  # a statement is in flight: its own answer will tell
         try:
-            fd = session.db.fileno()
-        except Exception:  # the driver already closed it
-            return "the connection holding the lock was closed"
-        data = peek(fd)
+            if session.broken:
+                return None
+            try:
+                fd = session.db.fileno()
+            except Exception:  # the driver already closed it
+                return "the connection holding the lock was closed"
+            data = peek(fd)
+        finally:
+            _end_turn(session.guard)
         if data is None:
             return None
         if not data:
