@@ -87,7 +87,18 @@ CONTENDERS = {
 }
 
 
-LIBPQ_CONTENDERS = {"floor-libpq": _libpq, "kannuki-url": kannuki_url_contender}
+def _kannuki_unfenced(url: str, key: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A URL locker without fencing tokens: the same two statements as the floors, bar the PID column."""
+    locker = kannuki.Locker(url, key_prefix="bench", fencing=False)
+    return try_and_release(locker.lock(key)), locker.close
+
+
+CONTENDERS["kannuki-url-unfenced"] = _kannuki_unfenced
+LIBPQ_CONTENDERS = {
+    "floor-libpq": _libpq,
+    "kannuki-url": kannuki_url_contender,
+    "kannuki-url-unfenced": _kannuki_unfenced,
+}
 
 
 @pytest.fixture

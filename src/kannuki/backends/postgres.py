@@ -60,12 +60,30 @@ excludes or sees nobody on the primary: session and transaction-level locks,
 ``held``, ``holders``, ``list_held`` and ``force_release`` are refused there
 unless ``allow_replica=True``.
 
+Statements and deadlines. On the connections kannuki owns or borrows (not a
+user's single shared connection, which stays with psycopg's cursors) every
+statement goes through libpq itself (psycopg's ``pgconn``, see
+:mod:`kannuki.backends._pg_wire`): one round trip, no cursor; the try, the
+timed wait and the release are prepared once a connection is known to reach
+the server directly (kannuki's own connections only), with binary parameters
+and results. kannuki waits for each answer on the socket itself, up to the
+statement's own server-side wait (a lock wait's timeout) plus the connect
+timeout: a server that stops answering (its processes stopped, a network gone
+silent while the kernel still acknowledges) gets a cancel request (libpq's
+non-blocking cancel, libpq >= 17, given at most a second) and the connection
+is closed, so a timed acquire ends within its timeout plus the connect
+timeout and a release within the connect timeout (LockLostError: the server
+frees the lock once it reads the close). No thread is left waiting. kannuki's
+own connections also set TCP keepalives and ``tcp_user_timeout`` unless the
+URL sets them.
+
 Interruptions. Ctrl-C (sync) or a cancelled task (async) during a server
-wait: psycopg cancels the query on the server. The lock may have been granted
-just before, so an interrupted or failed acquire closes its connection (or, on
-a connection that holds other locks, gives back just that key); an interrupted
-release does the same. In async code the release and that undo run to their
-end even when the task is cancelled meanwhile.
+wait: the statement is cancelled on the server and its answer read (or the
+connection closed). The lock may have been granted just before, so an
+interrupted or failed acquire closes its connection (or, on a connection that
+holds other locks, gives back just that key); an interrupted release does the
+same. In async code the release and that undo run to their end even when the
+task is cancelled meanwhile.
 
 The backend keeps no record of its holds: everything a release needs (the
 connection, the server PID, the in-process queue token) is in the Grant. In a
@@ -913,6 +931,8 @@ class PostgresBackend(Backend):
                 key=grant.name,
             )
         grant.conn = None  # from here on the unlock below, or its undo, frees it: abort has nothing left
+        # Run to its end even when the task is cancelled meanwhile: the hold owner, the one caller,
+        # awaits this whole release under finish (a second shield here would cost two loop turns).
         self._unlock(grant, session)
 
     def _unlock(self, grant: Grant, session: _Session) -> None:
