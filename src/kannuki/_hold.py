@@ -539,6 +539,11 @@ class HoldKeeper:
                 if now - idle_since >= self.idle_stop:
                     return
                 wait = self.idle_stop - (now - idle_since)
+                if self.watch_interval is not None:
+                    # Idle, look again within a watch interval anyway: a hold adopted meanwhile is then
+                    # due no sooner than this wake-up, so adopting it never wakes the worker (a thread
+                    # switch on every acquisition, which halved PostgreSQL's uncontended throughput).
+                    wait = min(wait, self.watch_interval)
             else:
                 idle_since = None
                 wait = RETRY_CAP if next_due is None else max(0.0, next_due - now)
