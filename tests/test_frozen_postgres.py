@@ -1,6 +1,7 @@
 """A PostgreSQL server that stops answering (every process SIGSTOPped): no wait outlives its bound.
 
-The server's kernel still acknowledges TCP while its processes are stopped, so only kannuki's own
+The waits are for a key nobody holds in this process (a held one would queue on the in-process table,
+never reaching the server). The server's kernel still acknowledges TCP while its processes are stopped, so only kannuki's own
 deadline on its statements ends a wait: a blocking ``acquire(timeout=1)`` returns False or raises
 BackendError within its timeout plus the connect timeout, a try within the connect timeout, and a
 release raises LockLostError within the connect timeout, the loss reported once. After SIGCONT the
@@ -107,16 +108,25 @@ def test_waits_and_release_on_a_frozen_server_end_in_bounded_time(frozen: tuple[
     lost: list[str] = []
     holder = kannuki.Locker(url, key_prefix=prefix, connect_timeout=CONNECT_TIMEOUT)
     waiter = kannuki.Locker(url, key_prefix=prefix, connect_timeout=CONNECT_TIMEOUT)
+    trier = kannuki.Locker(url, key_prefix=prefix, connect_timeout=CONNECT_TIMEOUT)
     try:
         lock = holder.lock("k", on_lost=lambda _lock, reason: lost.append(reason))
         assert lock.acquire(timeout=10)
-        with waiter.lock("warm"):  # the waiter has a connection to keep and its fencing check done
-            pass
+        for locker in (waiter, trier):  # each has a connection to keep and its fencing check done
+            with locker.lock("warm"):
+                pass
         freezer.freeze()
+
+        started = time.monotonic()  # a try on a kept connection: its statement gets no answer
+        try:
+            assert trier.lock("free").acquire(blocking=False) is False
+        except BackendError:
+            pass
+        _ended_within(started, CONNECT_TIMEOUT)
 
         started = time.monotonic()
         try:
-            assert waiter.lock("k").acquire(timeout=1) is False
+            assert waiter.lock("free").acquire(timeout=1) is False
         except BackendError:
             pass
         _ended_within(started, 1 + CONNECT_TIMEOUT)
@@ -124,7 +134,7 @@ def test_waits_and_release_on_a_frozen_server_end_in_bounded_time(frozen: tuple[
         for _ in range(2):  # the kept connection was closed by the wait above: this one connects
             started = time.monotonic()
             try:
-                assert waiter.lock("k").acquire(blocking=False) is False
+                assert waiter.lock("free").acquire(blocking=False) is False
             except BackendError:
                 pass
             _ended_within(started, CONNECT_TIMEOUT)
@@ -142,6 +152,7 @@ def test_waits_and_release_on_a_frozen_server_end_in_bounded_time(frozen: tuple[
         freezer.thaw()
         holder.close()
         waiter.close()
+        trier.close()
 
 
 def test_async_waits_and_release_on_a_frozen_server_end_in_bounded_time(frozen: tuple[str, Freezer]) -> None:
@@ -153,6 +164,7 @@ def test_async_waits_and_release_on_a_frozen_server_end_in_bounded_time(frozen: 
     async def main() -> None:
         holder = kannuki.AsyncLocker(url, key_prefix=prefix, connect_timeout=CONNECT_TIMEOUT)
         waiter = kannuki.AsyncLocker(url, key_prefix=prefix, connect_timeout=CONNECT_TIMEOUT)
+        trier = kannuki.AsyncLocker(url, key_prefix=prefix, connect_timeout=CONNECT_TIMEOUT)
         ticks = 0
 
         async def tick() -> None:  # the loop is never blocked by a frozen server
@@ -165,13 +177,21 @@ def test_async_waits_and_release_on_a_frozen_server_end_in_bounded_time(frozen: 
         try:
             lock = holder.lock("k", on_lost=lambda _lock, reason: lost.append(reason))
             assert await lock.acquire(timeout=10)
-            async with waiter.lock("warm"):
-                pass
+            for locker in (waiter, trier):
+                async with locker.lock("warm"):
+                    pass
             freezer.freeze()
+
+            started = time.monotonic()  # a try on a kept connection: its statement gets no answer
+            try:
+                assert await trier.lock("free").acquire(blocking=False) is False
+            except BackendError:
+                pass
+            _ended_within(started, CONNECT_TIMEOUT)
 
             started = time.monotonic()
             try:
-                assert await waiter.lock("k").acquire(timeout=1) is False
+                assert await waiter.lock("free").acquire(timeout=1) is False
             except BackendError:
                 pass
             elapsed = _ended_within(started, 1 + CONNECT_TIMEOUT)
@@ -180,7 +200,7 @@ def test_async_waits_and_release_on_a_frozen_server_end_in_bounded_time(frozen: 
             for _ in range(2):
                 started = time.monotonic()
                 try:
-                    assert await waiter.lock("k").acquire(blocking=False) is False
+                    assert await waiter.lock("free").acquire(blocking=False) is False
                 except BackendError:
                     pass
                 _ended_within(started, CONNECT_TIMEOUT)
@@ -199,6 +219,7 @@ def test_async_waits_and_release_on_a_frozen_server_end_in_bounded_time(frozen: 
             freezer.thaw()
             await holder.aclose()
             await waiter.aclose()
+            await trier.aclose()
 
     asyncio.run(main())
 
