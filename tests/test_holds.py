@@ -408,3 +408,26 @@ def test_an_interrupted_circuit_probe_lets_the_next_call_probe(api: str) -> None
             await maybe(locker.aclose() if api == "async" else locker.close())
 
     asyncio.run(body())
+
+
+def test_adopting_a_watched_hold_never_wakes_the_idle_worker(pg_url: str) -> None:
+    """A watched hold (PostgreSQL) taken while the worker idles is first looked at on the worker's own
+    wake-up, within the watch interval: no wake-up call per acquisition (each one a thread switch, which
+    halved the uncontended throughput)."""
+    locker = kannuki.Locker(pg_url, key_prefix=f"t-wake-{uuid.uuid4().hex[:8]}")
+    keeper = locker._keeper
+    wakes = []
+    real_wake = keeper._worker.wake
+    keeper._worker.wake = lambda: (wakes.append(1), real_wake())[1]
+    try:
+        lock = locker.lock("k")
+        assert lock.acquire(blocking=False)  # starts the worker
+        lock.release()
+        time.sleep(1.5)  # past one watch interval (1 s): the worker found nothing watched and idles
+        for _ in range(20):
+            assert lock.acquire(blocking=False)
+            lock.release()
+        assert wakes == []
+        assert keeper.renewing
+    finally:
+        locker.close()

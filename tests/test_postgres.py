@@ -1193,3 +1193,19 @@ def test_item_14_a_shared_connection_serves_other_threads_while_one_waits(
         unsubscribe()
         locker.close()
         conn.close()
+
+
+def test_own_connection_prepares_again_after_discard_all(locker: kannuki.Locker) -> None:
+    """A hot statement the session no longer has prepared (DISCARD ALL behind kannuki's back) is prepared
+    again: the try and the release still work."""
+    lock = locker.lock("prepared")
+    for _ in range(2):
+        assert lock.acquire(blocking=False)
+        lock.release()
+    (session,) = locker.backend._source.idle  # the locker's own connection, with its prepared statements
+    assert session.prepared
+    session.conn.execute("DISCARD ALL")
+    assert lock.acquire(blocking=False)
+    assert lock.token > 0
+    lock.release()
+    assert not locker.held("prepared")

@@ -11,13 +11,10 @@ other server fixtures. As root, the servers run as the postgres user (neither ru
 from __future__ import annotations
 
 import asyncio
-import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -32,71 +29,22 @@ import pytest
 import kannuki
 from kannuki.backends import _pg_sql as sql
 from kannuki.errors import ConfigurationError, LockLostError
-from servers import REQUIRE_DBS
-from support import wait_until
+from pg_instance import (
+    SERVER_USER,
+    accepting,
+    as_server_user,
+    free_port,
+    missing,
+    pg_bindir,
+    run,
+    server_dir,
+)
 
 psycopg = pytest.importorskip("psycopg")
 
-SERVER_USER = "postgres"  # the OS user the servers run as when the tests run as root
-
-
-def _missing(what: str) -> None:
-    message = f"{what}: this test starts its own instance and cannot"
-    if REQUIRE_DBS:
-        pytest.fail(message + " (KANNUKI_REQUIRE_DBS=1)", pytrace=False)
-    pytest.skip(message)
-
-
-def _as_server_user(command: list[str]) -> list[str]:
-    """``command`` run as the postgres user when the tests run as root."""
-    if os.geteuid() == 0:
-        return ["runuser", "-u", SERVER_USER, "--", *command]
-    return command
-
-
-def _server_dir(prefix: str) -> Path:
-    """A fresh folder under /tmp that the server user owns (pytest's own tmp folders are root's, 0700)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    os.chmod(path, 0o755)
-    if os.geteuid() == 0:
-        shutil.chown(path, SERVER_USER, SERVER_USER)
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _run(command: list[str], what: str) -> None:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        raise RuntimeError(f"{what} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
-
-
-def _pg_bindir() -> Path | None:
-    """The newest installed PostgreSQL server's bin folder (Debian's layout), or None."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
-    if found:
-        return Path(found[-1]).parent
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        bindir = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout.strip()
-        if (Path(bindir) / "initdb").exists():
-            return Path(bindir)
-    return None
-
-
-def _accepting(url: str, seconds: float = 30.0) -> bool:
-    def ready() -> bool:
-        try:
-            psycopg.connect(url, connect_timeout=2).close()
-            return True
-        except psycopg.OperationalError:
-            return False
-
-    return wait_until(ready, seconds)
+# The helpers of a server of the test's own live in pg_instance (shared with test_frozen_postgres).
+_missing, _as_server_user, _server_dir, _free_port = missing, as_server_user, server_dir, free_port
+_run, _pg_bindir, _accepting = run, pg_bindir, accepting
 
 
 # -- a primary and its hot standby ------------------------------------------------------

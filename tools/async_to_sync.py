@@ -89,6 +89,7 @@ RENAMES = {
     "acall": "call",
     "aspawn": "spawn",
     "acancelled": "cancelled",
+    "asocket_wait": "socket_wait",
     "aclose": "close",
     "aclose_quietly": "close_quietly",
     "__aenter__": "__enter__",

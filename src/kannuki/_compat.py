@@ -17,6 +17,7 @@ async (source)                    sync (generated)
 ``await acall(fn, *a)``           ``call(fn, *a)``
 ``aspawn(loop, fn, *a)``          ``spawn(loop, fn, *a)``: ``fn(*a)`` now
 ``acancelled(exc)``               ``cancelled(exc)``: always False
+``await asocket_wait(fd, d, w)``  ``socket_wait(fd, d, w)``: ``poll()`` until a deadline
 ================================  ==========================================
 
 Nothing else in kannuki may tell sync from async: this module is the seam.
@@ -29,6 +30,8 @@ import asyncio
 import collections
 import inspect
 import logging
+import math
+import select
 import threading
 import time
 import weakref
@@ -47,6 +50,7 @@ __all__ = [
     "afinish",
     "arun_blocking",
     "asleep",
+    "asocket_wait",
     "aspawn",
     "atable_acquire",
     "atable_release",
@@ -55,6 +59,7 @@ __all__ = [
     "finish",
     "run_blocking",
     "sleep",
+    "socket_wait",
     "spawn",
     "table_acquire",
     "table_release",
@@ -104,6 +109,61 @@ def table_acquire(table: Any, key: Hashable, shared: bool, timeout: float | None
 def table_release(table: Any, key: Hashable, token: int) -> bool:
     """Compare-and-delete in an in-process lock table."""
     return table.release(key, token)  # type: ignore[no-any-return]
+
+
+def socket_wait(fd: int, deadline: float | None, write: bool = False) -> bool:
+    """Wait until ``fd`` is readable (writable if ``write``) or the monotonic clock passed ``deadline`` (None: never).
+
+    True when it is ready, False when the time ran out. The GIL is released
+    meanwhile; the wait goes in slices of SIGNAL_SLICE_MS, so Ctrl-C (and a
+    signal another thread handled, or ``_thread.interrupt_main``) ends it with
+    KeyboardInterrupt within a slice.
+    """
+    poller = _pollers.get(~fd if write else fd)
+    if poller is None:
+        poller = _new_poller(fd, write)
+    while True:
+        if deadline is None:
+            ms = SIGNAL_SLICE_MS
+        else:
+            ms = min(SIGNAL_SLICE_MS, math.ceil((deadline - time.monotonic()) * 1000))
+            if ms < 0:
+                return False
+        try:
+            if poller.poll(ms):
+                return True
+        except RuntimeError:  # another thread polls this descriptor number (a socket since reused): our own
+            poller = _new_poller(fd, write, keep=False)
+
+
+def _new_poller(fd: int, write: bool, *, keep: bool = True) -> Any:
+    """A poll object watching ``fd`` (kept per descriptor number: registering anew costs more than the wait)."""
+    if _poll is None:  # pragma: no cover - platforms without poll(): select, with its 1024-descriptor limit
+        return _SelectPoller(fd, write)
+    poller = _poll()
+    poller.register(fd, _POLL_OUT if write else _POLL_IN)
+    if keep:
+        _pollers[~fd if write else fd] = poller
+    return poller
+
+
+class _SelectPoller:  # pragma: no cover - platforms without poll()
+    def __init__(self, fd: int, write: bool) -> None:
+        self.watched: tuple[list[int], list[int], list[int]] = ([], [fd], []) if write else ([fd], [], [])
+
+    def poll(self, ms: int) -> bool:
+        return any(select.select(*self.watched, ms / 1000))
+
+
+# Longest stretch (ms) a blocking socket wait spends in poll() before Python may run its signal handlers.
+SIGNAL_SLICE_MS = 100
+# Poll objects by descriptor number (~fd for writing). One holds nothing but the number and the events,
+# so it serves whichever socket has that number now; two threads never wait on one socket at once.
+_pollers: dict[int, Any] = {}
+_poll = getattr(select, "poll", None)
+# An error or a hang-up counts as ready: the driver's next call reads it and says what happened.
+_POLL_IN = getattr(select, "POLLIN", 1) | getattr(select, "POLLERR", 8) | getattr(select, "POLLHUP", 16)
+_POLL_OUT = getattr(select, "POLLOUT", 4) | getattr(select, "POLLERR", 8) | getattr(select, "POLLHUP", 16)
 
 
 class Worker:
@@ -239,6 +299,34 @@ _background: set[asyncio.Task[object]] = set()
 def acancelled(exc: BaseException) -> bool:
     """Is ``exc`` the cancellation of the running task?"""
     return isinstance(exc, asyncio.CancelledError)
+
+
+async def asocket_wait(fd: int, deadline: float | None, write: bool = False) -> bool:
+    """Wait, on the event loop, until ``fd`` is readable (writable if ``write``) or the monotonic clock passed ``deadline``.
+
+    True when it is ready, False when the time ran out (None: no limit). A
+    cancelled task leaves no reader, writer or timer behind.
+    """
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[bool] = loop.create_future()
+    watch, unwatch = (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
+    watch(fd, _settle, ready, True)
+    timer = (
+        None
+        if deadline is None
+        else loop.call_later(max(0.0, deadline - time.monotonic()), _settle, ready, False)
+    )
+    try:
+        return await ready
+    finally:
+        unwatch(fd)
+        if timer is not None:
+            timer.cancel()
+
+
+def _settle(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 class AMutex:

@@ -19,6 +19,8 @@ __all__ = [
     "IDLE",
     "INERROR",
     "INTRANS",
+    "KEEPALIVES",
+    "TCP_USER_TIMEOUT_MS",
     "check_number",
     "check_transaction_status",
     "checked_url",
@@ -34,6 +36,13 @@ __all__ = [
 
 # psycopg's libpq states (psycopg.pq.TransactionStatus), by value, so no driver import is needed.
 IDLE, ACTIVE, INTRANS, INERROR = 0, 1, 2, 3
+
+# TCP settings of the connections kannuki opens, unless the URL sets them: a network that goes
+# silent ends the connection (keepalive probes after 10 s idle; sent data unacknowledged for 20 s),
+# so a held lock's loss is seen and a statement's wait ends. (A server whose processes stopped but
+# whose kernel still acknowledges is caught by the statements' own deadline instead.)
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3, "keepalives_count": 3}
+TCP_USER_TIMEOUT_MS = 20_000
 
 # Options of a URL locker: its own connections. Name -> default.
 _CONNECT_OPTIONS = {"pool_size": 4, "connect_timeout": 5.0, "application_name": "kannuki"}
@@ -92,8 +101,13 @@ def checked_url(url: str, connect: dict[str, Any]) -> str:
 def connect_kwargs(driver: Any, url: str, connect_timeout: float, application_name: str) -> dict[str, Any]:
     """Keyword arguments of psycopg's ``connect`` for a connection kannuki owns (autocommit)."""
     kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": max(1, math.ceil(connect_timeout))}
-    if "application_name" not in driver.conninfo.conninfo_to_dict(url):
+    given = driver.conninfo.conninfo_to_dict(url)
+    if "application_name" not in given:
         kwargs["application_name"] = application_name
+    wanted: dict[str, Any] = dict(KEEPALIVES)
+    if driver.pq.version() >= 120000:  # libpq knows tcp_user_timeout from 12 on
+        wanted["tcp_user_timeout"] = TCP_USER_TIMEOUT_MS
+    kwargs.update((name, value) for name, value in wanted.items() if name not in given)
     return kwargs
 
 

@@ -60,12 +60,30 @@ excludes or sees nobody on the primary: session and transaction-level locks,
 ``held``, ``holders``, ``list_held`` and ``force_release`` are refused there
 unless ``allow_replica=True``.
 
+Statements and deadlines. On the connections kannuki owns or borrows (not a
+user's single shared connection, which stays with psycopg's cursors) every
+statement goes through libpq itself (psycopg's ``pgconn``, see
+:mod:`kannuki.backends._pg_wire`): one round trip, no cursor; the try, the
+timed wait and the release are prepared once a connection is known to reach
+the server directly (kannuki's own connections only), with binary parameters
+and results. kannuki waits for each answer on the socket itself, up to the
+statement's own server-side wait (a lock wait's timeout) plus the connect
+timeout: a server that stops answering (its processes stopped, a network gone
+silent while the kernel still acknowledges) gets a cancel request (libpq's
+non-blocking cancel, libpq >= 17, given at most a second) and the connection
+is closed, so a timed acquire ends within its timeout plus the connect
+timeout and a release within the connect timeout (LockLostError: the server
+frees the lock once it reads the close). No thread is left waiting. kannuki's
+own connections also set TCP keepalives and ``tcp_user_timeout`` unless the
+URL sets them.
+
 Interruptions. Ctrl-C (sync) or a cancelled task (async) during a server
-wait: psycopg cancels the query on the server. The lock may have been granted
-just before, so an interrupted or failed acquire closes its connection (or, on
-a connection that holds other locks, gives back just that key); an interrupted
-release does the same. In async code the release and that undo run to their
-end even when the task is cancelled meanwhile.
+wait: the statement is cancelled on the server and its answer read (or the
+connection closed). The lock may have been granted just before, so an
+interrupted or failed acquire closes its connection (or, on a connection that
+holds other locks, gives back just that key); an interrupted release does the
+same. In async code the release and that undo run to their end even when the
+task is cancelled meanwhile.
 
 The backend keeps no record of its holds: everything a release needs (the
 connection, the server PID, the in-process queue token) is in the Grant. In a
@@ -81,11 +99,12 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from kannuki._compat import finish, sleep, table_acquire, table_release
+from kannuki._compat import finish, sleep, socket_wait, table_acquire, table_release
 from kannuki._core import Backoff, LockTable
 from kannuki.backends import _frameworks
 from kannuki.backends import _pg_common as pg
 from kannuki.backends import _pg_sql as sql
+from kannuki.backends import _pg_wire as wire
 from kannuki.backends._tables import object_table, process_table
 from kannuki.backends._types import NO_WAIT_CALLBACK, Grant, Holder, LockRequest, reject_unknown_options
 from kannuki.backends._watch import peek, postgres_farewell
@@ -115,6 +134,10 @@ _DIRECT: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 _monotonic = time.monotonic
 
 ASYNCHRONOUS = False
+# Seconds a statement on a private connection may go unanswered beyond its own wait on the server,
+# unless the locker's connect_timeout says otherwise; and the most a cancel request may take then.
+GRACE = 5.0
+CANCEL_WAIT = 1.0
 
 
 def _fetch(cursor: Any, every: bool) -> Any:
@@ -146,9 +169,22 @@ class _Xact:
 class _Session:
     """One connection and what this backend knows about it (``Grant.conn`` of a session lock)."""
 
-    __slots__ = ("_cursor", "checked", "conn", "direct", "holds", "out", "process")
+    __slots__ = (
+        "_cursor",
+        "budget",
+        "checked",
+        "conn",
+        "direct",
+        "grace",
+        "holds",
+        "out",
+        "prepared",
+        "prepares",
+        "process",
+        "wire",
+    )
 
-    def __init__(self, conn: Any, *, private: bool) -> None:
+    def __init__(self, conn: Any, *, private: bool, prepares: bool = False, grace: float = GRACE) -> None:
         self.conn = conn
         self.holds = 0  # locks pinned on this connection now
         self.checked = False  # passed the standby check
@@ -156,19 +192,44 @@ class _Session:
         self.direct: bool | None = None
         self.out = False  # borrowed from its source (given back at most once per borrowing)
         self.process = os.getpid()  # a forked child never touches the parent's connection
-        # A private connection is used by one acquisition at a time: one cursor
-        # is reused. A shared one (the user's own connection) gets a cursor per call.
+        # A private connection is used by one acquisition at a time: its statements go through
+        # libpq itself, each bounded by a deadline. A shared one (the user's own connection) goes
+        # through psycopg's cursors, a cursor per call.
         self._cursor = conn.cursor() if private else None
+        # Named prepared statements only on kannuki's own connections: a user's pool may reset
+        # its connections (DISCARD ALL) behind kannuki's back, and keeps them after kannuki.
+        self.prepares = prepares
+        self.prepared: set[bytes] = set()  # the names prepared on this session
+        self.wire = private
+        # Seconds a statement may go unanswered beyond its own server-side wait (the connect timeout);
+        # the deadline comes that much less the cancel request's wait, which follows it.
+        self.grace = grace
+        self.budget = grace - self._cancel_wait()
 
-    def run(self, statement: str, params: Any = None, *, every: bool = False, apart: bool = False) -> Any:
+    def run(
+        self,
+        statement: str,
+        params: Any = None,
+        *,
+        every: bool = False,
+        apart: bool = False,
+        waits: float | None = 0.0,
+    ) -> Any:
         """Execute one statement and return its row (every row if ``every``).
 
         Prepared on the server only once the connection is known to reach it
         directly. ``apart``: on a cursor of its own, for a call that may
         overlap the holder's own use of the connection (``check`` from another
-        thread).
+        thread). ``waits``: how long the statement may wait on the server by
+        design (a lock wait; None: no limit); on a private connection outside
+        a transaction an answer that takes ``grace`` seconds longer ends the
+        connection (a server that stopped answering) and raises
+        psycopg.OperationalError.
         """
         conn = self.conn
+        if self.wire and conn.autocommit and conn.pgconn.transaction_status == pg.IDLE:
+            limit = None if waits is None else waits + self.budget
+            return self._exchange(wire.statement(statement), params, every, limit, True)
         prepare = self.direct is True
         if not conn.autocommit and conn.info.transaction_status == pg.IDLE:
             # A non-autocommit connection of the user: don't leave it idle in transaction.
@@ -179,6 +240,110 @@ class _Session:
             return _fetch(conn.execute(statement, params, prepare=prepare), every)
         cursor.execute(statement, params, prepare=prepare)
         return _fetch(cursor, every)
+
+    def _exchange(
+        self, statement: wire.Statement, params: Any, every: bool, limit: float | None, retry: bool
+    ) -> Any:
+        """One statement straight through libpq: one round trip (two the first time a statement is prepared)."""
+        conn = self.conn
+        pgconn = conn.pgconn
+        values = statement.params(params)
+        name = statement.name
+        with conn.lock:  # what psycopg's own calls take: one statement at a time on the connection
+            deadline = None if limit is None else _monotonic() + limit
+            if name is not None and self.direct is True and self.prepares:
+                if name not in self.prepared:
+                    pgconn.send_prepare(name, statement.text, statement.types)
+                    prepared = self._answer(pgconn, deadline)
+                    if prepared.status == wire.FATAL_ERROR:
+                        raise self._error(prepared)
+                    self.prepared.add(name)
+                pgconn.send_query_prepared(name, values, statement.formats, statement.result_format)
+            else:
+                name = None
+                pgconn.send_query_params(
+                    statement.text, values, statement.types, statement.formats, statement.result_format
+                )
+            result = self._answer(pgconn, deadline)
+        if result.status == wire.FATAL_ERROR:
+            error = self._error(result)
+            if name is not None and retry and sql.sqlstate(error) == wire.INVALID_STATEMENT_NAME:
+                self.prepared.clear()  # the session lost its prepared statements (DISCARD ALL): again
+                return self._exchange(statement, params, every, limit, False)
+            raise error
+        if every:
+            return statement.rows(result)
+        return statement.row(result)
+
+    def _answer(self, pgconn: Any, deadline: float | None) -> Any:
+        """The result of the statement just sent (the error result, if any), read by ``deadline``.
+
+        No answer by then: the server stopped answering (a stopped process, a
+        silent network whose kernel still acknowledges). The statement is
+        cancelled where libpq can without blocking and the connection closed
+        (the server frees its locks when it reads the close); raises
+        psycopg.OperationalError. Interrupted (Ctrl-C, a cancelled task): the
+        statement is cancelled and its answer read, so the connection is idle
+        again, or else closed.
+        """
+        result: Any = None
+        try:
+            fd = pgconn.socket
+            while pgconn.flush():  # a large statement the socket took only part of
+                if not socket_wait(fd, deadline, True):
+                    break
+            else:
+                while socket_wait(fd, deadline):
+                    pgconn.consume_input()
+                    while not pgconn.is_busy():
+                        got = pgconn.get_result()
+                        if got is None:
+                            return result
+                        if result is None or got.status == wire.FATAL_ERROR:
+                            result = got
+        except BaseException:
+            if self.alive() and pgconn.transaction_status == pg.ACTIVE:
+                self._settle()
+            raise
+        self._end(cancel=True)
+        raise pg.psycopg().OperationalError(
+            f"PostgreSQL did not answer in time (more than {self.grace:g}s beyond the statement's own "
+            "wait): kannuki closed the connection; the server frees what it held once it reads the close"
+        )
+
+    def _error(self, result: Any) -> Exception:
+        """psycopg's exception for an error result (its SQLSTATE class: LockNotAvailable, ...)."""
+        error: Exception = pg.psycopg().errors.error_from_result(result, encoding=self.conn.info.encoding)
+        return error
+
+    def _settle(self) -> None:
+        """After an interrupt mid-statement: cancel it and read its answer (bounded), else close the connection."""
+        pgconn = self.conn.pgconn
+        try:
+            self._cancel()
+            self._answer(pgconn, _monotonic() + self.grace)
+        except Exception:  # no answer (the connection is closed then), or a broken one: nothing to save
+            self._end(cancel=False)
+
+    def _cancel(self) -> None:
+        """Ask the server to cancel the statement in flight, without ever blocking past a short wait."""
+        if pg.psycopg().capabilities.has_cancel_safe():  # libpq >= 17: a cancel with a timeout
+            try:
+                self.conn.cancel_safe(timeout=self._cancel_wait())
+            except Exception:  # the server did not take it: closing the connection ends the statement
+                pass
+
+    def _cancel_wait(self) -> float:
+        return min(CANCEL_WAIT, self.grace / 4)
+
+    def _end(self, *, cancel: bool) -> None:
+        """Close the connection after a statement got no answer (cancelled first if ``cancel``)."""
+        if cancel:
+            self._cancel()
+        try:
+            self.conn.close()
+        except Exception:  # closing a connection that has failed: nothing left to save
+            pass
 
     def learn(self, pid: Any) -> None:
         """Take note, from the server PID a statement returned, of whether a pooler sits in between."""
@@ -196,7 +361,7 @@ class _Session:
 
     def usable(self) -> bool:
         """Open, not broken, and not inside a transaction: fit to be reused."""
-        return self.alive() and self.conn.info.transaction_status == pg.IDLE
+        return self.alive() and self.conn.pgconn.transaction_status == pg.IDLE
 
     def inherited(self) -> bool:
         """Opened by another process (this is a forked child): never to be touched."""
@@ -247,7 +412,7 @@ class _OwnConnections:
             raise BackendError(f"could not connect to PostgreSQL at {pg.safe_url(self.url)}: {exc}") from exc
         self.opened += 1
         self.live.add(conn)
-        return _Session(conn, private=True)
+        return _Session(conn, private=True, prepares=True, grace=self.connect_timeout)
 
     def put(self, session: _Session) -> None:
         if not session.out:  # given back already (every key of a lock_many shares it)
@@ -685,7 +850,7 @@ class PostgresBackend(Backend):
             try:
                 if session.outside_transaction():
                     # One round trip: the statement's implicit transaction takes the setting with it.
-                    return session.run(timed, sql.timed_params(part, params))
+                    return session.run(timed, sql.timed_params(part, params), waits=part)
                 # Rolled back whatever happens: the lock_timeout goes with it, the session lock stays.
                 prepare = session.direct is True
                 with conn.transaction(force_rollback=True):
@@ -865,7 +1030,9 @@ class PostgresBackend(Backend):
         try:
             waits = session.conn.info.server_version >= 140000
             unlocked, ended, _ = session.run(
-                sql.FREE_STRANDED[waits][shared], sql.stranded_params(pid, lock_id, shared)
+                sql.FREE_STRANDED[waits][shared],
+                sql.stranded_params(pid, lock_id, shared),
+                waits=sql.TERMINATE_WAIT_MS / 1000 if waits else 0.0,
             )
         except Exception as exc:
             return f"it could not be freed there ({exc}): it stays held until that server session ends"
@@ -887,6 +1054,8 @@ class PostgresBackend(Backend):
                 key=grant.name,
             )
         grant.conn = None  # from here on the unlock below, or its undo, frees it: abort has nothing left
+        # Run to its end even when the task is cancelled meanwhile: the hold owner, the one caller,
+        # awaits this whole release under finish (a second shield here would cost two loop turns).
         self._unlock(grant, session)
 
     def _unlock(self, grant: Grant, session: _Session) -> None:
@@ -1285,7 +1454,9 @@ class PostgresBackend(Backend):
                 self._check_connection(session)
             if session.conn.info.server_version >= 140000:
                 params: tuple[Any, ...] = (sql.TERMINATE_WAIT_MS, *sql.split_lock_id(lock_id))
-                (ended,) = session.run(sql.TERMINATE_HOLDERS, params, apart=True)
+                (ended,) = session.run(
+                    sql.TERMINATE_HOLDERS, params, apart=True, waits=sql.TERMINATE_WAIT_MS / 1000
+                )
             else:
                 (ended,) = session.run(sql.TERMINATE_HOLDERS_PRE14, sql.split_lock_id(lock_id), apart=True)
         except BaseException as exc:
