@@ -17,7 +17,7 @@ import statistics
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import kannuki
 
@@ -83,7 +83,7 @@ def main(rounds: int) -> None:
         ("with", "floor with threading.Lock()", 3.0),
     ):
         mine = next(name for name in times if name.startswith("kannuki") and what in name)
-        ratios = [k / f for k, f in zip(times[mine], times[floor])]
+        ratios = [k / f for k, f in zip(times[mine], times[floor], strict=True)]
         print(
             f"  {what}: {statistics.median(ratios):.2f}x the floor (median of per-round ratios; target {target}x)"
         )

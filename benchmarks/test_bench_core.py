@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 

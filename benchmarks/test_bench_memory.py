@@ -11,9 +11,8 @@ than filelock and fasteners; ``with locker.lock(key):`` within 3x of ``with thre
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

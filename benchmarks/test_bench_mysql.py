@@ -11,8 +11,8 @@ throughput at least 90% of the floor. Run::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 

@@ -29,8 +29,8 @@ within 1.3x of bare libpq, async within 1.10x of raw psycopg async. Run::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 

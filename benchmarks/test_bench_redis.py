@@ -13,8 +13,8 @@ Run: ``PYTHONPATH=src .venv/bin/python -m pytest benchmarks/test_bench_redis.py 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 

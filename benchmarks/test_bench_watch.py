@@ -12,8 +12,8 @@ ratio of the two kannuki entries; the target is no measurable difference. Run::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 

@@ -23,7 +23,7 @@ import kannuki  # noqa: E402 (after the path set-up)
 
 project = "kannuki"
 author = "kannuki developers"
-copyright = "2026, kannuki developers"  # noqa: A001 (Sphinx's name)
+copyright = "2026, kannuki developers"
 release = kannuki.__version__
 version = ".".join(release.split(".")[:2])
 

@@ -32,8 +32,10 @@ def svg(data: list[tuple[str, float]]) -> str:
     x = lambda ratio: label_w + (math.log10(ratio) - low) / (high - low) * plot_w  # noqa: E731
     height = top + len(data) * (bar_h + gap) + 30
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + plot_w + 60}" height="{height}" '
-        'font-family="sans-serif" font-size="12">',
+        (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + plot_w + 60}" height="{height}" '
+            'font-family="sans-serif" font-size="12">'
+        ),
         f'<text x="{label_w}" y="16" font-weight="bold">kannuki time / floor time (log scale; 1 = the floor)</text>',
     ]
     for tick in (0.5, 1, 2, 5, 10, 20, 50, 100, 200):
@@ -48,7 +50,9 @@ def svg(data: list[tuple[str, float]]) -> str:
         start, end = sorted((one, x(ratio)))
         colour = "#2a9d8f" if ratio <= 1.1 else ("#e9c46a" if ratio <= 5 else "#e76f51")
         out.append(f'<text x="{label_w - 8}" y="{y + 13}" text-anchor="end">{escape(name)}</text>')
-        out.append(f'<rect x="{start:.1f}" y="{y}" width="{max(end - start, 1):.1f}" height="{bar_h}" fill="{colour}"/>')
+        out.append(
+            f'<rect x="{start:.1f}" y="{y}" width="{max(end - start, 1):.1f}" height="{bar_h}" fill="{colour}"/>'
+        )
         out.append(f'<text x="{max(end, one) + 4:.1f}" y="{y + 13}">{ratio:g}</text>')
     out.append(f'<line x1="{one:.1f}" y1="{top - 4}" x2="{one:.1f}" y2="{height - 24}" stroke="#333"/>')
     out.append("</svg>")

@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 ROLES = ("floor", "kannuki", "peer")
 STATS = ("mean", "median", "min")
@@ -35,11 +36,12 @@ def role_of(entry: dict[str, Any]) -> str:
 def load(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """The pytest-benchmark JSON documents named by ``paths`` (a directory: its newest file)."""
     documents = []
-    for path in paths:
-        if path.is_dir():
-            candidates = sorted(path.rglob("*.json"), key=lambda p: p.stat().st_mtime)
+    for given in paths:
+        path = given
+        if given.is_dir():
+            candidates = sorted(given.rglob("*.json"), key=lambda p: p.stat().st_mtime)
             if not candidates:
-                raise SystemExit(f"bench_report: no *.json under {path}")
+                raise SystemExit(f"bench_report: no *.json under {given}")
             path = candidates[-1]
         with path.open(encoding="utf-8") as handle:
             documents.append(json.load(handle))
@@ -55,7 +57,7 @@ def _seconds(value: float) -> str:
 
 def _ratio(value: float, reference: float | None) -> str:
     if not reference:
-        return "–"
+        return "-"
     ratio = value / reference
     return f"{ratio:.3g}x" if ratio < 1000 else f"{ratio:.0f}x"
 
@@ -86,8 +88,10 @@ def group_table(group: str, entries: list[dict[str, Any]], stat: str) -> list[st
         if role_of(entry) == "kannuki":
             name = f"**{name}**"
         value = time_of(entry)
-        lines.append(f"| {name} | {_seconds(value)} | {_ratio(value, floor_time)} | {_ratio(value, peer_time)} |")
-    return lines + [""]
+        lines.append(
+            f"| {name} | {_seconds(value)} | {_ratio(value, floor_time)} | {_ratio(value, peer_time)} |"
+        )
+    return [*lines, ""]
 
 
 def report(documents: list[dict[str, Any]], stat: str = "mean") -> str:

@@ -7,8 +7,8 @@ The server fixtures (``pg_url``, ``mysql_url``, ``redis_url``) and their URL opt
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 

@@ -6,8 +6,8 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Awaitable
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 

@@ -11,8 +11,8 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Iterator
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 

@@ -12,9 +12,9 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

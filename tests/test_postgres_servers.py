@@ -69,7 +69,7 @@ def standby_pair() -> Iterator[tuple[str, str]]:
             "initdb",
         )
         settings = "-c listen_addresses=127.0.0.1 -c fsync=off -c unix_socket_directories={base}"
-        for index, (data, port) in enumerate(zip(dirs, ports)):
+        for index, (data, port) in enumerate(zip(dirs, ports, strict=True)):
             if index == 1:  # the standby: a base backup of the running primary, set to follow it (-R)
                 _run(
                     _as_server_user(

@@ -35,8 +35,8 @@ import select
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Coroutine, Hashable
-from typing import Any, Callable, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any, TypeVar
 
 from kannuki._core import Backoff
 

@@ -30,31 +30,25 @@ import hashlib
 import inspect
 import json
 import string
-import sys
 import threading
 import uuid
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, overload
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 from kannuki import _default
 from kannuki._identity import record_identity
 from kannuki.options import DEFAULT, check_seconds
 
 if TYPE_CHECKING:
-    from typing import TypeVar, Union
+    from typing import ParamSpec, TypeAlias, TypeVar
 
     from kannuki._lock import Lock
     from kannuki._locker import Locker
     from kannuki._locker_async import AsyncLocker
 
-    if sys.version_info >= (3, 10):
-        from typing import ParamSpec
-    else:
-        from typing_extensions import ParamSpec
-
     P = ParamSpec("P")
     R = TypeVar("R")
-    AnyLocker = Union[Locker, AsyncLocker]
+    AnyLocker: TypeAlias = Locker | AsyncLocker
 
 __all__ = [
     "MAX_ENCODED_ARGS",

@@ -27,7 +27,8 @@ import logging
 import time
 import warnings
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kannuki import _core, _fork
 from kannuki import events as _events

@@ -88,7 +88,7 @@ def _sqlalchemy_primary_key(record: Any) -> tuple[str, Any]:
     columns = mapper.primary_key
     names = [mapper.get_property_by_column(column).key for column in columns]
     values = mapper.primary_key_from_instance(record)
-    for name, value in zip(names, values):
+    for name, value in zip(names, values, strict=False):
         if value is None:
             return name, None
     if len(values) == 1:

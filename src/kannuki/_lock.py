@@ -469,7 +469,7 @@ class MultiLock:
                 waited = _monotonic() - start
                 holds: list[Hold] = []
                 try:
-                    for lock, grant in zip(self.locks, grants):
+                    for lock, grant in zip(self.locks, grants, strict=True):
                         holds.append(keeper.adopt(lock.key, grant, self, None, waited))
                 except BaseException:
                     for hold in reversed(holds):  # all or none: give back what was recorded

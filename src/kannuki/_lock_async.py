@@ -591,7 +591,7 @@ class AsyncMultiLock:
                 waited = _monotonic() - start
                 holds: list[Hold] = []
                 try:
-                    for lock, grant in zip(self.locks, grants):
+                    for lock, grant in zip(self.locks, grants, strict=True):
                         holds.append(await keeper.adopt(lock.key, grant, self, None, waited))
                 except BaseException:
                     for hold in reversed(holds):  # all or none: give back what was recorded

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable
-from typing import Any, Callable, Literal, TypeVar, overload
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, TypeVar, overload
 
 from kannuki import _core, _decorate, _handoff, _override
 from kannuki._compat import call

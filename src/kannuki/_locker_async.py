@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Awaitable, Iterable
-from typing import Any, Callable, Literal, TypeVar, overload
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Literal, TypeVar, overload
 
 from kannuki import _core, _decorate, _handoff, _override
 from kannuki._compat import acall

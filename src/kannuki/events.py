@@ -11,8 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Iterable
-from typing import Callable
+from collections.abc import Callable, Iterable
 
 __all__ = ["EVENT_NAMES", "LockEvent", "LockerStats", "subscribe"]
 

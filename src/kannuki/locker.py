@@ -6,7 +6,8 @@ it is re-exported here for ``from kannuki.locker import Locker``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, TypeVar
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 from kannuki._default import get_locker, replace
 from kannuki._lock import Lock

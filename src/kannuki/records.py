@@ -19,7 +19,8 @@ class's ``__kannuki_namespace__``, else ``__tablename__`` (SQLAlchemy), else
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from kannuki import _default
 from kannuki._identity import namespace, primary_key_value, record_identity

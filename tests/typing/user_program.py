@@ -39,7 +39,7 @@ with lock:
 
 many = locker.lock_many(["a", "b"])
 assert_type(many, kannuki.MultiLock)
-assert_type(many.tokens, list[int] | None)
+assert_type(many.tokens, list[int | None] | None)
 
 
 @locker.locked("import/{import_id}")

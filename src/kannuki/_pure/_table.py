@@ -19,8 +19,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable
-from typing import Callable
+from collections.abc import Callable, Hashable
 
 from kannuki.errors import DeadlockError
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from kannuki._core import Backoff, LockTable
 from kannuki.errors import ConfigurationError

@@ -17,8 +17,8 @@ Names here are stable: other modules import them.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from kannuki.backends import _pg_sql as sql
 
@@ -137,7 +137,7 @@ class Statement:
                 else value.to_bytes(size, "big", signed=True)
                 if size
                 else value.encode()
-                for size, value in zip(self._sizes, values)
+                for size, value in zip(self._sizes, values, strict=False)
             ]
         return [_encode_text(value) for value in values]
 

@@ -21,8 +21,8 @@ Rules every store keeps:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from kannuki.backends._types import NO_WAIT_CALLBACK, FastPath, Grant, Holder, LockRequest, StoreTraits
 from kannuki.errors import NotSupportedError

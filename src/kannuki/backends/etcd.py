@@ -49,8 +49,8 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from kannuki._compat import Mutex, finish, sleep

@@ -69,7 +69,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from kannuki._compat import run_blocking, sleep, table_acquire, table_release

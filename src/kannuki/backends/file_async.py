@@ -67,7 +67,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from kannuki._compat import arun_blocking, asleep, atable_acquire, atable_release

@@ -13,7 +13,8 @@ waiters line up on the event loop and the first of them polls the table
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from kannuki._compat import atable_acquire, atable_release

@@ -79,8 +79,8 @@ import select
 import threading
 import time
 import warnings
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from kannuki._compat import Mutex, finish, run_blocking, sleep, table_acquire, table_release
@@ -1138,7 +1138,9 @@ class MySQLBackend(Backend):
                 if session is None:
                     return []
                 grants = []
-                for request, literal, got, (_lock_id, table_token) in zip(requests, literals, answers, taken):
+                for request, literal, got, (_lock_id, table_token) in zip(
+                    requests, literals, answers, taken, strict=False
+                ):
                     token = self._token_for(session, literal, table_token, got)
                     pinned = _Pinned(literal, table_token)
                     grants.append(

@@ -78,8 +78,8 @@ import select
 import threading
 import time
 import warnings
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from kannuki._compat import AMutex, afinish, arun_blocking, asleep, atable_acquire, atable_release
@@ -1167,7 +1167,9 @@ class AsyncMySQLBackend(AsyncBackend):
                 if session is None:
                     return []
                 grants = []
-                for request, literal, got, (_lock_id, table_token) in zip(requests, literals, answers, taken):
+                for request, literal, got, (_lock_id, table_token) in zip(
+                    requests, literals, answers, taken, strict=False
+                ):
                     token = await self._token_for(session, literal, table_token, got)
                     pinned = _Pinned(literal, table_token)
                     grants.append(

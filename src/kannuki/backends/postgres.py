@@ -96,8 +96,8 @@ import os
 import time
 import warnings
 import weakref
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from kannuki._compat import finish, sleep, socket_wait, table_acquire, table_release
 from kannuki._core import Backoff, LockTable
@@ -1329,7 +1329,7 @@ class PostgresBackend(Backend):
             return grants
         finally:
             if grants is None:  # not taken: hand the local queue on
-                for request, local_token in zip(requests, local_tokens):
+                for request, local_token in zip(requests, local_tokens, strict=True):
                     table_release(local, request.lock_id, local_token)
 
     def _acquire_many_on_server(
@@ -1393,7 +1393,7 @@ class PostgresBackend(Backend):
                 pid=pid,
                 data=local_token,
             )
-            for request, local_token in zip(requests, local_tokens)
+            for request, local_token in zip(requests, local_tokens, strict=True)
         ]
 
     # -- inspection ---------------------------------------------------------

@@ -94,8 +94,8 @@ import os
 import time
 import warnings
 import weakref
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from kannuki._compat import afinish, asleep, asocket_wait, atable_acquire, atable_release
 from kannuki._core import Backoff, LockTable
@@ -1340,7 +1340,7 @@ class AsyncPostgresBackend(AsyncBackend):
             return grants
         finally:
             if grants is None:  # not taken: hand the local queue on
-                for request, local_token in zip(requests, local_tokens):
+                for request, local_token in zip(requests, local_tokens, strict=True):
                     await atable_release(local, request.lock_id, local_token)
 
     async def _acquire_many_on_server(
@@ -1404,7 +1404,7 @@ class AsyncPostgresBackend(AsyncBackend):
                 pid=pid,
                 data=local_token,
             )
-            for request, local_token in zip(requests, local_tokens)
+            for request, local_token in zip(requests, local_tokens, strict=True)
         ]
 
     # -- inspection ---------------------------------------------------------

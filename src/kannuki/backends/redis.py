@@ -50,8 +50,8 @@ import inspect
 import os
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from kannuki._compat import finish, sleep, table_acquire, table_release

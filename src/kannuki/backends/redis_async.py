@@ -48,8 +48,8 @@ import inspect
 import os
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from kannuki._compat import afinish, asleep, atable_acquire, atable_release

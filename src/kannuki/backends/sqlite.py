@@ -43,7 +43,8 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from kannuki._compat import run_blocking, sleep, table_acquire, table_release

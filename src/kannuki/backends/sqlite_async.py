@@ -41,7 +41,8 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from kannuki._compat import arun_blocking, asleep, atable_acquire, atable_release
