@@ -2,7 +2,7 @@
 
 The decorators on plain job functions (``@locker.unique()``, ``@locker.locked()``), and
 :func:`kannuki.contrib.rq.unique_job` (unique at enqueue time: the sender takes the lock, the
-worker releases it), with Redis as the lock store too. The job functions are in
+worker releases it), with the locks on Redis or on a sqlite file. The job functions are in
 tests/rq_jobs.py, which the worker imports. Every queue name and key prefix is unique to the
 run, every wait is bounded, and each worker is stopped (killed, if it must be) in a finalizer.
 """
@@ -84,13 +84,14 @@ class Run:
         return [h.name for h in self.locker.backend.list_held() if h.name.startswith(self.prefix + ":")]
 
 
-def start_worker(tmp: Path, url: str) -> Run:
+def start_worker(tmp: Path, url: str, locks: str | None = None) -> Run:
+    """An ``rq worker`` on ``url`` (Redis), with its locks on ``locks`` (None: the same Redis)."""
     tag = uuid.uuid4().hex[:8]
     queue_name, prefix = f"kannuki-test-{tag}", f"t-{tag}"
     markers = tmp / "markers"
     markers.mkdir()
     src = str(Path(kannuki.__file__).parent.parent)
-    settings = {"KANNUKI_RQ_LOCKS": url, "KANNUKI_RQ_PREFIX": prefix, "KANNUKI_RQ_DIR": str(markers)}
+    settings = {"KANNUKI_RQ_LOCKS": locks or url, "KANNUKI_RQ_PREFIX": prefix, "KANNUKI_RQ_DIR": str(markers)}
     env = {**os.environ, **settings, "PYTHONPATH": os.pathsep.join([str(TESTS), src])}
     command = [
         sys.executable,
@@ -168,10 +169,15 @@ def _db2(redis_url: str) -> str:
     return redis_url.rsplit("/", 1)[0] + "/2"
 
 
-@pytest.fixture(scope="module")
-def run(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    """One worker for the module's tests (each uses arguments of its own)."""
-    run = start_worker(tmp_path_factory.mktemp("rq"), _db2(redis_url))
+@pytest.fixture(scope="module", params=["redis", "sqlite"])
+def run(
+    request: pytest.FixtureRequest, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Run]:
+    """One worker for the module's tests (each uses arguments of its own): locks on Redis, or on a
+    sqlite file the worker and the test process share."""
+    tmp = tmp_path_factory.mktemp(f"rq-{request.param}")
+    locks = f"sqlite:///{tmp}/locks.db" if request.param == "sqlite" else None
+    run = start_worker(tmp, _db2(redis_url), locks)
     try:
         yield run
     finally:
@@ -267,6 +273,18 @@ def test_unique_job_called_directly_takes_the_key_itself(run: Run) -> None:
     lock = run.locker.lock(j.rebuild.key_for(11))
     with lock:
         assert j.rebuild(11) is None
+    assert run.held_keys() == []
+
+
+def test_unique_job_enqueued_the_plain_rq_way_takes_the_key_in_the_worker(run: Run) -> None:
+    """queue.enqueue(fn, ...) of a unique_job function (no ticket): the worker takes the key while it runs."""
+    j = run.jobs
+    job = run.queue.enqueue(j.rebuild, 12)
+    run.until(lambda: run.markers("rebuild-12") == ["rebuild-12"], "the job never started")
+    assert run.locker.held(j.rebuild.key_for(12))
+    assert j.rebuild.enqueue(run.queue, 12) is None  # held by the running job
+    run.open_gate("shop-12")
+    assert run.finished(job) == "rebuilt 12"
     assert run.held_keys() == []
 
 

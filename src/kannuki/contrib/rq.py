@@ -111,6 +111,11 @@ class UniqueJob:
     def __repr__(self) -> str:
         return f"<UniqueJob {self.name}>"
 
+    def __reduce__(self) -> str:
+        # Pickled by name (plain ``queue.enqueue(fn, ...)`` pickles a callable object): a worker
+        # imports the module's own UniqueJob, locker included.
+        return self._fn.__qualname__
+
     def key_for(self, *args: Any, **kwargs: Any) -> str:
         """The lock key of a call with these arguments."""
         return self._make_key(args, kwargs)
