@@ -27,7 +27,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 # Test modules importorskip these; under KANNUKI_REQUIRE_DBS=1 a missing one must fail the run,
 # not quietly skip every test that talks to a server.
-SERVER_DRIVERS = ("psycopg", "psycopg_pool", "MySQLdb", "redis")
+SERVER_DRIVERS = ("psycopg", "psycopg_pool", "MySQLdb", "redis", "rq")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -77,7 +77,7 @@ def test_import_has_no_side_effects() -> None:
         assert logging.getLogger().handlers == root_handlers, "root logger touched"
         handlers = logging.getLogger("kannuki").handlers
         assert [type(h).__name__ for h in handlers] == ["NullHandler"], handlers
-        drivers = {"psycopg", "MySQLdb", "redis", "psycopg_pool", "sqlalchemy", "django", "celery"}
+        drivers = {"psycopg", "MySQLdb", "redis", "psycopg_pool", "sqlalchemy", "django", "celery", "rq"}
         assert not drivers & set(sys.modules), drivers & set(sys.modules)
         print("clean")
         """

@@ -29,7 +29,10 @@ class Ticket(NamedTuple):
 
 
 def ticket_for(store: str, key: str, grant: Grant) -> str:
-    """The ticket text of ``grant`` on the store ``store`` (its scheme), for the lock ``key``."""
+    """The ticket text of ``grant`` on the store ``store`` (its scheme), for the lock ``key``.
+
+    The store's owner value (``grant.data``) is text, or ASCII bytes (Redis's), carried as text.
+    """
     return json.dumps(
         {
             "kannuki": VERSION,
@@ -40,7 +43,7 @@ def ticket_for(store: str, key: str, grant: Grant) -> str:
             "shared": grant.shared,
             "token": grant.token,
             "ttl": grant.ttl,
-            "data": grant.data,
+            "data": grant.data.decode("ascii") if isinstance(grant.data, bytes) else grant.data,
         },
         separators=(",", ":"),
         sort_keys=True,

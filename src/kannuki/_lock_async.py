@@ -362,7 +362,10 @@ class AsyncLock(LockBase):  # sync: class Lock(SyncLockBase):
                 raise LockLostError(
                     f"the lock {self.key!r} is no longer held: {hold.lost or 'released'}", key=self.key
                 )
-            portable = grant.conn is None and isinstance(grant.data, (str, type(None)))
+            data = grant.data  # Redis's owner value is ASCII bytes: the ticket carries it as text
+            portable = grant.conn is None and (
+                data is None or isinstance(data, str) or (isinstance(data, bytes) and data.isascii())
+            )
             if not (portable and hold.backend.hand_off(grant)):
                 raise NotSupportedError(
                     f"the lock {self.key!r} lives in a connection or descriptor of this process on the "
