@@ -6,6 +6,7 @@ The server fixtures (``pg_url``, ``mysql_url``, ``redis_url``) and their URL opt
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -109,3 +110,13 @@ def make_lockers() -> Iterator[Callable[..., kannuki.Locker]]:
     yield make
     for locker in made:
         locker.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_child_process_outlives_its_test() -> Iterator[None]:
+    """A forked child that hangs (its test has failed by then) is killed: multiprocessing joins every
+    live child when pytest exits, so one stuck child would keep the whole run from ending."""
+    yield
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(5)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -223,9 +224,20 @@ def stop_worker(run: Run) -> str:
     except Exception:  # the queue is per run; a leftover costs nothing
         pass
     run.tasks.locker.close()
-    run.tasks.app.close()
+    close_app(run.tasks.app)
     sys.modules.pop(MODULE, None)
     return output
+
+
+def close_app(app: Any) -> None:
+    """Close the sending side's broker connections here, in this process. Celery.close() only drops its
+    pool, and kombu closes a dropped pool's connections in every child forked later: there, a Redis
+    channel left waiting on BRPOP (the ping's reply queue) blocks the child for good, and the fork
+    tests of other modules would meet it."""
+    from kombu import pools
+
+    app.close()
+    pools.reset()  # kombu's pools are per broker URL, shared by apps: closed and forgotten, the next app opens anew
 
 
 @pytest.fixture(scope="module", params=["redis", "rabbitmq", "redis-prefork"])
@@ -427,7 +439,7 @@ def test_unique_task_lease_runs_out_when_nobody_runs_it(redis_url: str, tmp_path
             conn.default_channel.queue_delete(env["KANNUKI_CELERY_QUEUE"])
         locker.force_release(key)
         locker.close()
-        t.app.close()
+        close_app(t.app)
         sys.modules.pop(MODULE, None)
 
 
