@@ -44,7 +44,9 @@ unless ``fencing=True``, which draws them from a counter table in one more
 round trip. Where the MariaDB sequence cannot be created or used, the tokens
 are the in-process table's and one warning says why (``fencing=True`` falls
 back to the counter table instead). ``fencing=False``: in-process tokens, no
-server work.
+server work. Tokens that are not the server's are no fencing tokens (another
+process may repeat them): ``lock.token`` is None for those holds, and
+``tokens_fenced`` False.
 
 ``check`` asks in one round trip whether the pinned session still holds the
 name; ``abort`` closes the pinned connection; ``force_release`` refuses to
