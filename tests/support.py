@@ -175,3 +175,44 @@ def redis_namespace(url: str) -> Iterator[str]:
                 client.delete(*keys)
         finally:
             client.close()
+
+
+# -- real task-queue workers (tests/test_celery.py, tests/test_rq.py) ---------------------------
+
+WORKER_BOUND = 30.0  # seconds: the bound on every wait for a worker
+
+
+class WorkerRun:
+    """What a test needs of a worker subprocess (``worker``) whose jobs leave marker files in ``dir``
+    (``name@...``) and wait at gates (``gate-NAME`` files) the test opens there."""
+
+    dir: Path
+    worker: subprocess.Popen[Any]
+
+    def markers(self, start: str) -> list[str]:
+        return sorted(p.name.split("@")[0] for p in self.dir.iterdir() if p.name.startswith(start))
+
+    def open_gate(self, name: str) -> None:
+        (self.dir / f"gate-{name}").touch()
+
+    def until(self, what: Callable[[], bool], message: str, bound: float = WORKER_BOUND) -> None:
+        deadline = time.monotonic() + bound
+        while not what():
+            assert self.worker.poll() is None, f"the worker exited with {self.worker.returncode}"
+            assert time.monotonic() < deadline, message
+            time.sleep(0.02)
+
+
+@contextmanager
+def environment(settings: dict[str, str]) -> Iterator[None]:
+    """``settings`` in os.environ for the block (a module imported there reads them), then as before."""
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -18,7 +18,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -31,11 +31,11 @@ pytest.importorskip("redis")
 
 import kannuki  # noqa: E402  (after the importorskips)
 from servers import REQUIRE_DBS  # noqa: E402
+from support import WORKER_BOUND, WorkerRun, environment  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(300)]
 
 RABBITMQ_URL = os.environ.get("KANNUKI_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-BOUND = 30.0  # seconds: the bound on every wait for the worker
 MODULE = "kannuki_celery_tasks"
 
 TASKS = """
@@ -116,7 +116,7 @@ def _reachable(url: str, default_port: int) -> bool:
 
 
 @dataclass
-class Run:
+class Run(WorkerRun):
     """One worker and what the test side needs to talk to it."""
 
     broker: str
@@ -130,19 +130,6 @@ class Run:
     @property
     def locker(self) -> kannuki.Locker:
         return self.tasks.locker  # type: ignore[no-any-return]
-
-    def markers(self, start: str) -> list[str]:
-        return sorted(p.name.split("@")[0] for p in self.dir.iterdir() if p.name.startswith(start))
-
-    def open_gate(self, name: str) -> None:
-        (self.dir / f"gate-{name}").touch()
-
-    def until(self, what: Callable[[], bool], message: str, bound: float = BOUND) -> None:
-        deadline = time.monotonic() + bound
-        while not what():
-            assert self.worker.poll() is None, f"the worker exited with {self.worker.returncode}"
-            assert time.monotonic() < deadline, message
-            time.sleep(0.02)
 
 
 def start_worker(tmp: Path, broker: str, backend: str, locks: str, *, pool: str = "threads") -> Run:
@@ -191,20 +178,12 @@ def load_tasks(tmp: Path, env: dict[str, str]) -> ModuleType:
     """The tasks module in this process too (the sending side), configured like the worker's."""
     import importlib.util
 
-    saved = {k: os.environ.get(k) for k in env if k.startswith("KANNUKI_CELERY_")}
-    os.environ.update({k: v for k, v in env.items() if k.startswith("KANNUKI_CELERY_")})
-    try:
+    with environment({k: v for k, v in env.items() if k.startswith("KANNUKI_CELERY_")}):
         spec = importlib.util.spec_from_file_location(MODULE, tmp / f"{MODULE}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[MODULE] = module  # the worker's module name: task names and unique() keys agree
         spec.loader.exec_module(module)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return module
 
 
@@ -286,11 +265,11 @@ def test_unique_decorator_duplicate_in_flight_is_skipped(run: Run) -> None:
     first = t.import_batch.delay(7)
     run.until(lambda: run.markers("ran-7") == ["ran-7"], "the first import never started")
     second = t.import_batch.delay(7)
-    assert second.get(timeout=BOUND) is None  # skipped on the worker: the first one holds the key
+    assert second.get(timeout=WORKER_BOUND) is None  # skipped on the worker: the first one holds the key
     run.open_gate("batch-7")
     run.open_gate("batch-8")
-    assert first.get(timeout=BOUND) == "imported 7"
-    assert t.import_batch.delay(8).get(timeout=BOUND) == "imported 8"
+    assert first.get(timeout=WORKER_BOUND) == "imported 7"
+    assert t.import_batch.delay(8).get(timeout=WORKER_BOUND) == "imported 8"
     assert run.markers("ran-") == ["ran-7", "ran-8"]
     assert held_keys(run) == []
 
@@ -305,7 +284,7 @@ def test_unique_decorator_on_a_bound_task_with_a_retry(run: Run) -> None:
     # Between the tries (a 3 s countdown) the key is free: the first try released it.
     run.until(lambda: not run.locker.held(key), "the key stayed held after the first try")
     assert run.markers("report-5") == ["report-5-try0"], "the retry ran before the key was seen free"
-    assert result.get(timeout=BOUND) == "report 5 2024-05"
+    assert result.get(timeout=WORKER_BOUND) == "report 5 2024-05"
     assert run.markers("report-5") == ["report-5-try0", "report-5-try1"]
     assert held_keys(run) == []
 
@@ -330,10 +309,10 @@ def test_unique_task_skips_duplicates_while_queued_or_running(run: Run) -> None:
     assert not isinstance(other, DuplicateTask)
     run.open_gate("shop-1")
     run.open_gate("shop-2")
-    assert first.get(timeout=BOUND) == "rebuilt 1" and other.get(timeout=BOUND) == "rebuilt 2"
+    assert first.get(timeout=WORKER_BOUND) == "rebuilt 1" and other.get(timeout=WORKER_BOUND) == "rebuilt 2"
     assert held_keys(run) == []  # released by the worker when the task returned
     again = t.rebuild.delay(1)
-    assert not isinstance(again, DuplicateTask) and again.get(timeout=BOUND) == "rebuilt 1"
+    assert not isinstance(again, DuplicateTask) and again.get(timeout=WORKER_BOUND) == "rebuilt 1"
     assert run.markers("rebuild-1") == ["rebuild-1-try0", "rebuild-1-try0"]
 
 
@@ -343,9 +322,9 @@ def test_unique_task_failure_releases(run: Run) -> None:
     run.open_gate("shop-3")
     failing = t.rebuild.delay(3, mode="fail")
     with pytest.raises(ValueError, match="shop 3 failed"):
-        failing.get(timeout=BOUND)
+        failing.get(timeout=WORKER_BOUND)
     assert held_keys(run) == []
-    assert t.rebuild.delay(3).get(timeout=BOUND) == "rebuilt 3"
+    assert t.rebuild.delay(3).get(timeout=WORKER_BOUND) == "rebuilt 3"
 
 
 def test_unique_task_retry_keeps_the_key_across_its_countdown(run: Run) -> None:
@@ -359,7 +338,7 @@ def test_unique_task_retry_keeps_the_key_across_its_countdown(run: Run) -> None:
     key = t.rebuild.unique_key_for((4,), {"mode": "retry"})
     assert run.locker.held(key)
     assert isinstance(t.rebuild.delay(4, mode="retry"), DuplicateTask)
-    assert result.get(timeout=BOUND) == "rebuilt 4"
+    assert result.get(timeout=WORKER_BOUND) == "rebuilt 4"
     assert run.markers("rebuild-4") == ["rebuild-4-try0", "rebuild-4-try1"]
     assert held_keys(run) == []
 
@@ -374,7 +353,7 @@ def test_unique_task_revoked_before_it_ran_releases(run: Run) -> None:
     t.app.control.revoke(result.id)
     run.until(lambda: not run.locker.held(key), "the revoked task's key was never released")
     assert run.markers("rebuild-5") == []  # it never ran
-    assert t.rebuild.delay(5).get(timeout=BOUND) == "rebuilt 5"
+    assert t.rebuild.delay(5).get(timeout=WORKER_BOUND) == "rebuilt 5"
 
 
 def test_unique_task_terminated_while_running_releases(run: Run) -> None:
@@ -389,7 +368,7 @@ def test_unique_task_terminated_while_running_releases(run: Run) -> None:
     t.app.control.revoke(result.id, terminate=True, signal="SIGKILL")
     run.until(lambda: not run.locker.held(key), "the terminated task's key was not released")
     run.open_gate("long-1")
-    assert t.long_run.delay(1).get(timeout=BOUND) == 1
+    assert t.long_run.delay(1).get(timeout=WORKER_BOUND) == 1
 
 
 # -- leases: nobody left to release ------------------------------------------------------
@@ -419,7 +398,7 @@ def test_unique_task_lease_runs_out_when_nobody_runs_it(redis_url: str, tmp_path
         assert not isinstance(first, DuplicateTask)
         assert isinstance(t.short_lease.delay(1), DuplicateTask)
         stale = locker.holders(key)[0]
-        deadline = time.monotonic() + BOUND
+        deadline = time.monotonic() + WORKER_BOUND
         while locker.held(key):  # the 1.5 s lease runs out: nobody renews a queued task's hold
             assert time.monotonic() < deadline, "the queued task's lease never ran out"
             time.sleep(0.05)
@@ -455,10 +434,10 @@ def test_unique_task_worker_that_dies_frees_the_key_by_its_lease(redis_url: str,
         t.rebuild.delay(6)  # waits for a gate that never opens
         run.until(lambda: run.markers("rebuild-6") == ["rebuild-6-try0"], "the task never started")
         os.killpg(run.worker.pid, signal.SIGKILL)
-        run.worker.wait(BOUND)
+        run.worker.wait(WORKER_BOUND)
         assert run.locker.held(key)  # nobody released it
         assert isinstance(t.rebuild.delay(6), DuplicateTask)
-        deadline = time.monotonic() + BOUND
+        deadline = time.monotonic() + WORKER_BOUND
         while run.locker.held(key):  # unique_run_ttl=2: the lease the dead worker renewed runs out
             assert time.monotonic() < deadline, "the dead worker's lease never ran out"
             time.sleep(0.05)

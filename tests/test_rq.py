@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -29,15 +29,15 @@ redis = pytest.importorskip("redis")
 
 import kannuki  # noqa: E402  (after the importorskips)
 from kannuki.errors import LockNotAcquiredError, NotSupportedError  # noqa: E402
+from support import WORKER_BOUND, WorkerRun, environment  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(300)]
 
-BOUND = 30.0  # seconds: the bound on every wait for the worker
 TESTS = Path(__file__).parent
 
 
 @dataclass
-class Run:
+class Run(WorkerRun):
     """One worker, its queue, and the job module as the test side sees it."""
 
     url: str
@@ -51,19 +51,6 @@ class Run:
     @property
     def locker(self) -> kannuki.Locker:
         return self.jobs.locker  # type: ignore[no-any-return]
-
-    def markers(self, start: str) -> list[str]:
-        return sorted(p.name.split("@")[0] for p in self.dir.iterdir() if p.name.startswith(start))
-
-    def open_gate(self, name: str) -> None:
-        (self.dir / f"gate-{name}").touch()
-
-    def until(self, what: Callable[[], bool], message: str, bound: float = BOUND) -> None:
-        deadline = time.monotonic() + bound
-        while not what():
-            assert self.worker.poll() is None, f"the worker exited with {self.worker.returncode}"
-            assert time.monotonic() < deadline, message
-            time.sleep(0.02)
 
     def finished(self, job: Any) -> Any:
         """The job's return value once the worker finished it (a failure fails the test)."""
@@ -104,17 +91,9 @@ def start_worker(tmp: Path, url: str, locks: str | None = None) -> Run:
         "WARNING",
         queue_name,
     ]
-    saved = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
-    try:
+    with environment(settings):
         sys.modules.pop("rq_jobs", None)
         jobs = importlib.import_module("rq_jobs")  # this process's copy: the same locker and key prefix
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     queue = rq.Queue(queue_name, connection=redis.Redis.from_url(url))
     log = tmp / "worker.log"
     with open(log, "wb") as out:  # a file, not a pipe nobody drains while the test runs
@@ -305,7 +284,7 @@ def test_killed_worker_frees_the_key_by_its_run_lease(redis_url: str, tmp_path: 
         for pid in [*horses, run.worker.pid]:  # the horse runs the job (and renews its lease)
             kill_quietly(pid)
         run.worker.wait(timeout=10)
-        deadline = time.monotonic() + BOUND
+        deadline = time.monotonic() + WORKER_BOUND
         while run.locker.held(key):
             assert time.monotonic() < deadline, "the dead worker's key was never freed"
             time.sleep(0.05)
@@ -330,7 +309,7 @@ def test_deleted_job_keeps_its_key_for_the_enqueue_lease_only(redis_url: str, tm
         job = short.enqueue(queue, "x")
         assert job is not None and short.enqueue(queue, "x") is None
         job.delete()
-        deadline = time.monotonic() + BOUND
+        deadline = time.monotonic() + WORKER_BOUND
         while locker.held(short.key_for("x")):
             assert time.monotonic() < deadline, "the deleted job's key was never freed"
             time.sleep(0.05)
