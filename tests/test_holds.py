@@ -432,3 +432,32 @@ def test_adopting_a_watched_hold_never_wakes_the_idle_worker(pg_url: str) -> Non
         assert keeper.renewing
     finally:
         locker.close()
+
+
+@pytest.mark.parametrize("store", ["postgres", "mysql"])
+def test_a_store_without_server_tokens_gives_no_token(
+    api: str, store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """fencing=False: the locks work, lock.token and MultiLock.tokens are None (never a number another
+    process may repeat); with the server's tokens (the default) they are ints."""
+
+    async def body(stores: Stores) -> None:
+        unfenced, fenced = stores.locker(fencing=False), stores.locker()
+        assert unfenced.backend.tokens_fenced is False
+        lock = unfenced.lock("tokenless")
+        assert await maybe(lock.acquire(timeout=5))
+        assert lock.locked() and lock.token is None
+        await maybe(lock.release())
+        many = unfenced.lock_many(["tokenless-a", "tokenless-b"])
+        assert await maybe(many.acquire(timeout=5))
+        assert many.tokens == [None, None]
+        await maybe(many.release())
+        lock = fenced.lock("tokenless")
+        assert await maybe(lock.acquire(timeout=5))
+        if fenced.backend.tokens_fenced:  # MySQL without sequences gives none by default either
+            assert isinstance(lock.token, int) and lock.token > 0
+        else:
+            assert lock.token is None
+        await maybe(lock.release())
+
+    run(api, store, tmp_path, request, body)
